@@ -1,0 +1,70 @@
+"""decaylab: weight decay and its relatives for PyTorch, correct, explicit and visible.
+
+The library layer (no CLI, no store, no plotting) is importable piece by piece::
+
+    import decaylab
+    groups = decaylab.param_groups(model, weight_decay=0.05)      # which parameters decay
+    opt = torch.optim.Adam(groups, lr=1e-3)
+    decaylab.attach(opt, decaylab.DecoupledDecay(0.05))           # AdamW's decay, on any optimizer
+    loss = loss + decaylab.l2_penalty(model, 3.0, convention="half")  # lambda/2 * sum(w^2)
+
+Names are loaded on first use, so ``import decaylab`` (and the CLI's start-up) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "InvalidParameterError": "decaylab.validation",
+    # which parameters decay
+    "DecayPolicy": "decaylab.policy",
+    "param_groups": "decaylab.policy",
+    "explain": "decaylab.policy",
+    # penalties added to the loss
+    "l2_penalty": "decaylab.penalties",
+    "l1_penalty": "decaylab.penalties",
+    "elastic_net_penalty": "decaylab.penalties",
+    # steps attached to any torch.optim optimizer
+    "attach": "decaylab.steps",
+    "DecoupledDecay": "decaylab.steps",
+    "L1Prox": "decaylab.steps",
+    "MaxNorm": "decaylab.steps",
+    # layers
+    "Dropout": "decaylab.layers",
+    "GaussianNoise": "decaylab.layers",
+    # conventions and closed forms
+    "convert": "decaylab.conventions",
+    "ridge": "decaylab.closed_form",
+    "ridge_path": "decaylab.closed_form",
+    "decay_timescale": "decaylab.closed_form",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'decaylab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from decaylab.closed_form import decay_timescale, ridge, ridge_path
+    from decaylab.conventions import convert
+    from decaylab.layers import Dropout, GaussianNoise
+    from decaylab.penalties import elastic_net_penalty, l1_penalty, l2_penalty
+    from decaylab.policy import DecayPolicy, explain, param_groups
+    from decaylab.steps import DecoupledDecay, L1Prox, MaxNorm, attach
+    from decaylab.validation import InvalidParameterError

@@ -1,0 +1,70 @@
+"""What training a configuration produces, shared by the engine, the experiments, the store and outputs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = ["ConfigResult", "Outcome", "Status"]
+
+Status = Literal["pending", "done", "diverged", "failed"]
+
+
+@dataclass
+class Outcome:
+    """The result of training one configuration, before it is tied to its parameters.
+
+    ``curves`` maps a metric name to one value per epoch (``"epoch"`` holds 1..E); ``metrics`` holds
+    the final values. A configuration that diverged keeps its curves up to ``diverged_epoch`` and NaN
+    after it; JSON output writes NaN and infinity as ``null``.
+    """
+
+    status: Status = "done"
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    diverged_epoch: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class ConfigResult(Outcome):
+    """An :class:`Outcome` together with the parameters of its configuration."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, params: dict[str, Any], outcome: Outcome) -> ConfigResult:
+        return cls(params=dict(params), **asdict(outcome))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves`` (NaN/inf become ``None``)."""
+        doc: dict[str, Any] = {
+            "params": self.params,
+            "status": self.status,
+            "metrics": {k: _finite_or_none(v) for k, v in self.metrics.items()},
+            "curves": {k: [_finite_or_none(v) for v in vs] for k, vs in self.curves.items()},
+        }
+        if self.diverged_epoch is not None:
+            doc["diverged_epoch"] = self.diverged_epoch
+        if self.error is not None:
+            doc["error"] = self.error
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ConfigResult:
+        nan = float("nan")
+        return cls(
+            params=dict(doc["params"]),
+            status=doc.get("status", "done"),
+            metrics={k: (nan if v is None else v) for k, v in doc.get("metrics", {}).items()},
+            curves={k: [nan if v is None else v for v in vs] for k, vs in doc.get("curves", {}).items()},
+            diverged_epoch=doc.get("diverged_epoch"),
+            error=doc.get("error"),
+        )
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
