@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ConfigResult", "Outcome", "Status"]
+__all__ = ["ConfigResult", "Outcome", "Status", "json_safe"]
 
 Status = Literal["pending", "done", "diverged", "failed"]
 
@@ -68,3 +68,12 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float, however deeply nested, replaced by ``None`` (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return _finite_or_none(value)

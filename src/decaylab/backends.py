@@ -1,0 +1,95 @@
+"""Where chunks of configurations are trained: in this process, or as Ray tasks.
+
+A backend maps :func:`run_chunk` over chunks and yields ``(chunk, outcomes | error)`` as each chunk
+finishes, in any order; the runner stores each chunk's results as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from decaylab.results import Outcome
+
+__all__ = ["Finished", "run_chunk", "run_local", "run_on_ray"]
+
+Finished = tuple[list[int], "list[Outcome] | BaseException"]
+
+
+def run_chunk(
+    experiment: str,
+    opts: dict[str, Any],
+    configs: Sequence[dict[str, Any]],
+    engine: str,
+    progress: Callable[[int], None] | None = None,
+) -> list[Outcome]:
+    """Train one chunk of ``experiment``'s configurations; a module-level function, so Ray can ship it."""
+    from decaylab.experiments import get_experiment
+
+    return get_experiment(experiment).run_chunk(opts, configs, engine, progress)
+
+
+def run_local(
+    experiment: str,
+    opts: dict[str, Any],
+    configs: Sequence[dict[str, Any]],
+    chunks: Sequence[list[int]],
+    engine: str,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[Finished]:
+    """Train the chunks one after another in this process; a chunk that raises is yielded with its error."""
+    for chunk in chunks:
+        try:
+            outcomes: list[Outcome] | BaseException = run_chunk(
+                experiment, opts, [configs[i] for i in chunk], engine, progress
+            )
+        except Exception as exc:  # recorded as failed; Ctrl-C still ends the run
+            outcomes = exc
+        yield chunk, outcomes
+
+
+def run_on_ray(
+    experiment: str,
+    opts: dict[str, Any],
+    configs: Sequence[dict[str, Any]],
+    chunks: Sequence[list[int]],
+    engine: str,
+    address: str | None = None,
+    max_retries: int = 2,
+    num_cpus: int | None = None,
+) -> Iterator[Finished]:
+    """Train each chunk as a Ray task; yield chunks as they finish.
+
+    Without ``address`` a local Ray instance is started and stopped again. A task that raises is retried
+    ``max_retries`` times; a chunk that still fails is yielded with its exception, and the rest go on.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--backend ray needs Ray: pip install 'decaylab[ray]'") from None
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}},
+        )
+    try:
+        task = ray.remote(max_retries=max_retries, retry_exceptions=True)(run_chunk)
+        pending = {task.remote(experiment, opts, [configs[i] for i in chunk], engine): chunk for chunk in chunks}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                chunk = pending.pop(ref)
+                try:
+                    yield chunk, ray.get(ref)
+                except Exception as exc:  # the task failed after its retries
+                    yield chunk, getattr(exc, "cause", None) or exc
+    finally:
+        if started_here:
+            ray.shutdown()

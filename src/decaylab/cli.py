@@ -1,0 +1,350 @@
+"""The ``decaylab`` command: thin; it parses, calls the layers below, and prints.
+
+    decaylab run --list
+    decaylab run EXPERIMENT [options]        # e.g. decaylab run d2l-linear --lambd 0:10:64
+    decaylab resume RUN_ID
+    decaylab runs list [--json]
+    decaylab runs show RUN_ID [--json]
+
+Bad input is one line on stderr naming the option, the value and what is allowed, and exit code 2.
+Exit codes: 0 success, 1 a run finished with failed configurations, 2 bad input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from decaylab import __version__
+from decaylab.validation import InvalidParameterError, check_int, parameter_error
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad input from the command line; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line (no usage block) and raised, so ``main`` decides the exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+# -- parsers -------------------------------------------------------------------------------------
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", metavar="PATH", help="SQLite run store (default: $DECAYLAB_STORE or ./decaylab.db)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    _store_options(parser)
+    parser.add_argument("--out", metavar="DIR", help="run directory for figures and results.json (default runs/RUN_ID)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    parser.add_argument("--chunk", metavar="N", help="configurations trained together (default: the engine's choice)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local", help="where chunks run")
+    parser.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
+
+
+def _experiment_parser(name: str) -> tuple[Any, argparse.ArgumentParser]:
+    from decaylab.experiments import get_experiment
+
+    exp = get_experiment(name)
+    parser = _Parser(
+        prog=f"decaylab run {exp.name}",
+        description=f"{exp.summary}\n\n{exp.description}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group = parser.add_argument_group(f"{exp.name} options (grids: 'a,b,c', 'start:stop:num', 'log:start:stop:num')")
+    for opt in exp.options:
+        group.add_argument(opt.flag, dest=opt.name, metavar=opt.metavar, help=f"{opt.help} (default: {opt.default})")
+    common = parser.add_argument_group("run options")
+    common.add_argument(
+        "--engine",
+        choices=exp.engines,
+        help=f"how configurations are trained (default: {exp.engines[-1]})",
+    )
+    common.add_argument("--resume", metavar="RUN_ID", help="train only the unfinished configurations of RUN_ID")
+    _output_options(common)
+    return exp, parser
+
+
+def _parse_options(exp: Any, ns: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], set[str]]:
+    """Parse every experiment option from its text (given or default); return values, texts, given names."""
+    opts, raw, given = {}, {}, set()
+    for opt in exp.options:
+        text = getattr(ns, opt.name)
+        if text is None:
+            text = opt.default
+        else:
+            given.add(opt.name)
+        raw[opt.name] = text
+        opts[opt.name] = opt.parse(text, opt.flag, exp.name)
+    exp.check(opts)
+    return opts, raw, given
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _open_store(path: str | None) -> Any:
+    from decaylab.store import Store, StoreError, default_store_path
+
+    target = Path(path) if path else default_store_path()
+    try:
+        return Store(target)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(str(parameter_error("--store", "decaylab", "a writable file path", str(target)))) from exc
+
+
+def _writable_dir(path: Path, flag: str) -> Path:
+    """Create ``path`` if needed and check that a file can be written there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".decaylab-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError:
+        raise UsageError(str(parameter_error(flag, "decaylab run", "a writable directory", str(path)))) from None
+    return path
+
+
+def _check_out(out: str | None) -> None:
+    """Fail before training if the run directory cannot be made (its final name needs the run id)."""
+    target = Path(out) if out else Path("runs")
+    existing = target
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+        raise UsageError(str(parameter_error("--out", "decaylab run", "a writable directory", str(target))))
+
+
+def _make_progress(enabled: bool) -> Any:
+    from decaylab.runner import Progress
+
+    if not enabled:
+        return Progress()
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+    class RichProgress(Progress):
+        def __init__(self) -> None:
+            self.bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("config-epochs"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            self.task: Any = None
+
+        def start(self, total: int, description: str) -> None:
+            self.bar.start()
+            self.task = self.bar.add_task(description, total=total)
+
+        def advance(self, amount: int) -> None:
+            self.bar.advance(self.task, amount)
+
+        def stop(self) -> None:
+            self.bar.stop()
+
+    return RichProgress()
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # a pipe or a CI log gets wide lines rather than cells wrapped at 80 columns
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+# -- commands ------------------------------------------------------------------------------------
+def _cmd_list() -> int:
+    from decaylab.experiments import list_experiments
+
+    exps = list_experiments()
+    width = max(len(e.name) for e in exps)
+    for exp in exps:
+        print(f"{exp.name:<{width}}  {exp.summary}")
+    return EXIT_OK
+
+
+def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Namespace, resume: str | None) -> int:
+    from decaylab.outputs import render_table, run_document, write_json
+    from decaylab.runner import RunRequest, execute
+
+    chunk = check_int(ns.chunk, "--chunk", "decaylab run", low=1) if ns.chunk is not None else None
+    if ns.address and ns.backend != "ray":
+        raise UsageError(str(parameter_error("--address", "decaylab run", "given with --backend ray", ns.address)))
+    _check_out(ns.out)
+    store = _open_store(ns.store)
+    command = shlex.join(["decaylab", *sys.argv[1:]]) if sys.argv else "decaylab"
+    request = RunRequest(exp, opts, raw, command, getattr(ns, "engine", None), chunk, ns.backend, ns.address)
+    show_progress = not ns.quiet and not ns.json and sys.stdout.isatty()
+    try:
+        record = execute(store, request, resume=resume, progress=_make_progress(show_progress))
+    except KeyboardInterrupt:
+        print("decaylab: interrupted; finished configurations are stored (decaylab resume RUN_ID)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        store.close()
+    out = _writable_dir(Path(ns.out) if ns.out else Path("runs") / record.run_id, "--out")
+    summary = exp.summarize(record.configs, opts)
+    doc = run_document(record, summary)
+    written = [*exp.figures(record.configs, opts, out), write_json(doc, out / "results.json")]
+    if ns.json:
+        _print_json(doc)
+    elif not ns.quiet:
+        console = _console()
+        console.print(render_table(exp.table(record.configs, opts)))
+        console.print(f"run {record.run_id} ({record.status}) stored in {store.path}; wrote " + ", ".join(map(str, written)))
+    return EXIT_OK if record.status == "finished" else EXIT_FAILED
+
+
+def _cmd_run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: decaylab run --list | decaylab run EXPERIMENT [options] (decaylab run EXPERIMENT --help)")
+        return EXIT_OK
+    if argv[0] == "--list":
+        return _cmd_list()
+    exp, parser = _experiment_parser(argv[0])
+    ns = parser.parse_args(argv[1:])
+    opts, raw, given = _parse_options(exp, ns)
+    if ns.resume:
+        store = _open_store(ns.store)
+        try:
+            record = store.get_run(ns.resume)
+        finally:
+            store.close()
+        if record is None or record.experiment != exp.name:
+            raise UsageError(str(parameter_error("--resume", f"decaylab run {exp.name}", f"a {exp.name} run in the store", ns.resume)))
+        for name in given:
+            if raw[name] != record.raw_options.get(name):
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(
+                    str(parameter_error(flag, f"decaylab run {exp.name} --resume", f"the run's own value {record.raw_options.get(name)!r} (or left out)", raw[name]))
+                )
+        return _resume(record, ns)
+    return _run(exp, opts, raw, ns, None)
+
+
+def _resume(record: Any, ns: argparse.Namespace) -> int:
+    from decaylab.experiments import get_experiment
+
+    exp = get_experiment(record.experiment)
+    opts = {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
+    if not hasattr(ns, "engine"):
+        ns.engine = None
+    return _run(exp, opts, record.raw_options, ns, record.run_id)
+
+
+def _cmd_resume(argv: list[str]) -> int:
+    parser = _Parser(prog="decaylab resume", description="Train the unfinished configurations of a stored run.")
+    parser.add_argument("run_id", metavar="RUN_ID")
+    parser.add_argument("--engine", choices=("sequential", "batched"))
+    _output_options(parser)
+    ns = parser.parse_args(argv)
+    store = _open_store(ns.store)
+    try:
+        record = store.get_run(ns.run_id)
+    finally:
+        store.close()
+    if record is None:
+        raise UsageError(str(parameter_error("RUN_ID", "decaylab resume", "the id of a run in the store", ns.run_id)))
+    return _resume(record, ns)
+
+
+def _cmd_runs(argv: list[str]) -> int:
+    from decaylab.outputs import render_table, run_document, runs_table
+
+    parser = _Parser(prog="decaylab runs", description="Read the run store.")
+    sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    _store_options(sub.add_parser("list", help="every run, newest first"))
+    show = sub.add_parser("show", help="one run with its configurations")
+    show.add_argument("run_id", metavar="RUN_ID")
+    _store_options(show)
+    ns = parser.parse_args(argv)
+    store = _open_store(ns.store)
+    try:
+        if ns.action == "list":
+            records = store.list_runs()
+            if ns.json:
+                _print_json(
+                    [
+                        {
+                            "run_id": r.run_id,
+                            "experiment": r.experiment,
+                            "status": r.status,
+                            "configs": len(r.configs),
+                            "counts": r.counts(),
+                            "created": r.created,
+                            "version": r.version,
+                            "command": r.command,
+                        }
+                        for r in records
+                    ]
+                )
+            else:
+                _console().print(render_table(runs_table(records)))
+            return EXIT_OK
+        record = store.get_run(ns.run_id)
+    finally:
+        store.close()
+    if record is None:
+        raise UsageError(str(parameter_error("RUN_ID", "decaylab runs show", "the id of a run in the store", ns.run_id)))
+    from decaylab.experiments import get_experiment
+
+    exp = get_experiment(record.experiment)
+    opts = {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
+    if ns.json:
+        _print_json(run_document(record, exp.summarize(record.configs, opts)))
+    else:
+        console = _console()
+        console.print(f"run {record.run_id}: {record.experiment}, {record.status}, decaylab {record.version}")
+        console.print(f"command: {record.command}")
+        console.print(render_table(exp.table(record.configs, opts)))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; ``main(["run", "d2l-linear"])`` runs in-process and returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = {"run": _cmd_run, "resume": _cmd_resume, "runs": _cmd_runs}
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return EXIT_OK
+    if args[0] == "--version":
+        print(f"decaylab {__version__}")
+        return EXIT_OK
+    try:
+        command = commands.get(args[0])
+        if command is None:
+            raise UsageError(
+                str(parameter_error("COMMAND", "decaylab", "one of {'run', 'resume', 'runs'}", args[0]))
+            )
+        return command(args[1:])
+    except (UsageError, InvalidParameterError) as exc:
+        print(f"decaylab: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # argparse --help
+        return int(exc.code or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

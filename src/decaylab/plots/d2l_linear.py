@@ -1,0 +1,111 @@
+"""Figures of ``d2l-linear``: D2L's loss curves per lambda, and the weight norm."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from decaylab.plots import lambda_colors, new_figure, save
+from decaylab.results import ConfigResult
+
+MAX_PANELS = 8
+
+
+def _by_lambda(results: Sequence[ConfigResult]) -> dict[float, list[ConfigResult]]:
+    groups: dict[float, list[ConfigResult]] = {}
+    for r in results:
+        if r.curves:
+            groups.setdefault(r.params["lambd"], []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def _stack(group: list[ConfigResult], key: str) -> np.ndarray:
+    return np.array([r.curves[key] for r in group], dtype=float)
+
+
+def _spread(values: list[float], k: int) -> list[float]:
+    """At most ``k`` values, evenly spread over the sorted list, first and last kept."""
+    if len(values) <= k:
+        return values
+    idx = np.unique(np.round(np.linspace(0, len(values) - 1, k)).astype(int))
+    return [values[i] for i in idx]
+
+
+def _band(ax: Any, epochs: np.ndarray, runs: np.ndarray, color: Any, label: str, style: str = "-") -> None:
+    """The mean over seeds as a line, and the range over seeds as a band when there are several."""
+    ax.plot(epochs, np.nanmean(runs, axis=0), style, color=color, label=label, lw=1.6)
+    if len(runs) > 1:
+        ax.fill_between(epochs, np.nanmin(runs, axis=0), np.nanmax(runs, axis=0), color=color, alpha=0.18, lw=0)
+
+
+def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
+    """Train and test loss against epoch, log scale, one panel per lambda (as D2L's figure)."""
+    groups = _by_lambda(results)
+    shown = _spread(list(groups), MAX_PANELS)
+    ncols = min(len(shown), 4) or 1
+    nrows = max(1, -(-len(shown) // ncols))
+    fig, axes = new_figure(nrows, ncols, width=3.6, height=2.9, sharey=True)
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
+    for ax, lambd in zip(axes.flat, shown):
+        group = groups[lambd]
+        epochs = np.asarray(group[0].curves["epoch"])
+        _band(ax, epochs, _stack(group, "train_loss"), "tab:blue", "train")
+        _band(ax, epochs, _stack(group, "test_loss"), "tab:orange", "test", "--")
+        w_norm = np.nanmean([r.metrics.get("w_norm", np.nan) for r in group])
+        ax.set_yscale("log")
+        ax.set_title(f"λ = {lambd:g}   (final ‖w‖₂ = {w_norm:.3g})")
+        ax.set_xlabel("epoch")
+        ax.legend(loc="upper right", frameon=False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("loss (ŷ−y)²/2, mean over examples")
+    n_seeds = len(next(iter(groups.values()), []))
+    subtitle = f"mean over {n_seeds} seeds, band = range" if n_seeds > 1 else f"seed {opts['seed'][0]}"
+    hidden = f"; {len(groups) - len(shown)} of {len(groups)} λ not shown" if len(shown) < len(groups) else ""
+    fig.suptitle(
+        f"Weight decay on D2L's linear regression (n_train={opts['n_train']}, d={opts['dim']}): "
+        f"penalty λ/2·‖w‖², {subtitle}{hidden}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
+    """Left: ||w||_2 against epoch per lambda. Right: final losses and ||w||_2 against lambda."""
+    groups = _by_lambda(results)
+    colors = lambda_colors(list(groups))
+    fig, axes = new_figure(1, 2, width=4.6, height=3.4)
+    left, right = axes[0]
+    shown = _spread(list(groups), 12)
+    for lambd in shown:
+        group = groups[lambd]
+        epochs = np.asarray(group[0].curves["epoch"])
+        _band(left, epochs, _stack(group, "w_norm"), colors[lambd], f"λ = {lambd:g}")
+    left.axhline(np.sqrt(opts["dim"]), color="grey", lw=0.8, ls=":", label=f"√d = {np.sqrt(opts['dim']):.1f}")
+    left.set_yscale("log")
+    left.set_xlabel("epoch")
+    left.set_ylabel("‖w‖₂ (bias excluded)")
+    left.set_title("Weight norm during training")
+    left.legend(frameon=False, ncol=2 if len(shown) > 6 else 1)
+
+    lambdas = np.array(list(groups))
+    for key, label, style in (("train_loss", "final train loss", "o-"), ("test_loss", "final test loss", "s--")):
+        means = [np.nanmean([r.metrics.get(key, np.nan) for r in groups[v]]) for v in lambdas]
+        right.plot(lambdas, means, style, ms=3.5, lw=1.4, label=label)
+    norms = [np.nanmean([r.metrics.get("w_norm", np.nan) for r in groups[v]]) for v in lambdas]
+    right.plot(lambdas, norms, "^:", ms=3.5, lw=1.4, color="tab:green", label="final ‖w‖₂")
+    right.set_yscale("log")
+    if len(lambdas) > 3 and lambdas.min() == 0:
+        right.set_xscale("symlog", linthresh=max(lambdas[lambdas > 0].min(), 1e-6) if (lambdas > 0).any() else 1)
+    elif len(lambdas) > 3 and lambdas.max() / max(lambdas.min(), 1e-300) > 50:
+        right.set_xscale("log")
+    right.set_xlabel("λ  (penalty λ/2·‖w‖² on a mean loss)")
+    right.set_ylabel("loss (ŷ−y)²/2  and  ‖w‖₂")
+    right.set_title("After training, against λ")
+    right.legend(frameon=False)
+    fig.tight_layout()
+    return save(fig, path)

@@ -1,0 +1,41 @@
+"""Shared fixtures: every test runs in its own directory with its own store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from decaylab.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DECAYLAB_STORE", raising=False)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Any:
+    """Run the CLI in-process: ``code, out, err = cli("run", "d2l-linear", ...)``."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture
+def cli_json(cli: Any) -> Any:
+    """Run the CLI with ``--json`` and return the parsed document (asserting exit code 0)."""
+
+    def run(*argv: str) -> Any:
+        code, out, err = cli(*argv, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+    return run

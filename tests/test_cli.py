@@ -1,0 +1,197 @@
+"""The command line: output formats, the store round trip, and every bad input (one line, exit 2)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from decaylab import cli as cli_module
+from decaylab.store import Store
+
+FAST = ("--epochs", "5", "--quiet")
+
+
+def test_run_prints_the_table_and_writes_the_run_directory(cli: Any, tmp_path: Path) -> None:
+    code, out, err = cli("run", "d2l-linear", "--epochs", "5", "--out", "here")
+    assert code == 0, err
+    assert "‖w‖₂" in out and "train loss" in out and "test loss" in out
+    for name in ("curves.png", "norms.png", "results.json"):
+        assert (tmp_path / "here" / name).stat().st_size > 0
+    doc = json.loads((tmp_path / "here" / "results.json").read_text())
+    assert [c["params"]["lambd"] for c in doc["configs"]] == [0.0, 3.0]
+
+
+def test_default_run_directory_is_named_after_the_run(cli_json: Any, tmp_path: Path) -> None:
+    doc = cli_json("run", "d2l-linear", *FAST)
+    assert (tmp_path / "runs" / doc["run_id"] / "results.json").exists()
+
+
+def test_json_schema(cli_json: Any) -> None:
+    doc = cli_json("run", "d2l-linear", "--lambd", "0,1,3", "--epochs", "7", "--seed", "0,1")
+    assert doc["experiment"] == "d2l-linear" and isinstance(doc["run_id"], str)
+    assert len(doc["configs"]) == 6
+    for config in doc["configs"]:
+        assert {"lambd", "seed", "impl"} <= set(config["params"])
+        assert set(config["metrics"]) >= {"w_norm", "train_loss", "test_loss"}
+        curves = config["curves"]
+        assert curves["epoch"] == [1, 2, 3, 4, 5, 6, 7]
+        for key in ("train_loss", "test_loss", "w_norm"):
+            assert len(curves[key]) == 7 and all(isinstance(v, float) for v in curves[key])
+        assert config["metrics"]["test_loss"] == curves["test_loss"][-1]
+
+
+def test_same_options_and_seed_give_the_same_numbers(cli_json: Any) -> None:
+    a = cli_json("run", "d2l-linear", *FAST, "--seed", "3")
+    b = cli_json("run", "d2l-linear", *FAST, "--seed", "3")
+    assert a["run_id"] != b["run_id"]
+    assert a["configs"] == b["configs"]
+    c = cli_json("run", "d2l-linear", *FAST, "--seed", "4")
+    assert c["configs"][0]["metrics"] != a["configs"][0]["metrics"]
+
+
+def test_impl_is_recorded_and_changes_nothing_but_the_code_path(cli_json: Any) -> None:
+    a = cli_json("run", "d2l-linear", *FAST, "--impl", "scratch")
+    b = cli_json("run", "d2l-linear", *FAST, "--impl", "concise")
+    assert {c["params"]["impl"] for c in b["configs"]} == {"concise"}
+    for x, y in zip(a["configs"], b["configs"]):
+        assert x["metrics"]["test_loss"] == pytest.approx(y["metrics"]["test_loss"], rel=1e-4)
+
+
+def test_store_round_trip_and_runs_list_show(cli: Any, cli_json: Any, tmp_path: Path) -> None:
+    doc = cli_json("run", "d2l-linear", *FAST, "--store", "s.db")
+    listed = cli_json("runs", "list", "--store", "s.db")
+    assert [r["run_id"] for r in listed] == [doc["run_id"]]
+    assert listed[0]["status"] == "finished" and listed[0]["counts"] == {"done": 2}
+    shown = cli_json("runs", "show", doc["run_id"], "--store", "s.db")
+    assert shown["configs"] == doc["configs"]
+    assert shown["options"]["lambd"] == [0.0, 3.0] and shown["version"] == doc["version"]
+    code, out, _ = cli("runs", "show", doc["run_id"], "--store", "s.db")
+    assert code == 0 and doc["run_id"] in out and "test loss" in out
+    code, out, _ = cli("runs", "list", "--store", "s.db")
+    assert code == 0 and doc["run_id"] in out
+
+
+def test_store_from_the_environment(cli_json: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DECAYLAB_STORE", str(tmp_path / "env.db"))
+    doc = cli_json("run", "d2l-linear", *FAST)
+    assert Store(tmp_path / "env.db").get_run(doc["run_id"]) is not None
+    assert not (tmp_path / "decaylab.db").exists()
+
+
+def test_interrupted_run_keeps_earlier_runs_and_marks_itself(
+    cli: Any, cli_json: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = cli_json("run", "d2l-linear", *FAST)
+    from decaylab.experiments.d2l_linear import D2LLinear
+
+    original = D2LLinear.run_chunk
+    calls = {"n": 0}
+
+    def interrupted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(D2LLinear, "run_chunk", interrupted)
+    code, _, err = cli("run", "d2l-linear", *FAST, "--lambd", "0,1,2,3", "--engine", "sequential")
+    assert code == 130 and "interrupted" in err
+    store = Store("decaylab.db")
+    runs = {r.run_id: r for r in store.list_runs()}
+    assert runs[first["run_id"]].status == "finished"
+    (cut,) = [r for r in runs.values() if r.run_id != first["run_id"]]
+    assert cut.status == "interrupted" and cut.counts() == {"done": 2, "pending": 2}
+    assert store.get_run(first["run_id"]).configs[0].curves  # the earlier run's curves are intact
+
+
+def test_progress_is_silent_when_stdout_is_not_a_terminal(cli: Any) -> None:
+    code, out, err = cli("run", "d2l-linear", "--epochs", "3")
+    assert code == 0 and err == ""
+    assert "config-epochs" not in out
+
+
+def test_list_and_help(cli: Any) -> None:
+    code, out, _ = cli("run", "--list")
+    assert code == 0 and out.startswith("d2l-linear")
+    code, out, _ = cli("run", "d2l-linear", "--help")
+    assert code == 0 and "--lambd" in out and "default: 0,3" in out
+
+
+BAD_INPUTS = [
+    (["--lambd", "-1"], "The '--lambd' parameter of d2l-linear must be a float in [0, inf). Got -1.0."),
+    (["--lambd", "nan"], "'--lambd' parameter of d2l-linear must be a float in [0, inf)"),
+    (["--lambd", "1,inf"], "'--lambd' parameter of d2l-linear must be a float in [0, inf)"),
+    (["--lambd", "1:2"], "'--lambd' parameter of d2l-linear must be a grid"),
+    (["--lambd", "log:0:1:4"], "'--lambd' parameter of d2l-linear must be a grid"),
+    (["--lr", "0"], "The '--lr' parameter of d2l-linear must be a float in (0, inf). Got '0'."),
+    (["--lr", "-0.1"], "'--lr' parameter of d2l-linear must be a float in (0, inf)"),
+    (["--lr", "fast"], "'--lr' parameter of d2l-linear must be a float in (0, inf). Got 'fast'."),
+    (["--batch-size", "0"], "'--batch-size' parameter of d2l-linear must be an int in [1, inf)"),
+    (["--batch-size", "21"], "'--batch-size' parameter of d2l-linear must be an int in [1, n_train=20]. Got 21."),
+    (["--epochs", "2.5"], "'--epochs' parameter of d2l-linear must be an int in [1, inf)"),
+    (["--impl", "fast"], "'--impl' parameter of d2l-linear must be one of {'scratch', 'concise'}"),
+    (["--seed", "-3"], "'--seed' parameter of d2l-linear must be a list of whole numbers"),
+    (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    (["--chunk", "0"], "'--chunk' parameter of decaylab run must be an int in [1, inf)"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(cli: Any, args: list[str], message: str, tmp_path: Path) -> None:
+    code, out, err = cli("run", "d2l-linear", *args)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert message in err
+    assert not (tmp_path / "decaylab.db").exists() or Store("decaylab.db").list_runs() == []
+
+
+def test_unknown_experiment_and_command(cli: Any) -> None:
+    code, _, err = cli("run", "d2l-quadratic")
+    assert code == 2 and err.count("\n") == 1
+    assert "The 'EXPERIMENT' parameter of decaylab run must be one of {" in err and "'d2l-quadratic'" in err
+    code, _, err = cli("sprint")
+    assert code == 2 and "'COMMAND'" in err
+
+
+def test_unknown_run_id(cli: Any) -> None:
+    code, _, err = cli("runs", "show", "nope")
+    assert code == 2 and "'nope'" in err and err.count("\n") == 1
+
+
+def test_out_not_writable(cli: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = cli("run", "d2l-linear", *FAST, "--out", str(blocker / "sub"))
+    assert code == 2 and err.count("\n") == 1
+    assert "The '--out' parameter of decaylab run must be a writable directory" in err
+    assert not (tmp_path / "decaylab.db").exists()  # nothing was run or stored
+
+
+@pytest.mark.parametrize("kind", ["text", "sqlite-of-another-app", "directory"])
+def test_foreign_store_is_refused_and_left_untouched(cli: Any, tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "foreign.db"
+    if kind == "text":
+        path.write_text("my thesis, chapter 3\n")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('keep me')")
+        conn.commit()
+        conn.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    code, out, err = cli("run", "d2l-linear", *FAST, "--store", str(path))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "The '--store' parameter of decaylab must be a decaylab database" in err and "left untouched" in err
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # same files, same bytes: no journal, no tables added
+
+
+def test_main_is_the_console_script() -> None:
+    assert cli_module.main(["--version"]) == 0
