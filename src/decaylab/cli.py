@@ -187,6 +187,7 @@ def _cmd_list() -> int:
 
 def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Namespace, resume: str | None) -> int:
     from decaylab.outputs import render_table, run_document, write_json
+    from decaylab.plots.worker import FigureWorker
     from decaylab.runner import RunRequest, execute
 
     chunk = check_int(ns.chunk, "--chunk", "decaylab run", low=1) if ns.chunk is not None else None
@@ -197,23 +198,27 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     command = shlex.join(["decaylab", *sys.argv[1:]]) if sys.argv else "decaylab"
     request = RunRequest(exp, opts, raw, command, getattr(ns, "engine", None), chunk, ns.backend, ns.address)
     show_progress = not ns.quiet and not ns.json and sys.stdout.isatty()
+    figures = FigureWorker()  # loads matplotlib on the other core while this one trains
     try:
-        record = execute(store, request, resume=resume, progress=_make_progress(show_progress))
-    except KeyboardInterrupt:
-        print("decaylab: interrupted; finished configurations are stored (decaylab resume RUN_ID)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        try:
+            record = execute(store, request, resume=resume, progress=_make_progress(show_progress))
+        except KeyboardInterrupt:
+            print("decaylab: interrupted; finished configurations are stored (decaylab resume RUN_ID)", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        finally:
+            store.close()
+        out = _writable_dir(Path(ns.out) if ns.out else Path("runs") / record.run_id, "--out")
+        doc = run_document(record, exp.summarize(record.configs, opts))
+        written = [write_json(doc, out / "results.json")]
+        if ns.json:
+            _print_json(doc)
+        elif not ns.quiet:
+            _console().print(render_table(exp.table(record.configs, opts)))
+        written = figures.draw(exp.name, record.configs, opts, out) + written
     finally:
-        store.close()
-    out = _writable_dir(Path(ns.out) if ns.out else Path("runs") / record.run_id, "--out")
-    summary = exp.summarize(record.configs, opts)
-    doc = run_document(record, summary)
-    written = [*exp.figures(record.configs, opts, out), write_json(doc, out / "results.json")]
-    if ns.json:
-        _print_json(doc)
-    elif not ns.quiet:
-        console = _console()
-        console.print(render_table(exp.table(record.configs, opts)))
-        console.print(f"run {record.run_id} ({record.status}) stored in {store.path}; wrote " + ", ".join(map(str, written)))
+        figures.close()
+    if not ns.json and not ns.quiet:
+        print(f"run {record.run_id} ({record.status}) stored in {store.path}; wrote " + ", ".join(map(str, written)))
     return EXIT_OK if record.status == "finished" else EXIT_FAILED
 
 

@@ -48,9 +48,11 @@ def format_cell(value: Any) -> str:
 
 def render_table(table: Table) -> Any:
     """A ``rich`` table: numbers right-aligned with four significant digits."""
+    from rich.console import Group
     from rich.table import Table as RichTable
+    from rich.text import Text
 
-    out = RichTable(title=table.title or None, title_justify="left", header_style="bold")
+    out = RichTable(header_style="bold")
     numeric = [
         all(isinstance(row[i], (int, float)) or row[i] is None for row in table.rows) for i in range(len(table.columns))
     ]
@@ -58,7 +60,7 @@ def render_table(table: Table) -> Any:
         out.add_column(name, justify="right" if is_number else "left", no_wrap=True)
     for row in table.rows:
         out.add_row(*(format_cell(v) for v in row))
-    return out
+    return Group(Text(table.title, style="bold"), out) if table.title else out
 
 
 def runs_table(records: Sequence[RunRecord]) -> Table:

@@ -70,7 +70,6 @@ def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Pat
         f"penalty λ/2·‖w‖², {subtitle}{hidden}",
         fontsize=10,
     )
-    fig.tight_layout()
     return save(fig, path)
 
 
@@ -107,5 +106,4 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
     right.set_ylabel("loss (ŷ−y)²/2  and  ‖w‖₂")
     right.set_title("After training, against λ")
     right.legend(frameon=False)
-    fig.tight_layout()
     return save(fig, path)
