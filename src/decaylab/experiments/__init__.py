@@ -1,29 +1,48 @@
-"""The registry of ``decaylab run`` experiments: name -> module and class, imported on first use."""
+"""The registry of ``decaylab run`` experiments.
+
+An experiment called ``some-name`` lives in the module ``decaylab.experiments.some_name`` as the one
+:class:`~decaylab.experiments.base.Experiment` subclass whose ``name`` is ``some-name``; adding a module
+adds an experiment. Modules are imported only when asked for (``--list`` imports them all; experiment
+modules import torch and matplotlib lazily, inside their functions).
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from decaylab.experiments.base import Experiment
 from decaylab.validation import parameter_error
 
-__all__ = ["EXPERIMENTS", "get_experiment", "list_experiments"]
+__all__ = ["experiment_names", "get_experiment", "list_experiments"]
 
-# name -> "module:Class"; modules are imported only when their experiment is asked for
-EXPERIMENTS: dict[str, str] = {
-    "d2l-linear": "decaylab.experiments.d2l_linear:D2LLinear",
-}
+_NOT_EXPERIMENTS = {"base"}
+
+
+def _available() -> list[str]:
+    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_EXPERIMENTS)
+
+
+def _load(name: str) -> type[Experiment]:
+    module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, Experiment) and getattr(value, "name", None) == name:
+            return value
+    raise LookupError(f"module {module.__name__} defines no experiment named {name!r}")
+
+
+def experiment_names() -> list[str]:
+    """Every experiment's name, in the order of ``decaylab run --list`` (by each class's ``order``)."""
+    return sorted(_available(), key=lambda n: (_load(n).order, n))
 
 
 def get_experiment(name: str) -> Experiment:
     """The experiment called ``name``, or an error listing the experiments that exist."""
-    target = EXPERIMENTS.get(name)
-    if target is None:
-        listed = ", ".join(sorted(EXPERIMENTS))
-        raise parameter_error("EXPERIMENT", "decaylab run", f"one of {{{listed}}}", name)
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)()
+    known = _available()
+    if name not in known:
+        raise parameter_error("EXPERIMENT", "decaylab run", "one of {" + ", ".join(known) + "}", name)
+    return _load(name)()
 
 
 def list_experiments() -> list[Experiment]:
-    return [get_experiment(name) for name in EXPERIMENTS]
+    return [_load(name)() for name in experiment_names()]

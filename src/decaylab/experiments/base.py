@@ -103,6 +103,7 @@ class Experiment(ABC):
 
     name: ClassVar[str]
     summary: ClassVar[str]  # one line, for ``decaylab run --list``
+    order: ClassVar[int] = 100  # position in ``decaylab run --list``
     description: ClassVar[str] = ""  # the claim and what the figures show, for ``--help``
     options: ClassVar[tuple[Option, ...]]
     engines: ClassVar[tuple[str, ...]] = ("sequential",)  # engines this experiment can train with

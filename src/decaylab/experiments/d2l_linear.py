@@ -167,6 +167,7 @@ IMPLEMENTATIONS = {"scratch": train_scratch, "concise": train_concise}
 
 class D2LLinear(Experiment):
     name = "d2l-linear"
+    order = 0
     summary = "D2L's weight-decay experiment: 200-feature linear regression on 20 examples, lambda/2*||w||^2."
     description = (
         "Claim: without decay (lambda=0) the model over-fits (train loss ~0, test loss large, ||w|| stays near"
