@@ -58,11 +58,13 @@ def run_on_ray(
     address: str | None = None,
     max_retries: int = 2,
     num_cpus: int | None = None,
+    chunk_fn: Callable[..., list[Outcome]] = run_chunk,
 ) -> Iterator[Finished]:
     """Train each chunk as a Ray task; yield chunks as they finish.
 
     Without ``address`` a local Ray instance is started and stopped again. A task that raises is retried
     ``max_retries`` times; a chunk that still fails is yielded with its exception, and the rest go on.
+    ``chunk_fn`` is what each task runs (:func:`run_chunk`; tests pass a stand-in).
     """
     try:
         import ray
@@ -80,7 +82,7 @@ def run_on_ray(
             runtime_env={"env_vars": {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}},
         )
     try:
-        task = ray.remote(max_retries=max_retries, retry_exceptions=True)(run_chunk)
+        task = ray.remote(max_retries=max_retries, retry_exceptions=True)(chunk_fn)
         pending = {task.remote(experiment, opts, [configs[i] for i in chunk], engine): chunk for chunk in chunks}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -9,6 +9,7 @@ Where ``fork`` is not available (Windows, macOS' default), figures are drawn in-
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -41,7 +42,11 @@ def _draw(experiment: str, docs: list[dict[str, Any]], opts: dict[str, Any], out
     return [str(p) for p in get_experiment(experiment).figures(results, opts, Path(out))]
 
 
-def _serve(conn: Connection) -> None:
+def _serve(conn: Connection, parent_end: Connection) -> None:
+    # The parent's end came along with the fork: close it, so that the parent's death reads as EOF.
+    parent_end.close()
+    # Ctrl-C reaches the whole process group; the parent decides what it means, the worker just ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _warm_up()
     except Exception:  # drawing for real will report the problem
@@ -69,7 +74,9 @@ class FigureWorker:
         if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin":
             ctx = multiprocessing.get_context("fork")
             self._conn, child = ctx.Pipe()
-            self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="decaylab-figures")
+            self._proc = ctx.Process(
+                target=_serve, args=(child, self._conn), daemon=True, name="decaylab-figures"
+            )
             self._proc.start()
             child.close()
 

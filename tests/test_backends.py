@@ -1,0 +1,67 @@
+"""The Ray backend: same numbers as the local one; failing tasks are retried, then recorded as failed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray")
+
+from decaylab.backends import run_on_ray  # noqa: E402
+from decaylab.results import Outcome  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Any:
+    """One local Ray instance with 2 CPUs for the module (starting one costs seconds)."""
+    import ray
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_backend_gives_the_local_results(ray_instance: Any, cli_json: Any) -> None:
+    args = ("run", "d2l-linear", "--lambd", "0,0.5,1,3", "--seed", "0,1", "--epochs", "20", "--quiet")
+    local = cli_json(*args)
+    remote = cli_json(*args, "--backend", "ray")
+    assert [c["params"] for c in remote["configs"]] == [c["params"] for c in local["configs"]]
+    for a, b in zip(local["configs"], remote["configs"]):
+        assert b["status"] == "done"
+        for key, values in a["curves"].items():
+            assert b["curves"][key] == pytest.approx(values, rel=1e-5, abs=1e-9)
+
+
+def _flaky(marker_dir: str, configs: list[dict[str, Any]]) -> list[Outcome]:
+    """Fails on the first attempt of every chunk, always for the chunk holding config 'bad'."""
+    if any(c.get("bad") for c in configs):
+        raise ValueError("this chunk always fails")
+    marker = Path(marker_dir) / f"seen-{configs[0]['i']}"
+    if not marker.exists():
+        marker.write_text("")
+        raise RuntimeError("first attempt fails")
+    return [Outcome(metrics={"i": float(c["i"])}) for c in configs]
+
+
+def test_failed_tasks_are_retried_then_reported(ray_instance: Any, tmp_path: Path) -> None:
+    configs = [{"i": i, "bad": i == 2} for i in range(5)]
+    chunks = [[0, 1], [2], [3, 4]]
+
+    def chunk_fn(experiment: str, opts: Any, chunk_configs: Any, engine: str) -> list[Outcome]:
+        return _flaky(str(tmp_path), chunk_configs)
+
+    finished = dict(
+        (tuple(chunk), result)
+        for chunk, result in run_on_ray("none", {}, configs, chunks, "sequential", chunk_fn=chunk_fn, max_retries=2)
+    )
+    assert set(finished) == {(0, 1), (2,), (3, 4)}
+    assert [o.metrics["i"] for o in finished[(0, 1)]] == [0.0, 1.0]  # succeeded on the retry
+    assert [o.metrics["i"] for o in finished[(3, 4)]] == [3.0, 4.0]
+    assert isinstance(finished[(2,)], BaseException) and "always fails" in str(finished[(2,)])
