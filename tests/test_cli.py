@@ -53,12 +53,17 @@ def test_same_options_and_seed_give_the_same_numbers(cli_json: Any) -> None:
     assert c["configs"][0]["metrics"] != a["configs"][0]["metrics"]
 
 
-def test_impl_is_recorded_and_changes_nothing_but_the_code_path(cli_json: Any) -> None:
-    a = cli_json("run", "d2l-linear", *FAST, "--impl", "scratch")
-    b = cli_json("run", "d2l-linear", *FAST, "--impl", "concise")
-    assert {c["params"]["impl"] for c in b["configs"]} == {"concise"}
-    for x, y in zip(a["configs"], b["configs"]):
-        assert x["metrics"]["test_loss"] == pytest.approx(y["metrics"]["test_loss"], rel=1e-4)
+@pytest.mark.parametrize("engine", ["batched", "sequential"])
+def test_impl_is_recorded_and_changes_nothing_but_the_code_path(cli_json: Any, engine: str) -> None:
+    docs = {
+        impl: cli_json("run", "d2l-linear", *FAST, "--impl", impl, "--engine", engine)
+        for impl in ("scratch", "concise", "batched")
+    }
+    for impl, doc in docs.items():
+        assert {c["params"]["impl"] for c in doc["configs"]} == {impl}
+    for impl in ("concise", "batched"):
+        for x, y in zip(docs["scratch"]["configs"], docs[impl]["configs"]):
+            assert x["metrics"]["test_loss"] == pytest.approx(y["metrics"]["test_loss"], rel=1e-4)
 
 
 def test_store_round_trip_and_runs_list_show(cli: Any, cli_json: Any, tmp_path: Path) -> None:
@@ -133,7 +138,7 @@ BAD_INPUTS = [
     (["--batch-size", "0"], "'--batch-size' parameter of d2l-linear must be an int in [1, inf)"),
     (["--batch-size", "21"], "'--batch-size' parameter of d2l-linear must be an int in [1, n_train=20]. Got 21."),
     (["--epochs", "2.5"], "'--epochs' parameter of d2l-linear must be an int in [1, inf)"),
-    (["--impl", "fast"], "'--impl' parameter of d2l-linear must be one of {'scratch', 'concise'}"),
+    (["--impl", "fast"], "'--impl' parameter of d2l-linear must be one of {'batched', 'scratch', 'concise'}"),
     (["--seed", "-3"], "'--seed' parameter of d2l-linear must be a list of whole numbers"),
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
     (["--chunk", "0"], "'--chunk' parameter of decaylab run must be an int in [1, inf)"),

@@ -68,7 +68,13 @@ def test_cut_off_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path, sig: 
     resumed = cli_json("resume", run_id, "--store", str(store), "--quiet")
     full = cli_json(*SWEEP, "--store", str(tmp_path / "full.db"), "--quiet")
     assert resumed["run_id"] == run_id and resumed["status"] == "finished"
-    assert resumed["configs"] == full["configs"]
+    # equal up to float32 rounding: thread counts may differ between this process and the killed one
+    assert [c["params"] for c in resumed["configs"]] == [c["params"] for c in full["configs"]]
+    for a, b in zip(resumed["configs"], full["configs"]):
+        assert a["status"] == b["status"] == "done"
+        for key, values in b["curves"].items():
+            floor = 1e-8 * max(abs(v) for v in values)  # the engine's tolerance: 1e-5 of 1e-3 of the curve's max
+            assert a["curves"][key] == pytest.approx(values, rel=1e-5, abs=floor)
     after = Store(store).get_run(run_id)
     for i, config in done_before.items():  # nothing finished before the cut was retrained or lost
         assert after.configs[i].curves == config.curves

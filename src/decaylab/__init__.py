@@ -3,10 +3,12 @@
 The library layer (no CLI, no store, no plotting) is importable piece by piece::
 
     import decaylab
-    groups = decaylab.param_groups(model, weight_decay=0.05)      # which parameters decay
-    opt = torch.optim.Adam(groups, lr=1e-3)
-    decaylab.attach(opt, decaylab.DecoupledDecay(0.05))           # AdamW's decay, on any optimizer
-    loss = loss + decaylab.l2_penalty(model, 3.0, convention="half")  # lambda/2 * sum(w^2)
+    groups = decaylab.param_groups(model, weight_decay=0.05)      # biases, norms: no decay
+    opt = torch.optim.AdamW(groups, lr=1e-3)                      # decoupled decay on weights only
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    decaylab.attach(opt, decaylab.DecoupledDecay(5e-4), model=model)  # decoupled decay on any optimizer
+    loss = loss + decaylab.l2_penalty(model, 3.0, convention="half")  # or: lambda/2 * sum(w^2) in the loss
 
 Names are loaded on first use, so ``import decaylab`` (and the CLI's start-up) stays fast.
 """
@@ -25,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "DecayPolicy": "decaylab.policy",
     "param_groups": "decaylab.policy",
     "explain": "decaylab.policy",
+    "decay_plan": "decaylab.policy",
     # penalties added to the loss
     "l2_penalty": "decaylab.penalties",
     "l1_penalty": "decaylab.penalties",
@@ -34,11 +37,15 @@ _EXPORTS: dict[str, str] = {
     "DecoupledDecay": "decaylab.steps",
     "L1Prox": "decaylab.steps",
     "MaxNorm": "decaylab.steps",
+    "Step": "decaylab.steps",
     # layers
     "Dropout": "decaylab.layers",
     "GaussianNoise": "decaylab.layers",
     # conventions and closed forms
     "convert": "decaylab.conventions",
+    "convertible": "decaylab.conventions",
+    "CONVENTIONS": "decaylab.conventions",
+    "ridge_gcv": "decaylab.closed_form",
     "ridge": "decaylab.closed_form",
     "ridge_path": "decaylab.closed_form",
     "decay_timescale": "decaylab.closed_form",

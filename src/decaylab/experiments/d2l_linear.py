@@ -14,10 +14,12 @@ so that each step is the update of the notes::
     w <- (1 - eta*lambda) w - eta/|B| sum_i x_i (w^T x_i + b - y_i)
     b <-                  b - eta/|B| sum_i     (w^T x_i + b - y_i)
 
-Implementations (``--impl``, for ``--engine sequential``): ``scratch`` adds the penalty to the loss
-and takes a hand-written SGD step, as in the seed; ``concise`` uses ``torch.optim.SGD`` with two
-parameter groups, ``weight_decay=lambda`` on the weight only. Given a seed both see the same data,
-initial weights and batch order, and follow the same trajectory.
+Implementations (``--impl``): ``scratch`` adds the penalty to the loss and takes a hand-written SGD
+step, as in the seed; ``concise`` uses ``torch.optim.SGD`` with two parameter groups,
+``weight_decay=lambda`` on the weight only; ``batched`` (the default) trains every lambda of the grid at
+once with decaylab's engine (:mod:`decaylab.engine`; ``--engine sequential`` runs the engine's
+one-at-a-time reference instead). Given a seed all of them see the same data, initial weights and batch
+order, and follow the same trajectory (tested).
 
 Note: D2L's concise code uses ``nn.MSELoss`` (no 1/2), which doubles the data gradient relative to its
 scratch code; decaylab uses (y_hat - y)^2 / 2 in both, so the two agree and lambda means the same.
@@ -165,6 +167,25 @@ def train_concise(
 IMPLEMENTATIONS = {"scratch": train_scratch, "concise": train_concise}
 
 
+def engine_task(opts: dict[str, Any]) -> Any:
+    """The experiment as a :class:`decaylab.engine.Task`: a linear model, SGD, w ~ N(0, 1), b = 0."""
+    from functools import partial
+
+    from decaylab.data.synthetic import d2l_linear_data
+    from decaylab.engine import Task
+
+    return Task(
+        data=partial(d2l_linear_data, n_train=opts["n_train"], n_test=opts["n_test"], dim=opts["dim"]),
+        layers=(opts["dim"], 1),
+        loss="half_mse",
+        optimizer="sgd",
+        batch_size=opts["batch_size"],
+        epochs=opts["epochs"],
+        init="normal",
+        init_std=1.0,
+    )
+
+
 class D2LLinear(Experiment):
     name = "d2l-linear"
     order = 0
@@ -175,7 +196,7 @@ class D2LLinear(Experiment):
         " Figures: curves.png (train/test loss per epoch, one panel per lambda), norms.png (||w|| per epoch"
         " and the final losses against lambda)."
     )
-    engines = ("sequential",)
+    engines = ("sequential", "batched")
     options = (
         Option("lambd", float_grid(low=0.0), "0,3", "weight decay lambda of lambda/2*||w||^2 (grid)", "GRID"),
         Option("epochs", positive_int, "100", "training epochs", "N"),
@@ -185,7 +206,13 @@ class D2LLinear(Experiment):
         Option("n_test", positive_int, "100", "test examples", "N"),
         Option("dim", positive_int, "200", "number of features", "D"),
         Option("seed", int_grid(low=0), "0", "seed(s): data, initial weights, batch order ('0,1,2' or '0:4')", "SEEDS"),
-        Option("impl", choice("scratch", "concise"), "scratch", "implementation for --engine sequential"),
+        Option(
+            "impl",
+            choice("batched", "scratch", "concise"),
+            "batched",
+            "batched: all lambdas at once (decaylab's engine); scratch: the seed's hand-written loop;"
+            " concise: torch.optim.SGD with parameter groups",
+        ),
     )
 
     def check(self, opts: dict[str, Any]) -> None:
@@ -199,6 +226,13 @@ class D2LLinear(Experiment):
             {"lambd": lambd, "seed": seed, "impl": opts["impl"]} for lambd in opts["lambd"] for seed in opts["seed"]
         ]
 
+    def chunk_size(self, opts: dict[str, Any], n_configs: int, engine: str) -> int:
+        if opts["impl"] != "batched" or engine != "batched":
+            return 1
+        from decaylab.engine import plan_chunks
+
+        return max(len(c) for c in plan_chunks(engine_task(opts), n_configs)) if n_configs else 1
+
     def run_chunk(
         self,
         opts: dict[str, Any],
@@ -206,6 +240,15 @@ class D2LLinear(Experiment):
         engine: str,
         progress: Progress | None = None,
     ) -> list[Outcome]:
+        if opts["impl"] == "batched":
+            from decaylab import engine as training
+
+            hypers = [training.Hyper(seed=c["seed"], lr=opts["lr"], l2=c["lambd"]) for c in configs]
+            outcomes = training.run_chunk(engine_task(opts), hypers, engine)
+            if progress:
+                progress(len(configs) * opts["epochs"])
+            return outcomes
+
         from decaylab.data.synthetic import d2l_linear_data
 
         outcomes = []

@@ -1,0 +1,490 @@
+r"""The batched engine: K configurations of one :class:`~decaylab.engine.task.Task` trained at once.
+
+Each configuration follows :mod:`decaylab.engine.semantics` exactly as if it ran alone; only the
+arithmetic is laid out differently.
+
+**Layout.** Parameters are stacked along a leading configuration axis, stored like ``nn.Linear``:
+``W`` of shape ``(K, out, in)`` and ``b`` of shape ``(K, out, 1)``; activations are kept transposed,
+``(K, features, m)`` for a minibatch of ``m`` rows, so a layer is ``Z = baddbmm(b, W, H)``. The
+``(K, out, in)`` storage (rather than ``(K, in, out)``) lets the first layer of all configurations
+that share a seed — hence the same minibatch — run as *one* matrix product
+``(K·out, in) @ (in, m)`` instead of K small ones, which is what makes wide sweeps of small models fast.
+
+**Per-configuration numbers** (``lr``, ``l2``, ``decoupled``, ``l1``, dropout ``p``, noise ``σ``) are
+float32 tensors of shape ``(K, 1, 1)`` broadcast along the configuration axis; each is computed in
+float64 from the Python values and rounded once, as PyTorch rounds its Python-float arguments.
+
+**Random streams.** Configurations with the same seed draw the same numbers, so the chunk is sorted
+by seed, and data, batch order, noise and dropout uniforms are produced once per distinct seed and
+indexed per configuration (Python loops run over distinct seeds, never over configurations).
+Dropout masks are ``keep = u ≥ p`` with ``u`` the seed's draws and ``p`` the configuration's.
+
+**Gradients.** Each configuration's gradient is that of its own mean loss: the K losses are
+independent, so the gradient of their sum w.r.t. configuration k's parameters is exactly k's gradient.
+``backward="autograd"`` computes it with one ``backward()`` of the sum; ``backward="manual"`` (the
+default) writes the backward pass out for the supported layers and losses:
+
+.. math::
+
+    \delta_L = \partial \bar L / \partial Z_L, \quad
+    \nabla W_l = \delta_l H_{l-1}^\top, \quad \nabla b_l = \textstyle\sum_{\text{rows}} \delta_l, \quad
+    \delta_{l-1} = \sigma'(Z_{l-1}) \odot \frac{\text{keep}}{1-p} \odot (W_l^\top \delta_l)
+
+with :math:`\delta_L = (\hat Y - Y)/(m\,d)` for half-MSE, :math:`(\mathrm{softmax}(Z) - \mathrm{onehot}(y))/m`
+for cross-entropy and :math:`(\mathrm{sigmoid}(Z) - y)/m` for BCE. It skips autograd's graph
+bookkeeping, which dominates for small models (measured: see ``benchmarks/README.md``).
+
+**Updates**, for every stacked parameter ``θ`` with gradient ``g`` (decay terms on decayed tensors only):
+
+.. math::
+
+    g &\leftarrow g + \lambda_2 \theta, \qquad \theta \leftarrow \theta\,(1 - \eta\lambda_d) \\
+    \text{SGD:}\; b &\leftarrow \mu b + g,\; \theta \leftarrow \theta - \eta b \qquad
+    \text{Adam:}\; m \leftarrow \mathrm{lerp}(m, g, 1-\beta_1),\;
+    v \leftarrow \beta_2 v + (1-\beta_2) g^2,\;
+    \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t}\,\frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon} \\
+    \theta &\leftarrow \operatorname{sign}(\theta)\max(|\theta| - \eta\lambda_1, 0)
+
+written with the same elementary operations, in the same order, as ``torch.optim``'s single-tensor
+kernels (Adam's bias corrections in float64 as Python floats, like ``torch.optim.Adam``).
+
+**Divergence.** After each epoch's evaluation a configuration whose losses or parameters are not
+finite is marked diverged and frozen: its learning rate becomes 0 and its parameters and optimizer
+state are set to zero, so it stays finite and costs nothing to the others; its stack rows keep being
+computed (the shapes stay the same), so the other configurations' arithmetic is unchanged bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from decaylab.engine.semantics import DTYPE, Split, epoch_batches, initial_parameters, load_data, make_outcome, soft_threshold_
+from decaylab.engine.task import Hyper, Task, check_hypers
+from decaylab.results import Outcome
+from decaylab.rng import generator
+from decaylab.validation import check_choice, parameter_error
+
+__all__ = ["BACKWARDS", "BatchedRun", "train_batched"]
+
+BACKWARDS = ("manual", "autograd")
+EVAL_BLOCK_FLOATS = 1 << 20  # evaluation runs in row blocks of ≤ this many activations (K × width × rows)
+
+
+def train_batched(
+    task: Task, hypers: Sequence[Hyper], chunk: int | None = None, *, backward: str = "manual"
+) -> list[Outcome]:
+    """Train ``hypers`` in chunks of ``chunk`` configurations at once; outcomes in the order of ``hypers``.
+
+    ``chunk=None`` asks :func:`decaylab.engine.chunking.plan_chunks` (memory budget and a short
+    throughput probe). Results do not depend on the chunking beyond float32 rounding.
+    """
+    from decaylab.engine.chunking import run_in_chunks
+
+    hypers = check_hypers(task, hypers)
+    check_choice(backward, "backward", "train_batched", BACKWARDS)
+    return run_in_chunks(task, hypers, lambda part: run_batched_chunk(task, part, backward=backward), chunk)
+
+
+def run_batched_chunk(task: Task, hypers: Sequence[Hyper], *, backward: str = "manual") -> list[Outcome]:
+    """Train all of ``hypers`` as one stack (no further chunking); outcomes in the order of ``hypers``."""
+    hypers = check_hypers(task, hypers)
+    if not hypers:
+        return []
+    datasets = {seed: load_data(task, seed) for seed in sorted({h.seed for h in hypers})}
+    return BatchedRun(task, hypers, datasets, backward=backward).run()
+
+
+@dataclass
+class _Group:
+    """The configurations of one seed: rows ``start:stop`` of the (seed-sorted) stack, their data and streams."""
+
+    seed: int
+    start: int
+    stop: int
+    data: Split
+    order: torch.Generator
+    noise: torch.Generator | None
+    dropout: torch.Generator | None
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+@dataclass
+class _Batch:
+    """One minibatch for the whole stack.
+
+    ``xs`` holds each group's rows ``(m, in)`` when the configurations of a group see the same input;
+    with input noise, ``x`` holds every configuration's own noisy input ``(K, m, in)`` instead.
+    Targets are per configuration or broadcast (leading dim 1): ``y`` of shape (·, d_out, m) float,
+    or ``labels`` (·, m) / ``onehot`` (·, C, m) for cross-entropy. ``keeps[l]`` is hidden layer l's
+    dropout mask (K, w_l, m) or None.
+    """
+
+    xs: list[torch.Tensor] | None
+    x: torch.Tensor | None
+    y: torch.Tensor | None
+    labels: torch.Tensor | None
+    onehot: torch.Tensor | None
+    keeps: list[torch.Tensor | None]  # 0./1. floats
+    m: int
+
+
+class BatchedRun:
+    """The state of one stack of configurations: parameters, optimizer state, streams, curves.
+
+    ``hypers`` may come in any order; the stack is sorted by seed internally and :meth:`run`
+    returns the outcomes in the order given. ``datasets`` maps every seed to its :class:`Split`.
+    """
+
+    def __init__(
+        self, task: Task, hypers: Sequence[Hyper], datasets: Mapping[int, Split], *, backward: str = "manual"
+    ) -> None:
+        self.task = task
+        self.backward = check_choice(backward, "backward", "BatchedRun", BACKWARDS)
+        self.perm = sorted(range(len(hypers)), key=lambda i: hypers[i].seed)
+        self.hypers = [hypers[i] for i in self.perm]
+        self.K = len(self.hypers)
+        self.groups = self._make_groups(datasets)
+        self.gidx = torch.tensor([gi for gi, g in enumerate(self.groups) for _ in range(g.start, g.stop)])
+        self.W, self.b = self._initial_stack()
+        self.params = self.W + self.b
+        self.decayed = [True] * len(self.W) + [task.decay_bias] * len(self.b)
+        self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
+        self.t = 0  # optimizer steps taken
+        self.active = torch.ones(self.K, dtype=torch.bool)
+        self.diverged_epoch: list[int | None] = [None] * self.K
+        self._set_coefficients()
+        self._set_eval_targets()
+
+    # ----------------------------------------------------------------- set-up
+    def _make_groups(self, datasets: Mapping[int, Split]) -> list[_Group]:
+        groups: list[_Group] = []
+        for k, h in enumerate(self.hypers):
+            if groups and groups[-1].seed == h.seed:
+                groups[-1].stop = k + 1
+                continue
+            groups.append(
+                _Group(
+                    seed=h.seed,
+                    start=k,
+                    stop=k + 1,
+                    data=datasets[h.seed],
+                    order=generator(h.seed, "order"),
+                    noise=generator(h.seed, "noise") if self.task.noise else None,
+                    dropout=generator(h.seed, "dropout") if self.task.dropout else None,
+                )
+            )
+        first = groups[0].data
+        for g in groups[1:]:
+            for name in ("X_train", "y_train", "X_test", "y_test"):
+                if getattr(g.data, name).shape != getattr(first, name).shape:
+                    raise parameter_error(
+                        "data", "Task", "a function returning equally shaped data sets for every seed",
+                        f"{name} {tuple(getattr(g.data, name).shape)} for seed {g.seed}",
+                    )
+        return groups
+
+    def _initial_stack(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Draw each seed's initial parameters once and copy them to its configurations' rows."""
+        Ws = [torch.empty(self.K, o, i, dtype=DTYPE) for i, o in zip(self.task.layers[:-1], self.task.layers[1:])]
+        bs = [torch.empty(self.K, o, 1, dtype=DTYPE) for o in self.task.layers[1:]]
+        for g in self.groups:
+            for l, (W, b) in enumerate(initial_parameters(self.task, g.seed)):
+                Ws[l][g.rows] = W.T
+                bs[l][g.rows] = b[:, None]
+        if self.backward == "autograd":
+            for p in Ws + bs:
+                p.requires_grad_(True)
+        return Ws, bs
+
+    def _coef(self, values: Sequence[float], dtype: torch.dtype = DTYPE) -> torch.Tensor:
+        """Per-configuration numbers as a (K, 1, 1) tensor: computed in float64, rounded once."""
+        return torch.tensor(values, dtype=torch.float64).to(dtype).view(self.K, 1, 1)
+
+    def _set_coefficients(self) -> None:
+        """(Re)build the per-configuration coefficient tensors; frozen configurations get lr = 0."""
+        hs, act = self.hypers, self.active.tolist()
+        lr = [h.lr if a else 0.0 for h, a in zip(hs, act)]
+        self.lr64 = self._coef(lr, torch.float64)
+        self.neg_lr = self._coef([-x for x in lr])
+        self.l2 = self._coef([h.l2 for h in hs]) if any(h.l2 for h in hs) else None
+        has_dec = any(h.decoupled for h in hs)
+        self.decay_factor = self._coef([1 - x * h.decoupled for x, h in zip(lr, hs)]) if has_dec else None
+        self.l1_threshold = self._coef([x * h.l1 for x, h in zip(lr, hs)]) if any(h.l1 for h in hs) else None
+        self.sigma = self._coef([h.noise for h in hs]) if self.task.noise else None
+        probs = [h.dropout_for(self.task) for h in hs]
+        self.p = [self._coef([pr[l] for pr in probs]) for l in range(self.task.n_hidden)]
+        # 1 − p, with 1 where p = 1: the mask is all False there, so h·keep/1 = 0 as in the reference
+        self.q = [self._coef([1 - pr[l] if pr[l] < 1 else 1.0 for pr in probs]) for l in range(self.task.n_hidden)]
+
+    def _set_eval_targets(self) -> None:
+        """Evaluation batches per split, in row blocks small enough to stay in cache (about 4 MB per layer)."""
+        rows = max(64, EVAL_BLOCK_FLOATS // (self.K * max(self.task.layers[1:])))
+        self.eval_sets: list[tuple[int, list[_Batch]]] = []
+        for split in ("train", "test"):
+            xs = [getattr(g.data, f"X_{split}") for g in self.groups]
+            ys = [getattr(g.data, f"y_{split}") for g in self.groups]
+            n = int(xs[0].shape[0])
+            blocks = [
+                self._make_batch(
+                    [x[a : a + rows] for x in xs], None, [y[a : a + rows] for y in ys],
+                    [None] * self.task.n_hidden, onehot=False,
+                )
+                for a in range(0, n, rows)
+            ]
+            self.eval_sets.append((n, blocks))
+
+    # ----------------------------------------------------------------- data
+    def _per_config(self, per_seed: list[torch.Tensor]) -> torch.Tensor:
+        """One tensor per seed → (K, ...) per configuration; (1, ...), broadcast, when there is one seed."""
+        if len(per_seed) == 1:
+            return per_seed[0].unsqueeze(0)
+        return torch.stack(per_seed).index_select(0, self.gidx)
+
+    def _make_batch(
+        self,
+        xs: list[torch.Tensor],
+        noises: list[torch.Tensor] | None,
+        ys: list[torch.Tensor],
+        uniforms: list[list[torch.Tensor] | None],
+        onehot: bool = True,
+    ) -> _Batch:
+        m = int(xs[0].shape[0])
+        x = None
+        if noises is not None:  # x + σ·ε, every configuration its own input
+            x = self._per_config(xs) + self.sigma * self._per_config(noises)
+        y = labels = targets = None
+        if self.task.loss == "cross_entropy":
+            labels = self._per_config(ys)
+            targets = F.one_hot(labels, self.task.layers[-1]).to(DTYPE).transpose(1, 2) if onehot else None
+        else:
+            y = self._per_config([t.T for t in ys])
+        keeps: list[torch.Tensor | None] = []
+        for l, us in enumerate(uniforms):  # keep = u ≥ p as 0/1 floats, (K, w, m) contiguous
+            keeps.append(None if us is None else (self._per_config([u.T.contiguous() for u in us]) >= self.p[l]).to(DTYPE))
+        return _Batch(xs=None if x is not None else xs, x=x, y=y, labels=labels, onehot=targets, keeps=keeps, m=m)
+
+    def _training_batch(self, indices: Sequence[torch.Tensor | None]) -> _Batch:
+        """Gather each seed's minibatch and draw its noise and dropout uniforms (once per seed)."""
+        xs, ys, noises = [], [], []
+        uniforms: list[list[torch.Tensor] | None] = [[] if self.task.dropout else None for _ in range(self.task.n_hidden)]
+        widths = self.task.layers[1:-1]
+        for g, idx in zip(self.groups, indices):
+            X = g.data.X_train if idx is None else g.data.X_train.index_select(0, idx)
+            Y = g.data.y_train if idx is None else g.data.y_train.index_select(0, idx)
+            xs.append(X)
+            ys.append(Y)
+            if g.noise is not None:
+                noises.append(torch.randn(X.shape, generator=g.noise))
+            if g.dropout is not None:
+                for l, w in enumerate(widths):
+                    uniforms[l].append(torch.rand((X.shape[0], w), generator=g.dropout))  # type: ignore[union-attr]
+        return self._make_batch(xs, noises if self.task.noise else None, ys, uniforms)
+
+    # ----------------------------------------------------------------- forward / backward
+    def _first_layer(self, batch: _Batch) -> torch.Tensor:
+        W, b = self.W[0], self.b[0]
+        if batch.x is not None:
+            return torch.baddbmm(b, W, batch.x.transpose(1, 2))
+        d_in, out = W.shape[2], W.shape[1]
+        parts = [
+            torch.addmm(b[g.rows].reshape(-1, 1), W[g.rows].reshape(-1, d_in), x.T) for g, x in zip(self.groups, batch.xs)
+        ]
+        Z = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return Z.view(self.K, out, batch.m)
+
+    def _first_layer_grad(self, dZ: torch.Tensor, batch: _Batch) -> torch.Tensor:
+        if batch.x is not None:
+            return torch.bmm(dZ, batch.x)
+        out = dZ.shape[1]
+        parts = [torch.mm(dZ[g.rows].reshape(-1, batch.m), x) for g, x in zip(self.groups, batch.xs)]
+        dW = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return dW.view(self.K, out, -1)
+
+    def _activation_(self, Z: torch.Tensor) -> torch.Tensor:
+        """A = act(Z), in place (Z is not needed afterwards: the backward pass uses A)."""
+        name = self.task.activation
+        if name == "relu":
+            return Z.relu_()
+        if name == "tanh":
+            return Z.tanh_()
+        if name == "sigmoid":
+            return Z.sigmoid_()
+        return Z
+
+    def _activation_grad(self, dA: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """dL/dZ from dL/dA and A = act(Z): the kernels autograd itself calls."""
+        name = self.task.activation
+        if name == "relu":
+            return torch.ops.aten.threshold_backward(dA, A, 0)  # dA where A > 0, else 0
+        if name == "tanh":
+            return torch.ops.aten.tanh_backward(dA, A)  # dA·(1 − A²)
+        if name == "sigmoid":
+            return torch.ops.aten.sigmoid_backward(dA, A)  # dA·(1 − A)·A
+        return dA
+
+    def _forward(self, batch: _Batch) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Logits (K, d_out, m), and per hidden layer its activation A and its (dropped-out) output H."""
+        As, Hs = [], []
+        Z = self._first_layer(batch)
+        for l in range(1, len(self.W)):
+            A = self._activation_(Z)
+            keep = batch.keeps[l - 1]
+            H = A if keep is None else torch.mul(A, keep).div_(self.q[l - 1])  # A·keep/(1−p)
+            As.append(A)
+            Hs.append(H)
+            Z = torch.baddbmm(self.b[l], self.W[l], H)
+        return Z, As, Hs
+
+    def _loss_grad(self, Z: torch.Tensor, batch: _Batch) -> torch.Tensor:
+        """∂(mean loss of configuration k)/∂Z for every k, shape (K, d_out, m)."""
+        if self.task.loss == "half_mse":
+            return (Z - batch.y) * (1.0 / (Z.shape[1] * batch.m))
+        if self.task.loss == "cross_entropy":
+            return (torch.softmax(Z, dim=1) - batch.onehot) / batch.m
+        return (torch.sigmoid(Z) - batch.y) / batch.m
+
+    def _loss_sums(self, Z: torch.Tensor, batch: _Batch) -> torch.Tensor:
+        """Every configuration's summed data loss over the batch, shape (K,)."""
+        if self.task.loss == "half_mse":
+            return ((Z - batch.y) ** 2 / 2).sum(dim=(1, 2))
+        if self.task.loss == "cross_entropy":
+            return F.cross_entropy(Z, batch.labels.expand(self.K, -1), reduction="none").sum(dim=1)
+        return F.binary_cross_entropy_with_logits(Z, batch.y.expand_as(Z), reduction="none").sum(dim=(1, 2))
+
+    def _loss_count(self, m: int) -> int:
+        """How many terms the mean loss of ``m`` rows averages over (rows × outputs, except cross-entropy)."""
+        return m if self.task.loss == "cross_entropy" else m * self.task.layers[-1]
+
+    def _correct(self, Z: torch.Tensor, batch: _Batch) -> torch.Tensor:
+        """Number of correctly classified rows per configuration (argmax; for BCE a logit > 0 is class 1)."""
+        if self.task.loss == "cross_entropy":
+            return (Z.argmax(dim=1) == batch.labels).sum(dim=1).to(DTYPE)
+        return ((Z > 0) == (batch.y > 0.5)).sum(dim=(1, 2)).to(DTYPE)
+
+    def _manual_grads(self, batch: _Batch) -> list[torch.Tensor]:
+        Z, As, Hs = self._forward(batch)
+        dZ = self._loss_grad(Z, batch)
+        L = len(self.W)
+        dWs: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
+        dbs: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
+        for l in range(L - 1, -1, -1):
+            dbs[l] = dZ.sum(dim=2, keepdim=True)
+            if l == 0:
+                dWs[0] = self._first_layer_grad(dZ, batch)
+                break
+            dWs[l] = torch.bmm(dZ, Hs[l - 1].transpose(1, 2))
+            dH = torch.bmm(self.W[l].transpose(1, 2), dZ)
+            keep = batch.keeps[l - 1]
+            if keep is not None:
+                dH = dH.div_(self.q[l - 1]).mul_(keep)  # autograd's order: (dH/(1−p))·keep
+            dZ = self._activation_grad(dH, As[l - 1])
+        return dWs + dbs
+
+    def _autograd_grads(self, batch: _Batch) -> list[torch.Tensor]:
+        with torch.enable_grad():
+            Z, _, _ = self._forward(batch)
+            means = self._loss_sums(Z, batch) / self._loss_count(batch.m)
+            total = means.sum()  # the K losses are independent: ∂total/∂θ_k = ∂L_k/∂θ_k
+            return list(torch.autograd.grad(total, self.params))
+
+    # ----------------------------------------------------------------- updates
+    def _update(self, grads: list[torch.Tensor]) -> None:
+        self.t += 1
+        task = self.task
+        if task.optimizer == "adam":
+            beta1, beta2 = task.betas
+            bias_correction2_sqrt = (1 - beta2**self.t) ** 0.5
+            neg_step = (self.lr64 / (1 - beta1**self.t)).neg().to(DTYPE)  # −lr/(1−β₁ᵗ), rounded once
+        for P, g, decayed, state in zip(self.params, grads, self.decayed, self.state):
+            if decayed and self.l2 is not None:
+                g = g.addcmul_(self.l2, P)  # g + l2·θ (g is this step's own gradient tensor)
+            if decayed and self.decay_factor is not None:
+                P.mul_(self.decay_factor)  # θ·(1 − lr·decoupled)
+            if task.optimizer == "sgd":
+                if task.momentum:
+                    buf = state.get("momentum")
+                    if buf is None:
+                        buf = state["momentum"] = g.detach().clone()
+                    else:
+                        buf.mul_(task.momentum).add_(g)
+                    g = buf
+                P.addcmul_(g, self.neg_lr)  # θ − lr·g
+            else:
+                if not state:
+                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(P), torch.zeros_like(P)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v.sqrt() / bias_correction2_sqrt).add_(task.eps)
+                P.addcdiv_(m * neg_step, denom)  # θ + (−step·m)/denom, torch's addcdiv order
+            if decayed and self.l1_threshold is not None:
+                soft_threshold_(P, self.l1_threshold)
+
+    def train_step(self, indices: Sequence[torch.Tensor | None]) -> None:
+        """One optimizer step of every configuration on its seed's minibatch ``indices[group]``."""
+        with torch.no_grad():
+            batch = self._training_batch(indices)
+            grads = self._manual_grads(batch) if self.backward == "manual" else self._autograd_grads(batch)
+            self._update(grads)
+
+    # ----------------------------------------------------------------- epochs
+    @torch.no_grad()
+    def evaluate(self) -> torch.Tensor:
+        """This epoch's metrics, shape (K, M) in ``task.metric_names`` order."""
+        losses, accuracies = [], []
+        for n, blocks in self.eval_sets:
+            loss_sum = correct = torch.zeros(self.K, dtype=DTYPE)
+            for batch in blocks:
+                Z, _, _ = self._forward(batch)
+                loss_sum = loss_sum + self._loss_sums(Z, batch)
+                if self.task.classification:
+                    correct = correct + self._correct(Z, batch)
+            losses.append(loss_sum / self._loss_count(n))
+            accuracies.append(correct / n)
+        cols = losses + [torch.sqrt(sum((W * W).sum(dim=(1, 2)) for W in self.W))]
+        if self.task.classification:
+            cols += accuracies
+        return torch.stack(cols, dim=1)
+
+    def _check_divergence(self, metrics: torch.Tensor, epoch: int) -> None:
+        finite = torch.isfinite(metrics[:, 0]) & torch.isfinite(metrics[:, 1])
+        for P in self.params:
+            finite &= torch.isfinite(P).flatten(1).all(dim=1)
+        newly = self.active & ~finite
+        if not bool(newly.any()):
+            return
+        for k in newly.nonzero().flatten().tolist():
+            self.diverged_epoch[k] = epoch
+        self.active &= ~newly
+        for P, state in zip(self.params, self.state):  # frozen at zero: finite, and lr = 0 keeps it there
+            P[newly] = 0.0
+            for buf in state.values():
+                buf[newly] = 0.0
+        self._set_coefficients()
+
+    def run_epoch(self, epoch: int) -> torch.Tensor:
+        """Train one epoch, evaluate, detect divergence; return the epoch's metrics (K, M)."""
+        per_group = [epoch_batches(g.data.n_train, self.task.batch_size, g.order) for g in self.groups]
+        for indices in zip(*per_group):
+            self.train_step(indices)
+        with torch.no_grad():
+            metrics = self.evaluate()
+            self._check_divergence(metrics, epoch)
+        return metrics
+
+    def run(self) -> list[Outcome]:
+        """Train all epochs; the outcomes in the order the configurations were given."""
+        history = torch.stack([self.run_epoch(e) for e in range(1, self.task.epochs + 1)])  # (E, K, M)
+        rows = history.transpose(0, 1).tolist()
+        outcomes: list[Outcome | None] = [None] * self.K
+        for k, original in enumerate(self.perm):
+            outcomes[original] = make_outcome(self.task, rows[k], self.diverged_epoch[k])
+        return outcomes  # type: ignore[return-value]
+

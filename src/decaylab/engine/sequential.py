@@ -1,0 +1,194 @@
+"""The reference engine: one configuration after another, written as ordinary PyTorch.
+
+An ``nn.Module`` of ``nn.Linear`` layers, ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` with two parameter
+groups (decayed tensors and the rest), autograd. It follows :mod:`decaylab.engine.semantics` and is
+the independent reference that :mod:`decaylab.engine.batched` is tested against, and the
+``--engine sequential`` path. How each decay reaches the optimizer:
+
+* coupled ``l2``: ``weight_decay=l2`` of the decayed group (``g ← g + l2·w`` inside ``step()``); when a
+  configuration also has decoupled decay, the same term is added to ``.grad`` by hand before the
+  decoupled step, so that it uses ``w`` before the decay, as the semantics say;
+* ``decoupled``: ``torch.optim.AdamW(weight_decay=decoupled)`` for ``'adam'``; for ``'sgd'`` a manual
+  ``w.mul_(1 − lr·decoupled)`` before ``step()``;
+* ``l1``: a manual soft-threshold ``w ← sign(w)·max(|w| − lr·l1, 0)`` after ``step()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from decaylab.engine.semantics import Split, epoch_batches, initial_parameters, load_data, make_outcome, soft_threshold_
+from decaylab.engine.task import Hyper, Task, check_hypers
+from decaylab.results import Outcome
+from decaylab.rng import generator
+
+__all__ = ["GaussianInputNoise", "StreamDropout", "build_model", "train_sequential"]
+
+_ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+
+
+class GaussianInputNoise(nn.Module):
+    """``x + σ·ε``, ``ε ~ N(0, 1)`` drawn from ``generator`` while training; the identity in eval mode."""
+
+    def __init__(self, sigma: float, gen: torch.Generator) -> None:
+        super().__init__()
+        self.sigma, self.gen = sigma, gen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        return x + self.sigma * torch.randn(x.shape, generator=self.gen)
+
+
+class StreamDropout(nn.Module):
+    """Inverted dropout whose uniform draws come from ``generator``, drawn whatever ``p`` is.
+
+    With ``p = 1`` the output is ``h·0``, not a fresh zero tensor: the layers before it then get a
+    zero gradient rather than none, and ``torch.optim`` still applies their weight decay (it skips
+    parameters whose ``.grad`` is None), as the batched engine does.
+    """
+
+    def __init__(self, p: float, gen: torch.Generator) -> None:
+        super().__init__()
+        self.p, self.gen = p, gen
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return h
+        keep = torch.rand(h.shape, generator=self.gen) >= self.p
+        if self.p >= 1.0:  # all dropped: zeros that stay in the graph, so gradients are 0, not None
+            return h * keep
+        return h * keep / (1 - self.p)
+
+
+def build_model(task: Task, hyper: Hyper) -> nn.Sequential:
+    """The configuration's model with its initial parameters and its own noise / dropout streams."""
+    modules: list[nn.Module] = []
+    if task.noise:
+        modules.append(GaussianInputNoise(hyper.noise, generator(hyper.seed, "noise")))
+    dropout_gen = generator(hyper.seed, "dropout") if task.dropout else None
+    probs = hyper.dropout_for(task)
+    params = initial_parameters(task, hyper.seed)
+    for depth, (W, b) in enumerate(params):
+        linear = nn.Linear(W.shape[0], W.shape[1])
+        with torch.no_grad():
+            linear.weight.copy_(W.T)  # nn.Linear stores (out, in)
+            linear.bias.copy_(b)
+        modules.append(linear)
+        if depth < len(params) - 1:
+            modules.append(_ACTIVATION_MODULES[task.activation]())
+            if dropout_gen is not None:
+                modules.append(StreamDropout(probs[depth], dropout_gen))
+    return nn.Sequential(*modules)
+
+
+def _split_parameters(task: Task, model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """``(decayed, not decayed, weight matrices)``: weights decay; biases only if ``task.decay_bias``."""
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    biases = [m.bias for m in model.modules() if isinstance(m, nn.Linear)]
+    if task.decay_bias:
+        return weights + biases, [], weights
+    return weights, biases, weights
+
+
+def _optimizer(task: Task, hyper: Hyper, decayed: list, rest: list, l2_in_optimizer: bool) -> torch.optim.Optimizer:
+    groups = [{"params": decayed, "weight_decay": hyper.l2 if l2_in_optimizer else 0.0}]
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    if task.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=hyper.lr, momentum=task.momentum)
+    if hyper.decoupled:
+        groups = [{"params": decayed, "weight_decay": hyper.decoupled}] + groups[1:]
+        return torch.optim.AdamW(groups, lr=hyper.lr, betas=task.betas, eps=task.eps)
+    return torch.optim.Adam(groups, lr=hyper.lr, betas=task.betas, eps=task.eps)
+
+
+def data_loss(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The mean data loss of the outputs ``out`` (n, d_out) against ``y``."""
+    if task.loss == "half_mse":
+        return ((out - y) ** 2 / 2).mean()  # D2L's squared_loss, averaged
+    if task.loss == "cross_entropy":
+        return F.cross_entropy(out, y)
+    return F.binary_cross_entropy_with_logits(out, y)
+
+
+def _accuracy(task: Task, out: torch.Tensor, y: torch.Tensor) -> float:
+    if task.loss == "cross_entropy":
+        return (out.argmax(dim=1) == y).float().mean().item()
+    return ((out > 0) == (y > 0.5)).float().mean().item()
+
+
+@torch.no_grad()
+def _evaluate(task: Task, model: nn.Module, data: Split, weights: list[nn.Parameter]) -> list[float]:
+    model.eval()
+    row = []
+    outs = {}
+    for split, X, y in (("train", data.X_train, data.y_train), ("test", data.X_test, data.y_test)):
+        outs[split] = (model(X), y)
+        row.append(data_loss(task, *outs[split]).item())
+    row.append(torch.sqrt(sum(w.pow(2).sum() for w in weights)).item())
+    if task.classification:
+        row += [_accuracy(task, *outs["train"]), _accuracy(task, *outs["test"])]
+    model.train()
+    return row
+
+
+def _finite(model: nn.Module, row: list[float]) -> bool:
+    return math.isfinite(row[0]) and math.isfinite(row[1]) and all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def train_one(task: Task, hyper: Hyper, data: Split | None = None) -> Outcome:
+    """Train one configuration the ordinary way and return its curves and final metrics."""
+    data = load_data(task, hyper.seed) if data is None else data
+    model = build_model(task, hyper)
+    decayed, rest, weights = _split_parameters(task, model)
+    both = bool(hyper.l2 and hyper.decoupled)  # coupled term by hand, so it sees w before decoupled decay
+    opt = _optimizer(task, hyper, decayed, rest, l2_in_optimizer=not both)
+    order = generator(hyper.seed, "order")
+    rows: list[list[float]] = []
+    diverged = None
+    for epoch in range(1, task.epochs + 1):
+        if diverged is None:
+            for idx in epoch_batches(data.n_train, task.batch_size, order):
+                x, y = (data.X_train, data.y_train) if idx is None else (data.X_train[idx], data.y_train[idx])
+                opt.zero_grad(set_to_none=True)
+                data_loss(task, model(x), y).backward()
+                _decay_before_step(task, hyper, decayed, both)
+                opt.step()
+                if hyper.l1:
+                    with torch.no_grad():
+                        for w in decayed:
+                            soft_threshold_(w, hyper.lr * hyper.l1)
+            rows.append(_evaluate(task, model, data, weights))
+            if not _finite(model, rows[-1]):
+                diverged = epoch
+        else:
+            rows.append([math.nan] * len(task.metric_names))
+    return make_outcome(task, rows, diverged)
+
+
+@torch.no_grad()
+def _decay_before_step(task: Task, hyper: Hyper, decayed: list[nn.Parameter], both: bool) -> None:
+    if both:
+        for w in decayed:
+            w.grad.add_(w, alpha=hyper.l2)
+    if hyper.decoupled and task.optimizer == "sgd":
+        for w in decayed:
+            w.mul_(1 - hyper.lr * hyper.decoupled)
+
+
+def train_sequential(task: Task, hypers: Sequence[Hyper]) -> list[Outcome]:
+    """Train each configuration alone, one after another; outcomes in the order of ``hypers``."""
+    hypers = check_hypers(task, hypers)
+    cache: dict[int, Split] = {}
+    outcomes = []
+    for h in hypers:
+        if h.seed not in cache:
+            cache[h.seed] = load_data(task, h.seed)
+        outcomes.append(train_one(task, h, cache[h.seed]))
+    return outcomes

@@ -1,0 +1,186 @@
+"""What a sweep trains: a :class:`Task` shared by all configurations and one :class:`Hyper` per configuration.
+
+A ``Task`` fixes everything that must be equal for configurations to be trained together (the data
+function, the architecture, the loss, the optimizer and its constants, the batch size, the number of
+epochs, the initialization, whether the model has dropout layers and input noise). A ``Hyper`` holds a
+configuration's own numbers: its seed, learning rate, the three kinds of decay, its dropout
+probabilities and its input-noise level.
+
+Decay conventions (``w`` ranges over the *decayed tensors*: the weight matrices, and the biases too
+only when ``Task.decay_bias``; ``g`` is the gradient of the mean data loss over the minibatch):
+
+=============  =========================================  ============================================
+``Hyper``      update                                     objective it corresponds to
+=============  =========================================  ============================================
+``l2``         ``g ← g + l2·w``  (coupled, before the      ``mean loss + l2/2·Σw²``; PyTorch's
+               optimizer sees ``g``)                      ``weight_decay`` of SGD and Adam
+``decoupled``  ``w ← w − lr·decoupled·w``  (before the     PyTorch's AdamW convention: with ``'adam'``
+               optimizer update)                          this *is* AdamW; with ``'sgd'`` it equals
+                                                          ``l2`` without momentum
+``l1``         ``w ← sign(w)·max(|w| − lr·l1, 0)``        proximal step for ``mean loss + l1·Σ|w|``
+               (after the optimizer update)               (exact zeros)
+=============  =========================================  ============================================
+
+The full step-by-step semantics both engines follow are in :mod:`decaylab.engine.semantics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from decaylab.validation import check_choice, check_float, check_int, parameter_error
+
+__all__ = [
+    "ACTIVATIONS",
+    "INITS",
+    "LOSSES",
+    "OPTIMIZERS",
+    "Hyper",
+    "Task",
+    "check_hypers",
+]
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
+LOSSES = ("half_mse", "cross_entropy", "bce")
+OPTIMIZERS = ("sgd", "adam")
+INITS = ("normal", "torch")
+
+Activation = Literal["relu", "tanh", "sigmoid", "identity"]
+Loss = Literal["half_mse", "cross_entropy", "bce"]
+Optimizer = Literal["sgd", "adam"]
+Init = Literal["normal", "torch"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What every configuration of a sweep shares.
+
+    ``data`` must be picklable (a module-level function or a :func:`functools.partial` of one) and
+    return, for a seed, an object with ``X_train``, ``y_train``, ``X_test``, ``y_test`` tensors:
+    ``X`` of shape ``(n, layers[0])``; ``y`` of shape ``(n, layers[-1])`` (float) for ``'half_mse'``,
+    ``(n,)`` int64 class labels for ``'cross_entropy'``, ``(n, 1)`` float in {0, 1} for ``'bce'``.
+    """
+
+    data: Callable[[int], Any]  # seed -> object with X_train, y_train, X_test, y_test
+    layers: tuple[int, ...]  # (d_in, hidden..., d_out); a linear model is (d, 1)
+    activation: Activation = "relu"  # after every hidden layer
+    loss: Loss = "half_mse"  # 'half_mse': mean over the batch of (ŷ−y)²/2 (D2L's squared_loss)
+    optimizer: Optimizer = "sgd"
+    momentum: float = 0.0  # SGD only, PyTorch convention (no dampening, not Nesterov)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam only
+    eps: float = 1e-8  # Adam only
+    batch_size: int | None = None  # None: full batch (no permutation drawn)
+    epochs: int = 10
+    init: Init = "normal"  # 'normal': W ~ N(0, init_std²), b = 0; 'torch': nn.Linear's uniform
+    init_std: float = 1.0  # 'normal' only
+    dropout: bool = False  # a dropout layer after each hidden activation (p per Hyper)
+    noise: bool = False  # Gaussian noise added to the inputs while training (σ per Hyper)
+    decay_bias: bool = False  # whether l2 / decoupled / l1 also act on the biases
+
+    def __post_init__(self) -> None:
+        owner = "Task"
+        if not callable(self.data):
+            raise parameter_error("data", owner, "a callable seed -> data set", self.data)
+        layers = tuple(self.layers) if isinstance(self.layers, Sequence) else self.layers
+        if not isinstance(layers, tuple) or len(layers) < 2:
+            raise parameter_error("layers", owner, "a tuple of at least two ints (d_in, ..., d_out)", self.layers)
+        object.__setattr__(self, "layers", tuple(check_int(w, "layers", owner, low=1) for w in layers))
+        check_choice(self.activation, "activation", owner, ACTIVATIONS)
+        check_choice(self.loss, "loss", owner, LOSSES)
+        check_choice(self.optimizer, "optimizer", owner, OPTIMIZERS)
+        check_choice(self.init, "init", owner, INITS)
+        object.__setattr__(self, "momentum", check_float(self.momentum, "momentum", owner, low=0, high=1, high_open=True))
+        if len(tuple(self.betas)) != 2:
+            raise parameter_error("betas", owner, "a pair of floats in [0, 1)", self.betas)
+        betas = tuple(check_float(b, "betas", owner, low=0, high=1, high_open=True) for b in self.betas)
+        object.__setattr__(self, "betas", betas)
+        object.__setattr__(self, "eps", check_float(self.eps, "eps", owner, low=0, low_open=True))
+        if self.batch_size is not None:
+            object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size", owner, low=1))
+        object.__setattr__(self, "epochs", check_int(self.epochs, "epochs", owner, low=1))
+        object.__setattr__(self, "init_std", check_float(self.init_std, "init_std", owner, low=0))
+        for flag in ("dropout", "noise", "decay_bias"):
+            if not isinstance(getattr(self, flag), bool):
+                raise parameter_error(flag, owner, "a bool", getattr(self, flag))
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        owner = "Task"
+        if self.momentum and self.optimizer != "sgd":
+            raise parameter_error(
+                "momentum", owner, "0 with optimizer='adam' (set betas for Adam's moments)", self.momentum
+            )
+        if self.loss == "cross_entropy" and self.layers[-1] < 2:
+            raise parameter_error("layers", owner, "a tuple ending in >= 2 classes for loss='cross_entropy'", self.layers)
+        if self.loss == "bce" and self.layers[-1] != 1:
+            raise parameter_error("layers", owner, "a tuple ending in 1 output for loss='bce'", self.layers)
+
+    @property
+    def n_hidden(self) -> int:
+        """Number of hidden layers (each followed by the activation, and by dropout if ``dropout``)."""
+        return len(self.layers) - 2
+
+    @property
+    def classification(self) -> bool:
+        """Whether accuracies are measured (``'cross_entropy'`` and ``'bce'``)."""
+        return self.loss != "half_mse"
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The per-epoch metrics an :class:`~decaylab.results.Outcome` carries, besides ``epoch``."""
+        names = ("train_loss", "test_loss", "w_norm")
+        return names + (("train_acc", "test_acc") if self.classification else ())
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """One configuration's own numbers.
+
+    ``dropout`` holds one probability per hidden layer (empty: 0 everywhere); it and ``noise`` need
+    ``Task.dropout`` / ``Task.noise``. All decay strengths follow the conventions in the module docstring.
+    """
+
+    seed: int
+    lr: float
+    l2: float = 0.0  # coupled: g ← g + l2·w
+    decoupled: float = 0.0  # w ← w − lr·decoupled·w before the update (AdamW)
+    l1: float = 0.0  # w ← soft_threshold(w, lr·l1) after the update
+    dropout: tuple[float, ...] = ()  # p per hidden layer
+    noise: float = 0.0  # σ of the Gaussian input noise
+
+    def __post_init__(self) -> None:
+        owner = "Hyper"
+        object.__setattr__(self, "seed", check_int(self.seed, "seed", owner, low=0))
+        object.__setattr__(self, "lr", check_float(self.lr, "lr", owner, low=0, low_open=True))
+        for name in ("l2", "decoupled", "l1", "noise"):
+            object.__setattr__(self, name, check_float(getattr(self, name), name, owner, low=0))
+        if isinstance(self.dropout, (str, bytes)) or not isinstance(self.dropout, Sequence):
+            raise parameter_error("dropout", owner, "a tuple of floats in [0, 1]", self.dropout)
+        probs = tuple(check_float(p, "dropout", owner, low=0, high=1) for p in self.dropout)
+        object.__setattr__(self, "dropout", probs)
+
+    def dropout_for(self, task: Task) -> tuple[float, ...]:
+        """One dropout probability per hidden layer of ``task`` (zeros when none were given)."""
+        return self.dropout or (0.0,) * task.n_hidden
+
+
+def check_hypers(task: Task, hypers: Sequence[Hyper]) -> list[Hyper]:
+    """Check that every configuration fits ``task``; return them as a list.
+
+    Raises :class:`~decaylab.validation.InvalidParameterError` naming the option to change.
+    """
+    hypers = list(hypers)
+    for h in hypers:
+        if not isinstance(h, Hyper):
+            raise parameter_error("hypers", "train", "a sequence of Hyper", h)
+        if h.dropout and not task.dropout and any(h.dropout):
+            raise parameter_error("dropout", "Hyper", "() unless Task.dropout=True", h.dropout)
+        if h.dropout and len(h.dropout) != task.n_hidden:
+            raise parameter_error(
+                "dropout", "Hyper", f"a tuple of {task.n_hidden} probabilities (one per hidden layer)", h.dropout
+            )
+        if h.noise and not task.noise:
+            raise parameter_error("noise", "Hyper", "0 unless Task.noise=True", h.noise)
+    return hypers

@@ -1,0 +1,338 @@
+r"""``constraint``: the L2 penalty and the constraint ‖w‖ ≤ θ are two forms of one problem (seed 000).
+
+Seed 000 (D2L's weight-decay notes, "两种限制方式的等价性") states that minimizing the penalized loss and
+minimizing the loss under a norm constraint are equivalent. For linear regression with an unpenalized
+intercept, with ``f(w, b) = (1/n) Σ (xᵢᵀw + b − yᵢ)²/2`` (D2L's ``squared_loss``, averaged):
+
+.. code-block:: text
+
+    penalty     w_ridge(λ) = argmin f(w, b) + λ/2·‖w‖²              (D2L convention; sklearn Ridge alpha = n·λ)
+    constraint  w_c(θ)     = argmin f(w, b)   subject to ‖w‖₂ ≤ θ
+
+For every λ > 0 put θ(λ) = ‖w_ridge(λ)‖₂. Then ``w_c(θ(λ)) = w_ridge(λ)``: the KKT conditions of the
+constrained problem, ``∇_w f + μ·w = 0, μ ≥ 0, μ(‖w‖ − θ) = 0``, hold at ``w_ridge(λ)`` with multiplier
+``μ = λ``, and both problems have one minimizer (``X`` has full column rank, ``n_train > dim``). So the
+map λ ↦ θ(λ) is a bijection from (0, ∞) onto (0, ‖w_OLS‖), decreasing; its inverse reads λ off a
+constrained solution as its multiplier, ``μ = −⟨∇_w f(w_c), w_c⟩ / ‖w_c‖²``.
+
+The experiment computes ``w_ridge(λ)`` in closed form (:func:`decaylab.ridge`, one SVD) and solves the
+constrained problem by projected gradient descent, from a random start ``w₀ ~ N(0, 1)`` (the ``init``
+stream; ``b₀ = 0``), full batch, ``η = 1/L`` (``L`` the largest eigenvalue of the Hessian of ``f`` in (w, b))::
+
+    w ← w − η ∇_w f,  b ← b − η ∇_b f,   then   w ← w · min(1, θ/‖w‖₂)        (projection onto the ball)
+
+Engines, both in float64:
+
+* ``sequential``: one λ at a time, the library way: ``nn.Linear(dim, 1)``, ``torch.optim.SGD(lr=η)`` and
+  ``decaylab.attach(opt, decaylab.MaxNorm(θ))`` — the max-norm step of one output unit is exactly the
+  projection of its weight vector onto the ball.
+* ``batched`` (default): every λ of a seed in one ``(K, dim)`` tensor, each row projected onto its own ball.
+  (:func:`decaylab.engine.train` has no projection step, so this is a focused loop.)
+
+Convergence is certified: ``f`` is μ_H-strongly convex (μ_H = smallest Hessian eigenvalue), the projected
+gradient map contracts by ``1 − μ_H/L``, so ``‖(w, b) − (w_c, b_c)‖ ≤ ‖G‖/μ_H`` with ``G`` the gradient
+mapping (metric ``error_bound``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from decaylab.experiments.base import Experiment, Option, Table, float_grid, int_grid, positive_int
+from decaylab.results import ConfigResult, Outcome
+from decaylab.validation import check_float, parameter_error
+
+__all__ = ["Constraint", "multiplier", "project_rows", "projected_gd_batched", "projected_gd_sequential"]
+
+Progress = Callable[[int], None]
+PROGRESS_EVERY = 50
+
+
+def _correlation(text: str, name: str, owner: str) -> float:
+    return check_float(text, name, owner, low=0.0, high=1.0, high_open=True)
+
+
+def _nonneg_float(text: str, name: str, owner: str) -> float:
+    return check_float(text, name, owner, low=0.0)
+
+
+def _report(progress: Progress | None, amount: int) -> None:
+    if progress is not None and amount:
+        progress(amount)
+
+
+def _hessian_eigs(X: Any) -> tuple[float, float]:
+    """``(μ, L)``: extreme eigenvalues of the Hessian of (1/n)Σ(Xw + b − y)²/2 in (w, b)."""
+    import torch
+
+    n = X.shape[0]
+    A = torch.cat([X, torch.ones(n, 1, dtype=X.dtype)], dim=1)
+    eig = torch.linalg.eigvalsh(A.T @ A / n)
+    return float(eig[0]), float(eig[-1])
+
+
+def project_rows(W: Any, theta: Any) -> Any:
+    """Each row ``w_k`` of ``W`` onto ``‖w‖₂ ≤ θ_k``: ``w·θ/‖w‖`` outside the ball, unchanged inside (MaxNorm)."""
+    import torch
+
+    norms = torch.linalg.vector_norm(W, dim=1, keepdim=True)
+    return W * torch.where(norms > theta, theta / norms, torch.ones_like(norms))
+
+
+def projected_gd_batched(
+    X: Any, y: Any, w0: Any, thetas: Sequence[float], w_ref: Any, epochs: int, progress: Progress | None = None
+) -> tuple[Any, Any, Any]:
+    """K radii at once from the same start: ``W`` (K, d), ``b`` (K,), and ``‖w_t − w_ref_k‖`` per epoch (E, K)."""
+    import torch
+
+    X, y = X.to(torch.float64), y.to(torch.float64).reshape(-1)
+    n, d = X.shape
+    K = len(thetas)
+    G, xbar = X.T @ X / n, X.mean(dim=0)
+    c, ybar = X.T @ y / n, y.mean()
+    lr = 1.0 / _hessian_eigs(X)[1]
+    theta = torch.tensor(list(thetas), dtype=torch.float64).reshape(K, 1)
+    W = w0.to(torch.float64).reshape(1, d).repeat(K, 1)
+    b = torch.zeros(K, 1, dtype=torch.float64)
+    dist = torch.empty(epochs, K, dtype=torch.float64)
+    for epoch in range(1, epochs + 1):
+        gW = W @ G + b * xbar - c
+        gb = W @ xbar[:, None] + b - ybar
+        W = project_rows(W - lr * gW, theta)
+        b = b - lr * gb
+        dist[epoch - 1] = torch.linalg.vector_norm(W - w_ref, dim=1)
+        if epoch % PROGRESS_EVERY == 0:
+            _report(progress, PROGRESS_EVERY * K)
+    _report(progress, (epochs % PROGRESS_EVERY) * K)
+    return W, b.reshape(K), dist
+
+
+def projected_gd_sequential(
+    X: Any, y: Any, w0: Any, theta: float, w_ref: Any, epochs: int, progress: Progress | None = None
+) -> tuple[Any, float, Any]:
+    """One radius, the library way: ``SGD(lr=1/L)`` + ``attach(opt, MaxNorm(θ))`` on ``nn.Linear(d, 1)``, float64."""
+    import torch
+    from torch import nn
+
+    from decaylab.steps import MaxNorm, attach
+
+    X, y = X.to(torch.float64), y.to(torch.float64).reshape(-1, 1)
+    lr = 1.0 / _hessian_eigs(X)[1]
+    model = nn.Linear(X.shape[1], 1, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(w0.reshape(1, -1))
+        model.bias.zero_()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    handle = attach(opt, MaxNorm(theta, dim=0), model=model)  # one output unit: its whole weight vector
+    ref = torch.as_tensor(w_ref, dtype=torch.float64).reshape(-1)
+    dist = torch.empty(epochs, dtype=torch.float64)
+    for epoch in range(1, epochs + 1):
+        opt.zero_grad(set_to_none=True)
+        ((model(X) - y) ** 2 / 2).mean().backward()
+        opt.step()
+        dist[epoch - 1] = torch.linalg.vector_norm(model.weight.detach().reshape(-1) - ref)
+        if epoch % PROGRESS_EVERY == 0:
+            _report(progress, PROGRESS_EVERY)
+    _report(progress, epochs % PROGRESS_EVERY)
+    handle.detach()
+    return model.weight.detach().reshape(-1).clone(), float(model.bias.detach()), dist
+
+
+def _gradients(X: Any, y: Any, w: Any, b: float) -> tuple[Any, Any]:
+    r = X @ w + b - y
+    return X.T @ r / len(y), r.mean()
+
+
+def multiplier(X: Any, y: Any, w: Any, b: float) -> float:
+    """The Lagrange multiplier of ``‖w‖ ≤ θ`` at a constrained solution: ``μ = −⟨∇_w f, w⟩/‖w‖²``."""
+    import torch
+
+    X, y = X.to(torch.float64), y.to(torch.float64).reshape(-1)
+    gw, _ = _gradients(X, y, w, b)
+    return float(-(gw @ w) / (w @ w))
+
+
+def _error_bound(X: Any, y: Any, w: Any, b: float, theta: float, eigs: tuple[float, float]) -> float:
+    """``‖G‖/μ_H`` with ``G = (x − P(x − η∇f(x)))/η`` the projected-gradient mapping (see the docstring)."""
+    import torch
+
+    mu, L = eigs
+    lr = 1.0 / L
+    gw, gb = _gradients(X, y, w, b)
+    step = w - lr * gw
+    proj = project_rows(step.reshape(1, -1), torch.tensor([[theta]], dtype=torch.float64)).reshape(-1)
+    G = torch.cat([(w - proj) / lr, gb.reshape(1)])
+    return float(torch.linalg.vector_norm(G)) / mu if mu > 0 else math.inf
+
+
+class Constraint(Experiment):
+    name = "constraint"
+    order = 60
+    summary = "Penalty vs constraint: projected GD on ||w|| <= theta(lambda) reaches the ridge solution of lambda."
+    description = (
+        "Claim: for each lambda, with theta(lambda) = ||w_ridge(lambda)||, projected gradient descent on"
+        " ||w||_2 <= theta(lambda) ends at w_ridge(lambda) (distance < 1e-9), its Lagrange multiplier equals"
+        " lambda, and theta(lambda) decreases from ||w_OLS|| towards 0. Ridge: mean (y_hat-y)^2/2 +"
+        " lambda/2*||w||^2 (D2L; sklearn Ridge alpha = n*lambda), intercept unpenalized and unconstrained."
+        " Figure: constraint.png (the lambda <-> theta map, coefficient paths against lambda and against theta"
+        " with ridge lines and projected-GD markers, and the distance to ridge during projected GD)."
+        " Engines (float64): batched (default) stacks every lambda of a seed; sequential trains each with"
+        " torch.optim.SGD + decaylab.attach(MaxNorm(theta)), the library path."
+    )
+    engines = ("sequential", "batched")
+    options = (
+        Option("lambd", float_grid(low=0.0, low_open=True), "log:1e-3:1e2:30",
+               "lambda grid (> 0) of mean (y_hat-y)^2/2 + lambda/2*||w||^2", "GRID"),
+        Option("epochs", positive_int, "500", "full-batch projected gradient steps", "N"),
+        Option("n_train", positive_int, "60", "training examples (> dim, so that the minimizers are unique)", "N"),
+        Option("dim", positive_int, "8", "number of features (all non-zero, |w*_j| ~ U(1, 3))", "D"),
+        Option("correlation", _correlation, "0.5", "AR(1) feature correlation rho^|i-j|, in [0, 1)", "RHO"),
+        Option("noise", _nonneg_float, "1.0", "noise standard deviation of y", "SIGMA"),
+        Option("seed", int_grid(low=0), "0", "seed(s): data (data stream) and the start w0 (init stream)", "SEEDS"),
+    )
+
+    def check(self, opts: dict[str, Any]) -> None:
+        if opts["n_train"] <= opts["dim"]:
+            raise parameter_error(
+                "--n-train", self.name, f"an int > dim={opts['dim']} (unique minimizers need full column rank)",
+                opts["n_train"],
+            )
+
+    def configs(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"lambd": lambd, "seed": seed} for seed in opts["seed"] for lambd in opts["lambd"]]
+
+    def run_chunk(
+        self,
+        opts: dict[str, Any],
+        configs: Sequence[dict[str, Any]],
+        engine: str,
+        progress: Progress | None = None,
+    ) -> list[Outcome]:
+        import torch
+
+        from decaylab.closed_form import ridge, ridge_path
+        from decaylab.data.sparse import sparse_linear_data
+        from decaylab.experiments.sparsity import _one_thread
+        from decaylab.rng import generator
+
+        outcomes: list[Outcome | None] = [None] * len(configs)
+        by_seed: dict[int, list[int]] = {}
+        for i, c in enumerate(configs):
+            by_seed.setdefault(c["seed"], []).append(i)
+        with _one_thread():
+            for seed, idx in by_seed.items():
+                data = sparse_linear_data(
+                    seed, opts["n_train"], 0, opts["dim"], opts["dim"],
+                    noise_std=opts["noise"], correlation=opts["correlation"],
+                )
+                X, y = data.X_train, data.y_train
+                lambdas = [configs[i]["lambd"] for i in idx]
+                coefs, intercepts = ridge_path(X, y, lambdas)  # D2L convention, one SVD
+                thetas = [float(torch.linalg.vector_norm(w)) for w in coefs]
+                w_ols, _ = ridge(X, y, 0.0)
+                theta_ols = float(torch.linalg.vector_norm(w_ols))
+                w0 = torch.normal(0.0, 1.0, (opts["dim"],), generator=generator(seed, "init"), dtype=torch.float64)
+                if engine == "batched":
+                    W, b, dist = projected_gd_batched(X, y, w0, thetas, coefs, opts["epochs"], progress)
+                    solved = [(W[k], float(b[k]), dist[:, k]) for k in range(len(idx))]
+                else:
+                    solved = [
+                        projected_gd_sequential(X, y, w0, thetas[k], coefs[k], opts["epochs"], progress)
+                        for k in range(len(idx))
+                    ]
+                eigs = _hessian_eigs(X)
+                for k, i in enumerate(idx):
+                    outcomes[i] = self._outcome(
+                        X, y, lambdas[k], thetas[k], theta_ols, coefs[k], float(intercepts[k]), *solved[k], eigs
+                    )
+        return outcomes  # type: ignore[return-value]
+
+    @staticmethod
+    def _outcome(
+        X: Any, y: Any, lambd: float, theta: float, theta_ols: float, w_ridge: Any, b_ridge: float,
+        w: Any, b: float, dist: Any, eigs: tuple[float, float],
+    ) -> Outcome:
+        import torch
+
+        X, y = X.to(torch.float64), y.to(torch.float64)
+        gap = float(torch.linalg.vector_norm(w - w_ridge))
+        mu = multiplier(X, y, w, b)
+        metrics = {
+            "theta": theta,
+            "theta_ols": theta_ols,
+            "w_norm": float(torch.linalg.vector_norm(w)),
+            "dist_to_ridge": gap,
+            "rel_dist_to_ridge": gap / theta if theta > 0 else math.nan,
+            "intercept_diff": abs(b - b_ridge),
+            "multiplier": mu,
+            "multiplier_rel_err": abs(mu - lambd) / lambd,
+            "train_loss": float(((X @ w + b - y) ** 2 / 2).mean()),
+            "train_loss_ridge": float(((X @ w_ridge + b_ridge - y) ** 2 / 2).mean()),
+            "error_bound": _error_bound(X, y, w, b, theta, eigs),
+        }
+        curves = {
+            "epoch": [float(e) for e in range(1, len(dist) + 1)],
+            "dist_to_ridge": [float(v) for v in dist],
+            "coef_ridge": [float(v) for v in w_ridge],
+            "coef_pgd": [float(v) for v in w],
+        }
+        return Outcome(status="done", metrics=metrics, curves=curves)
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def table(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> Table:
+        rows = []
+        several = len(opts["seed"]) > 1
+        for r in sorted(results, key=lambda r: (r.params["seed"], r.params["lambd"])):
+            m = r.metrics
+            row = [r.params["lambd"], m.get("theta"), m.get("w_norm"), m.get("dist_to_ridge"), m.get("multiplier"),
+                   m.get("train_loss"), r.status]
+            rows.append(([r.params["seed"]] if several else []) + row)
+        columns = ["λ", "θ(λ) = ‖w_ridge‖", "‖w_PGD‖", "‖w_PGD − w_ridge‖", "multiplier μ of PGD", "train loss", "status"]
+        ols = next((r.metrics.get("theta_ols") for r in results if r.metrics), math.nan)
+        return Table(
+            (["seed"] if several else []) + columns,
+            rows,
+            title=(
+                "constraint: ridge mean (ŷ−y)²/2 + λ/2‖w‖² (D2L) vs projected GD on ‖w‖₂ ≤ θ(λ), "
+                f"{opts['epochs']} epochs from w₀ ~ N(0, 1); ‖w_OLS‖ = {ols:.4g}"
+                + ("" if not several else " (seed " + str(opts["seed"][0]) + ")")
+            ),
+        )
+
+    def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
+        done = [r for r in results if r.status == "done"]
+        per_seed = {}
+        for seed in sorted({r.params["seed"] for r in done}):
+            mine = sorted((r for r in done if r.params["seed"] == seed), key=lambda r: r.params["lambd"])
+            thetas = [r.metrics["theta"] for r in mine]
+            per_seed[str(seed)] = {
+                "theta_ols": mine[0].metrics["theta_ols"],
+                "theta_range": [min(thetas), max(thetas)],
+                "theta_decreasing": all(a > b for a, b in zip(thetas, thetas[1:])),
+            }
+        max_dist = max((r.metrics["dist_to_ridge"] for r in done), default=math.nan)
+        max_mu = max((r.metrics["multiplier_rel_err"] for r in done), default=math.nan)
+        return {
+            "conventions": {
+                "penalty": "mean (ŷ−y)²/2 + λ/2‖w‖² (D2L); sklearn Ridge alpha = n·λ; intercept unpenalized",
+                "constraint": "mean (ŷ−y)²/2 subject to ‖w‖₂ ≤ θ(λ) = ‖w_ridge(λ)‖₂; intercept free",
+            },
+            "max_dist_to_ridge": max_dist,
+            "max_intercept_diff": max((r.metrics["intercept_diff"] for r in done), default=math.nan),
+            "max_multiplier_rel_err": max_mu,
+            "max_error_bound": max((r.metrics["error_bound"] for r in done), default=math.nan),
+            "by_seed": per_seed,
+            "claims": {
+                "pgd_reaches_ridge": bool(done) and max_dist <= 1e-9,
+                "multiplier_equals_lambda": bool(done) and max_mu <= 1e-6,
+                "theta_decreasing_in_lambda": bool(per_seed) and all(s["theta_decreasing"] for s in per_seed.values()),
+            },
+        }
+
+    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+        from decaylab.plots.constraint import plot_constraint
+
+        return [plot_constraint(results, opts, out / "constraint.png")]

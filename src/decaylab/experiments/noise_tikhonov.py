@@ -1,0 +1,378 @@
+r"""``noise-tikhonov``: training with input noise is ridge regression (Bishop 1995; seed 000).
+
+A linear model ``ŷ = w·x + b`` is trained by minibatch SGD on the D2L loss, the mean over the batch of
+``(ŷ − y)²/2``, where every step sees its inputs with *fresh* Gaussian noise, ``x̃ = x + σε``,
+``ε ~ N(0, I)``. Averaged over the noise, one example's loss is
+
+.. math::
+
+    \mathbb E_\varepsilon\big[(w\cdot(x+\sigma\varepsilon) + b - y)^2/2\big]
+      = (w\cdot x + b - y)^2/2 + \sigma\,(w\cdot x + b - y)\,\mathbb E[w\cdot\varepsilon]
+        + \tfrac{\sigma^2}{2}\,\mathbb E[(w\cdot\varepsilon)^2]
+      = (w\cdot x + b - y)^2/2 + \tfrac{\sigma^2}{2}\lVert w\rVert^2 ,
+
+so the expected training objective is :math:`\frac1n\sum_i (w\cdot x_i + b - y_i)^2/2 + \frac{\lambda}{2}\lVert w\rVert^2`
+with **λ = σ²** in D2L's convention (λ/2·‖w‖² on the mean half squared error; the bias ``b`` is not
+penalized because no noise is added to its constant input). That is scikit-learn's
+``Ridge(alpha = n·σ²)`` and :func:`decaylab.ridge(X, y, σ²) <decaylab.closed_form.ridge>`.
+
+Why SGD lands *on* the ridge solution and not only near it: an SGD step with noisy inputs is
+``w ← w − η·x̃(x̃·w + b − y)``, linear in ``(w, b)`` with random coefficients drawn independently of the
+current iterate, and ``E[x̃x̃ᵀ] = xxᵀ + σ²I``, ``E[x̃] = x``. So the *mean* iterate follows gradient descent
+on the expected objective and its fixed point is exactly the ridge solution; the iterates fluctuate
+around it with a spread proportional to η. **Polyak iterate averaging** removes the spread: the
+reported ``w`` is the average of the iterates after every step of the last ``--average`` fraction of
+the epochs (default: the last half), at a constant learning rate. The last iterate is reported too,
+to show what the averaging buys.
+
+Data (stream ``data``): ``n_train`` (default 200 > d = 5, so ordinary least squares is unique) and
+``n_test`` rows, ``x_j ~ N(0, s_j²)`` with scales ``s_j = 2^{1−2j/(d−1)}`` (2 down to 1/2), so noise of
+the same σ on every input shrinks the low-variance features most; ``y = w*·x + 0.5 + N(0, 0.5²)``
+with ``w*_j = (−1)^j (1 + j/(d−1))``.
+
+Training (``run_training``) is a small focused loop rather than :func:`decaylab.engine.train`,
+because the experiment needs what the engine does not return: the final coefficient vector, and the
+Polyak average. The loop follows :mod:`decaylab.engine.semantics` step by step (``init='normal'`` with
+``init_std=0.01``, one ``randperm`` per epoch from the ``order`` stream, input noise
+``x + σ·randn(x.shape)`` from the ``noise`` stream, float32, plain SGD), so its iterates are the
+engine's iterates: the tests check its curves against ``decaylab.engine.train`` with ``Task.noise``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from decaylab.experiments.base import (
+    Experiment,
+    Option,
+    Table,
+    float_grid,
+    int_grid,
+    positive_float,
+    positive_int,
+)
+from decaylab.results import ConfigResult, Outcome
+from decaylab.validation import check_float, parameter_error
+
+__all__ = ["NoiseTikhonov", "TikhonovData", "reference_solutions", "run_training", "tikhonov_data"]
+
+Progress = Callable[[int], None]
+
+INIT_STD = 0.01  # w ~ N(0, 0.01²), b = 0 (the engine's init='normal')
+TRUE_BIAS = 0.5
+LABEL_NOISE = 0.5
+PATH_POINTS = 61  # closed-form ridge coefficients drawn along σ in the figure
+# distances to ridge at these multiples of σ² (besides 1), to show that λ = σ² is the right one
+OTHER_FACTORS = {"ridge_quarter": 0.25, "ridge_4x": 4.0}
+
+
+@dataclass(frozen=True)
+class TikhonovData:
+    """A linear-regression problem; ``X_test``/``y_test`` are held-out rows of the same distribution."""
+
+    X_train: Any  # (n_train, dim) float32 tensor
+    y_train: Any  # (n_train, 1)
+    X_test: Any
+    y_test: Any
+    true_w: Any  # (dim,)
+    true_b: float
+
+
+def feature_scales(dim: int) -> list[float]:
+    """Standard deviation of each feature: ``2^(1 − 2j/(d−1))``, from 2 down to 1/2."""
+    if dim == 1:
+        return [1.0]
+    return [2.0 ** (1 - 2 * j / (dim - 1)) for j in range(dim)]
+
+
+def true_weights(dim: int) -> list[float]:
+    """``w*_j = (−1)^j (1 + j/(d−1))``: alternating signs, growing magnitudes."""
+    return [(-1) ** j * (1 + j / max(dim - 1, 1)) for j in range(dim)]
+
+
+def tikhonov_data(seed: int, n_train: int = 200, n_test: int = 200, dim: int = 5) -> TikhonovData:
+    """The experiment's data for ``seed``, from its ``data`` stream (training rows first, then test rows)."""
+    import torch
+
+    from decaylab.rng import generator
+
+    g = generator(seed, "data")
+    scales = torch.tensor(feature_scales(dim), dtype=torch.float32)
+    w = torch.tensor(true_weights(dim), dtype=torch.float32)
+
+    def draw(n: int) -> tuple[Any, Any]:
+        X = torch.randn((n, dim), generator=g, dtype=torch.float32) * scales
+        y = X @ w + TRUE_BIAS + LABEL_NOISE * torch.randn(n, generator=g, dtype=torch.float32)
+        return X, y.reshape(-1, 1)
+
+    X_train, y_train = draw(n_train)
+    X_test, y_test = draw(n_test)
+    return TikhonovData(X_train, y_train, X_test, y_test, w, TRUE_BIAS)
+
+
+def reference_solutions(X: Any, y: Any, sigma: float) -> dict[str, Any]:
+    """Closed forms (NumPy float64 coefficient vectors): ``ridge`` at λ = σ², ``ols`` (λ = 0), and
+    ridge at λ = σ²/4 and 4σ², all in D2L's convention (1/(2n))‖y − Xw − b‖² + λ/2·‖w‖²."""
+    from decaylab.closed_form import ridge
+
+    lam = sigma**2
+    refs = {"ridge": ridge(X, y.reshape(-1), lam)[0], "ols": ridge(X, y.reshape(-1), 0.0)[0]}
+    for key, factor in OTHER_FACTORS.items():
+        refs[key] = ridge(X, y.reshape(-1), factor * lam)[0]
+    return {k: v.numpy() if hasattr(v, "numpy") else v for k, v in refs.items()}
+
+
+def run_training(
+    data: TikhonovData,
+    sigma: float,
+    seed: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    average: float,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """SGD with fresh input noise σ, the engine's semantics; returns the iterates that matter.
+
+    Returns ``w_avg``/``b_avg`` (Polyak average over every step of the last ``ceil(average·epochs)``
+    epochs, accumulated in float64), ``w_last``/``b_last`` (the last iterate) and per-epoch curves
+    ``train_loss``/``test_loss`` (clean data, mean (ŷ−y)²/2) and ``w_norm`` of the current iterate.
+    """
+    import torch
+
+    from decaylab.rng import generator
+
+    n, dim = data.X_train.shape
+    init, order, noise = generator(seed, "init"), generator(seed, "order"), generator(seed, "noise")
+    W = torch.normal(0.0, INIT_STD, (dim, 1), generator=init, dtype=torch.float32)
+    b = torch.zeros(1, dtype=torch.float32)
+    first_averaged = epochs - max(1, math.ceil(average * epochs)) + 1  # 1-based epoch
+    w_sum = torch.zeros(dim, dtype=torch.float64)
+    b_sum = torch.zeros((), dtype=torch.float64)
+    steps = 0
+    curves: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "w_norm": []}
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(n, generator=order)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            x, y = data.X_train.index_select(0, idx), data.y_train.index_select(0, idx)
+            x = x + sigma * torch.randn(x.shape, generator=noise)
+            residual = (x @ W + b - y) / x.shape[0]  # ∂ mean((ŷ−y)²/2) / ∂ŷ
+            W = W - lr * (x.T @ residual)
+            b = b - lr * residual.sum(dim=0)
+            if epoch >= first_averaged:
+                w_sum += W.reshape(-1).double()
+                b_sum += b.double().sum()
+                steps += 1
+        with torch.no_grad():
+            for split in ("train", "test"):
+                X, Y = getattr(data, f"X_{split}"), getattr(data, f"y_{split}")
+                curves[f"{split}_loss"].append(((X @ W + b - Y) ** 2 / 2).mean().item())
+            curves["w_norm"].append(torch.linalg.vector_norm(W).item())
+        if progress:
+            progress(1)
+    return {
+        "w_avg": (w_sum / steps).numpy(),
+        "b_avg": float(b_sum / steps),
+        "w_last": W.reshape(-1).double().numpy(),
+        "b_last": float(b.item()),
+        "averaged_steps": steps,
+        **curves,
+    }
+
+
+def _distance(a: Any, b: Any) -> float:
+    import numpy as np
+
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)))
+
+
+def sigma_path(sigmas: Sequence[float]) -> list[float]:
+    """The σ values at which the figure draws the closed-form ridge coefficients (0 to max σ)."""
+    top = max(sigmas) if sigmas else 1.0
+    top = top if top > 0 else 1.0
+    return [top * i / (PATH_POINTS - 1) for i in range(PATH_POINTS)]
+
+
+class NoiseTikhonov(Experiment):
+    name = "noise-tikhonov"
+    order = 40
+    summary = "Input noise is Tikhonov: SGD on inputs + N(0, σ²) noise reaches ridge with λ = σ² (λ/2·‖w‖², mean loss)."
+    description = (
+        "Claim (Bishop 1995): linear regression trained by SGD on inputs with fresh Gaussian noise of variance σ²"
+        " converges to the ridge solution with λ = σ² in D2L's convention (mean (ŷ−y)²/2 + λ/2·‖w‖², bias not"
+        " penalized; = sklearn Ridge(alpha=n·σ²)), not to ordinary least squares, and not to ridge at σ²/4 or 4σ²."
+        " The reported w is the Polyak average of the SGD iterates over the last --average fraction of epochs."
+        " Figures: coefficients.png (closed-form ridge coefficients along σ as lines, trained w as markers),"
+        " distances.png (‖w − ridge(σ²)‖ against ‖w − OLS‖ and the other λ, over σ)."
+    )
+    engines = ("sequential",)
+    options = (
+        Option("sigma", float_grid(low=0.0), "0:1.5:7", "input-noise standard deviations σ (grid)", "GRID"),
+        Option("seed", int_grid(low=0), "0,1,2", "seed(s): data, initial weights, batch order, noise", "SEEDS"),
+        Option("epochs", positive_int, "150", "training epochs", "N"),
+        Option("lr", positive_float, "0.02", "constant SGD learning rate η", "ETA"),
+        Option("batch_size", positive_int, "10", "minibatch size (<= n-train)", "B"),
+        Option(
+            "average", positive_float, "0.5", "fraction of the epochs (at the end) whose iterates are averaged, in (0, 1]",
+            "F",
+        ),
+        Option("n_train", positive_int, "200", "training examples (> dim, so OLS is unique)", "N"),
+        Option("n_test", positive_int, "200", "held-out examples", "N"),
+        Option("dim", positive_int, "5", "number of features", "D"),
+    )
+
+    def check(self, opts: dict[str, Any]) -> None:
+        if opts["n_train"] <= opts["dim"]:
+            raise parameter_error(
+                "--n-train", self.name, f"an int > dim={opts['dim']} (so that least squares is unique)", opts["n_train"]
+            )
+        if opts["batch_size"] > opts["n_train"]:
+            raise parameter_error(
+                "--batch-size", self.name, f"an int in [1, n_train={opts['n_train']}]", opts["batch_size"]
+            )
+        check_float(opts["average"], "--average", self.name, low=0.0, low_open=True, high=1.0)
+
+    def configs(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"sigma": sigma, "seed": seed} for sigma in opts["sigma"] for seed in opts["seed"]]
+
+    def run_chunk(
+        self,
+        opts: dict[str, Any],
+        configs: Sequence[dict[str, Any]],
+        engine: str,
+        progress: Progress | None = None,
+    ) -> list[Outcome]:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # 5-feature model: one thread is fastest, and never stalls on a busy machine
+        try:
+            return self._run(opts, configs, progress)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, opts: dict[str, Any], configs: Sequence[dict[str, Any]], progress: Progress | None) -> list[Outcome]:
+        from decaylab.closed_form import ridge_path
+
+        outcomes = []
+        data_by_seed: dict[int, TikhonovData] = {}
+        path = sigma_path(opts["sigma"])
+        for config in configs:
+            seed, sigma = config["seed"], config["sigma"]
+            if seed not in data_by_seed:
+                data_by_seed[seed] = tikhonov_data(seed, opts["n_train"], opts["n_test"], opts["dim"])
+            data = data_by_seed[seed]
+            run = run_training(
+                data, sigma, seed, opts["epochs"], opts["lr"], opts["batch_size"], opts["average"], progress
+            )
+            refs = reference_solutions(data.X_train, data.y_train, sigma)
+            path_coefs, _ = ridge_path(data.X_train.double().numpy(), data.y_train.double().numpy().reshape(-1),
+                                       [s**2 for s in path])
+            metrics = {
+                "dist_ridge": _distance(run["w_avg"], refs["ridge"]),
+                "dist_ols": _distance(run["w_avg"], refs["ols"]),
+                **{f"dist_{k}": _distance(run["w_avg"], refs[k]) for k in OTHER_FACTORS},
+                "dist_ridge_last": _distance(run["w_last"], refs["ridge"]),
+                "ridge_ols_gap": _distance(refs["ridge"], refs["ols"]),
+                "ridge_norm": _distance(refs["ridge"], 0.0),
+                "w_norm": _distance(run["w_avg"], 0.0),
+                "train_loss": run["train_loss"][-1],
+                "test_loss": run["test_loss"][-1],
+            }
+            finite = all(math.isfinite(v) for v in metrics.values())
+            curves = {
+                "epoch": [float(e) for e in range(1, opts["epochs"] + 1)],
+                "train_loss": run["train_loss"],
+                "test_loss": run["test_loss"],
+                "w_norm": run["w_norm"],
+                "coef_avg": [float(v) for v in run["w_avg"]],
+                "coef_last": [float(v) for v in run["w_last"]],
+                "coef_ridge": [float(v) for v in refs["ridge"]],
+                "coef_ols": [float(v) for v in refs["ols"]],
+                "path_sigma": path,
+                "path_coef": [float(v) for v in path_coefs.reshape(-1)],  # (PATH_POINTS, dim), row-major
+            }
+            outcomes.append(Outcome(status="done" if finite else "diverged", metrics=metrics, curves=curves))
+        return outcomes
+
+    def table(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> Table:
+        rows = []
+        for r in results:
+            m = r.metrics
+            rows.append(
+                [
+                    r.params["sigma"],
+                    r.params["sigma"] ** 2,
+                    r.params["seed"],
+                    m.get("dist_ridge"),
+                    m.get("dist_ols"),
+                    m.get("dist_ridge_quarter"),
+                    m.get("dist_ridge_4x"),
+                    m.get("dist_ridge_last"),
+                    r.status,
+                ]
+            )
+        return Table(
+            [
+                "σ", "λ=σ²", "seed", "‖w−ridge(σ²)‖", "‖w−OLS‖", "‖w−ridge(σ²/4)‖", "‖w−ridge(4σ²)‖",
+                "last iterate: ‖w−ridge(σ²)‖", "status",
+            ],
+            rows,
+            title=(
+                f"noise-tikhonov: SGD on x+N(0,σ²) noise, loss mean (ŷ−y)²/2; w = Polyak average over the last "
+                f"{100 * opts['average']:g}% of {opts['epochs']} epochs; ridge λ in D2L's λ/2·‖w‖² (= sklearn alpha n·λ)"
+            ),
+        )
+
+    def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        keys = ("dist_ridge", "dist_ols", "dist_ridge_quarter", "dist_ridge_4x", "dist_ridge_last", "ridge_ols_gap")
+        by_sigma: dict[float, list[ConfigResult]] = {}
+        for r in results:
+            by_sigma.setdefault(r.params["sigma"], []).append(r)
+        rows = []
+        for sigma, group in sorted(by_sigma.items()):
+            done = [r for r in group if r.status == "done"]
+            mean = {k: float(np.mean([r.metrics[k] for r in done])) if done else float("nan") for k in keys}
+            rows.append({"sigma": sigma, "lambd": sigma**2, "n_seeds": len(done), **mean})
+        positive = [row for row in rows if row["sigma"] > 0 and row["n_seeds"]]
+        # how much closer the trained w is to ridge(σ²) than to the nearest alternative, worst σ > 0
+        ratios = [
+            min(row["dist_ols"], row["dist_ridge_quarter"], row["dist_ridge_4x"]) / max(row["dist_ridge"], 1e-300)
+            for row in positive
+        ]
+        worst = min(ratios) if ratios else float("nan")
+        holds = bool(ratios) and worst > 3.0
+        verdict = (
+            f"holds: for every σ > 0 the trained w is at least {worst:.1f}x closer to ridge(λ=σ²) than to OLS,"
+            " ridge(σ²/4) or ridge(4σ²)"
+            if holds
+            else (
+                f"does not hold clearly: for some σ > 0 the trained w is only {worst:.2f}x closer to ridge(λ=σ²) than"
+                " to the nearest alternative"
+                if ratios
+                else "no σ > 0 in the grid"
+            )
+        )
+        return {
+            "convention": "λ = σ² in mean (ŷ−y)²/2 + λ/2·‖w‖² (D2L); sklearn Ridge alpha = n_train·σ²",
+            "averaging": f"Polyak average of the iterates over the last {opts['average']:g} of the epochs, constant lr",
+            "by_sigma": rows,
+            "worst_closeness_ratio": worst,
+            "claim_holds": holds,
+            "verdict": verdict,
+        }
+
+    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+        from decaylab.plots.noise_tikhonov import plot_coefficients, plot_distances
+
+        return [
+            plot_coefficients(results, opts, out / "coefficients.png"),
+            plot_distances(results, opts, out / "distances.png"),
+        ]

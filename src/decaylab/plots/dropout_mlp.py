@@ -1,0 +1,115 @@
+"""Figures of ``dropout-mlp``: train/test accuracy and loss per variant, and the generalization gap."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from decaylab.plots import new_figure, save
+from decaylab.results import ConfigResult
+
+COLORS = {"none": "tab:grey", "dropout": "tab:blue", "decay": "tab:orange", "both": "tab:green"}
+
+
+def _label(params: dict[str, Any]) -> str:
+    v = params["variant"]
+    return f"{v} λ={params['wd']:g}" if v in ("decay", "both") else v
+
+
+def _groups(results: Sequence[ConfigResult]) -> dict[str, list[ConfigResult]]:
+    groups: dict[str, list[ConfigResult]] = {}
+    for r in results:
+        if r.curves:
+            groups.setdefault(_label(r.params), []).append(r)
+    return groups
+
+
+def _stack(group: list[ConfigResult], key: str) -> np.ndarray:
+    return np.array([r.curves[key] for r in group], dtype=float)
+
+
+def _band(ax: Any, x: np.ndarray, runs: np.ndarray, color: Any, label: str, style: str = "-") -> None:
+    ax.plot(x, np.nanmean(runs, axis=0), style, color=color, label=label, lw=1.5)
+    if len(runs) > 1:
+        ax.fill_between(x, np.nanmin(runs, axis=0), np.nanmax(runs, axis=0), color=color, alpha=0.18, lw=0)
+
+
+def _setting(opts: dict[str, Any], n_seeds: int, band: bool = True) -> str:
+    data = f"IDX data in {opts['data_dir']}" if opts["data_dir"] else "digits 8×8"
+    p = ", ".join(f"{v:g}" for v in opts["dropout"])
+    seeds = f"mean over {n_seeds} seeds" + (", band = range" if band else "") if n_seeds > 1 else f"seed {opts['seed'][0]}"
+    return (f"{data}, n_train={opts['n_train']}, MLP {'-'.join(map(str, opts['hidden']))} ReLU, SGD η={opts['lr']:g}, "
+            f"batch {opts['batch_size']}\ndropout p=({p}) after the hidden layers; decay: mean CE + λ/2·Σ‖W‖² (biases not decayed); {seeds}")
+
+
+def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
+    """One column per variant: accuracy (top) and cross-entropy (bottom), train solid, test dashed."""
+    from decaylab.experiments.dropout_mlp import end_window
+
+    groups = _groups(results)
+    w = end_window(opts["epochs"])
+    n = max(len(groups), 1)
+    fig, axes = new_figure(2, n, width=3.1, height=2.7, sharex=True, sharey="row")
+    for col, (label, group) in enumerate(groups.items()):
+        color = COLORS.get(group[0].params["variant"], "k")
+        epochs = np.asarray(group[0].curves["epoch"], dtype=float)
+        top, bottom = axes[0, col], axes[1, col]
+        train_acc, test_acc = _stack(group, "train_acc"), _stack(group, "test_acc")
+        _band(top, epochs, train_acc, color, "train")
+        _band(top, epochs, test_acc, color, "test", "--")
+        gap = np.nanmean(train_acc[:, -w:] - test_acc[:, -w:])
+        top.set_title(f"{label}\ngap over the last {w} epochs = {gap:.3f}")
+        _band(bottom, epochs, _stack(group, "train_loss"), color, "train")
+        _band(bottom, epochs, _stack(group, "test_loss"), color, "test", "--")
+        bottom.set_yscale("log")
+        bottom.set_xlabel("epoch")
+        top.legend(loc="lower right", frameon=False)
+        bottom.legend(loc="upper right", frameon=False)
+    axes[0, 0].set_ylabel("accuracy (eval mode)")
+    axes[1, 0].set_ylabel("cross-entropy (mean, no penalty)")
+    n_seeds = max((len(g) for g in groups.values()), default=1)
+    fig.suptitle(f"Dropout and weight decay on an MLP — train (solid) vs test (dashed)\n{_setting(opts, n_seeds)}", fontsize=9.5)
+    return save(fig, path)
+
+
+def plot_gap(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
+    """Left: final gap per variant (bar = mean over seeds, dots = seeds). Right: the gap per epoch."""
+    from decaylab.experiments.dropout_mlp import end_mean, end_window
+
+    groups = _groups(results)
+    w = end_window(opts["epochs"])
+    fig, axes = new_figure(1, 2, width=5.0, height=3.6)
+    left, right = axes[0]
+    labels = list(groups)
+    for i, label in enumerate(labels):
+        group = groups[label]
+        color = COLORS.get(group[0].params["variant"], "k")
+        gaps = np.array([end_mean(r, "train_acc", w) - end_mean(r, "test_acc", w) for r in group])
+        mean = np.nanmean(gaps)
+        left.bar(i, mean, color=color, alpha=0.75)
+        left.text(i, mean / 2, f"{mean:.3f}", ha="center", va="center", fontsize=9, color="white", weight="bold")
+        left.plot(np.full(len(gaps), i) + np.linspace(-0.15, 0.15, len(gaps)), gaps, "k.", ms=4,
+                  label="one seed" if i == 0 else None)
+        epochs = np.asarray(group[0].curves["epoch"], dtype=float)
+        gap_curve = np.nanmean(_stack(group, "train_acc") - _stack(group, "test_acc"), axis=0)
+        right.plot(epochs, gap_curve, color=color, lw=1.4, label=label)
+    if groups:
+        right.axvspan(epochs[-w] - 0.5, epochs[-1] + 0.5, color="grey", alpha=0.12, lw=0, label=f"last {w} epochs (averaged)")
+    base = groups.get("none")
+    if base:
+        ref = np.nanmean([end_mean(r, "train_acc", w) - end_mean(r, "test_acc", w) for r in base])
+        left.axhline(ref, color="tab:grey", ls=":", lw=1, label="gap without regularization")
+    left.set_xticks(range(len(labels)), labels, rotation=15)
+    left.set_ylabel(f"gap = train − test accuracy (last {w} epochs)")
+    left.set_title("Gap at the end of training (bar: mean over seeds)")
+    left.legend(frameon=False, fontsize=7, loc="upper right")
+    right.set_xlabel("epoch")
+    right.set_ylabel("train − test accuracy")
+    right.set_title("Gap during training")
+    right.legend(frameon=False)
+    n_seeds = max((len(g) for g in groups.values()), default=1)
+    fig.suptitle(f"Generalization gap: does dropout / weight decay make it smaller?\n{_setting(opts, n_seeds, band=False)}", fontsize=9.5)
+    return save(fig, path)
