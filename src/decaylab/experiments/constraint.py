@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from decaylab.experiments.base import Experiment, Option, Table, float_grid, int_grid, positive_int
+from decaylab.experiments.base import Experiment, Option, Table, float_grid, int_grid, nonneg_float, positive_int
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float, parameter_error
 
@@ -53,10 +53,6 @@ PROGRESS_EVERY = 50
 
 def _correlation(text: str, name: str, owner: str) -> float:
     return check_float(text, name, owner, low=0.0, high=1.0, high_open=True)
-
-
-def _nonneg_float(text: str, name: str, owner: str) -> float:
-    return check_float(text, name, owner, low=0.0)
 
 
 def _report(progress: Progress | None, amount: int) -> None:
@@ -190,7 +186,7 @@ class Constraint(Experiment):
         Option("n_train", positive_int, "60", "training examples (> dim, so that the minimizers are unique)", "N"),
         Option("dim", positive_int, "8", "number of features (all non-zero, |w*_j| ~ U(1, 3))", "D"),
         Option("correlation", _correlation, "0.5", "AR(1) feature correlation rho^|i-j|, in [0, 1)", "RHO"),
-        Option("noise", _nonneg_float, "1.0", "noise standard deviation of y", "SIGMA"),
+        Option("noise", nonneg_float, "1.0", "noise standard deviation of y", "SIGMA"),
         Option("seed", int_grid(low=0), "0", "seed(s): data (data stream) and the start w0 (init stream)", "SEEDS"),
     )
 

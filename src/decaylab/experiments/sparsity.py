@@ -60,7 +60,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from decaylab.experiments.base import Experiment, Option, Table, float_grid, int_grid, positive_int
+from decaylab.experiments.base import Experiment, Option, Table, float_grid, int_grid, nonneg_float, positive_int
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_choice, check_float, parameter_error
 
@@ -96,10 +96,6 @@ def _methods(text: str, name: str, owner: str) -> list[str]:
 
 def _open_unit(text: str, name: str, owner: str) -> float:
     return check_float(text, name, owner, low=0.0, high=1.0, low_open=True, high_open=True)
-
-
-def _nonneg_float(text: str, name: str, owner: str) -> float:
-    return check_float(text, name, owner, low=0.0)
 
 
 def strengths(method: str, lambd: float, l1_ratio: float) -> tuple[float, float]:
@@ -356,7 +352,7 @@ class Sparsity(Experiment):
         Option("n_test", positive_int, "1000", "test examples", "N"),
         Option("dim", positive_int, "100", "number of features", "D"),
         Option("n_nonzero", positive_int, "8", "true non-zero coefficients (|w*_j| ~ U(1, 3), random sign)", "K"),
-        Option("noise", _nonneg_float, "1.0", "noise standard deviation of y", "SIGMA"),
+        Option("noise", nonneg_float, "1.0", "noise standard deviation of y", "SIGMA"),
         Option("seed", int_grid(low=0), "0", "seed(s): data drawn from each seed's data stream ('0,1,2' or '0:4')",
                "SEEDS"),
     )
