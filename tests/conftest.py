@@ -9,12 +9,20 @@ from typing import Any
 import pytest
 
 from decaylab.cli import main
+from decaylab.threads import limited_threads
 
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DECAYLAB_STORE", raising=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Any:
+    """One torch/BLAS thread for a module of small-matrix tests, as the experiments themselves use."""
+    with limited_threads(1):
+        yield
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import time
 from functools import partial
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,12 +20,7 @@ from test_engine import assert_outcomes_close, blobs
 D2L = partial(d2l_linear_data, n_train=20, n_test=100, dim=200)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: see decaylab.threads
 
 
 def _sizes(parts: list[range]) -> list[int]:

@@ -18,12 +18,7 @@ from decaylab.results import ConfigResult
 EXP = get_experiment("constraint")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    from decaylab.experiments.sparsity import _one_thread as one_thread
-
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: see decaylab.threads
 
 
 def opts_with(**over: str) -> dict[str, Any]:

@@ -19,12 +19,7 @@ EXP = get_experiment("dropout-mlp")
 TINY = ("--hidden", "16,16", "--epochs", "2", "--n-train", "40", "--n-test", "30", "--batch-size", "10", "--seed", "0")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: see decaylab.threads
 
 
 def options(**given: str) -> dict[str, Any]:

@@ -22,12 +22,7 @@ EXP = get_experiment("l2-vs-decay")
 SMALL = dict(hidden="64,64", epochs="15", n_test="200", seed="0,1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: see decaylab.threads
 
 
 def options(**given: str) -> dict[str, Any]:

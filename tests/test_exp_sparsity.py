@@ -26,13 +26,7 @@ SMALL = {"lambd": "log:0.01:3:10", "epochs": "1500", "n_train": "100", "n_test":
          "n_nonzero": "4", "seed": "0,1"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """Small matrices: one torch/BLAS thread, as the experiment itself uses (see sparsity._one_thread)."""
-    from decaylab.experiments.sparsity import _one_thread as one_thread
-
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: see decaylab.threads
 
 
 def small_opts(**over: str) -> dict[str, Any]:

@@ -37,8 +37,12 @@ import gzip
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from decaylab.data.digits import Classification
 
 __all__ = [
     "DTYPES",
@@ -210,7 +214,7 @@ def load_idx_dataset(data_dir: str | Path) -> IdxDataset:
     return _load(str(path), stamp)
 
 
-def idx_data(seed: int, data_dir: str, n_train: int, n_test: int) -> "Classification":
+def idx_data(seed: int, data_dir: str, n_train: int, n_test: int) -> Classification:
     """``n_train`` training examples of ``data_dir``'s training files and ``n_test`` of its test files.
 
     Both subsets are the first rows of permutations drawn from the seed's ``data`` stream (training

@@ -211,14 +211,14 @@ class Constraint(Experiment):
 
         from decaylab.closed_form import ridge, ridge_path
         from decaylab.data.sparse import sparse_linear_data
-        from decaylab.experiments.sparsity import _one_thread
+        from decaylab.threads import limited_threads
         from decaylab.rng import generator
 
         outcomes: list[Outcome | None] = [None] * len(configs)
         by_seed: dict[int, list[int]] = {}
         for i, c in enumerate(configs):
             by_seed.setdefault(c["seed"], []).append(i)
-        with _one_thread():
+        with limited_threads():
             for seed, idx in by_seed.items():
                 data = sparse_linear_data(
                     seed, opts["n_train"], 0, opts["dim"], opts["dim"],

@@ -243,8 +243,11 @@ class D2LLinear(Experiment):
         if opts["impl"] == "batched":
             from decaylab import engine as training
 
+            from decaylab.threads import limited_threads
+
             hypers = [training.Hyper(seed=c["seed"], lr=opts["lr"], l2=c["lambd"]) for c in configs]
-            outcomes = training.run_chunk(engine_task(opts), hypers, engine)
+            with limited_threads():  # (K, 200) @ (200, 5) products: one thread is fastest
+                outcomes = training.run_chunk(engine_task(opts), hypers, engine)
             if progress:
                 progress(len(configs) * opts["epochs"])
             return outcomes

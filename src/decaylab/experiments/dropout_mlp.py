@@ -50,8 +50,7 @@ the value of kept entries (``1/(1 − p)``), mean and variance on a million ones
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -67,6 +66,7 @@ from decaylab.experiments.base import (
     positive_int,
 )
 from decaylab.results import ConfigResult, Outcome
+from decaylab.threads import limited_threads
 from decaylab.validation import check_choice, parameter_error
 
 __all__ = [
@@ -78,7 +78,6 @@ __all__ = [
     "data_function",
     "data_shape",
     "check_data",
-    "one_thread",
     "train_focused",
 ]
 
@@ -160,19 +159,6 @@ def check_data(opts: dict[str, Any], owner: str) -> None:
         raise parameter_error("--n-test", owner, f"an int in [1, {n_test}] for {data_name(opts)}", opts["n_test"])
     if opts["batch_size"] > opts["n_train"]:
         raise parameter_error("--batch-size", owner, f"an int in [1, n_train={opts['n_train']}]", opts["batch_size"])
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Small matrix products: one thread is far faster than a contended pool on a shared 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # -- the focused loop (--dropout-impl decaylab|torch) --------------------------------------------
@@ -390,7 +376,7 @@ class DropoutMLP(Experiment):
 
         task = self.task(opts)
         hypers = [Hyper(seed=c["seed"], lr=opts["lr"], l2=c["wd"], dropout=tuple(c["p"])) for c in configs]
-        with one_thread():
+        with limited_threads():
             if opts["dropout_impl"] == "engine":
                 outcomes = run_chunk(task, hypers, engine)
                 if progress:

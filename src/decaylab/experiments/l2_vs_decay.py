@@ -67,11 +67,11 @@ from decaylab.experiments.dropout_mlp import (
     data_function,
     data_name,
     data_shape,
-    one_thread,
     path_or_empty,
     variant_list,
 )
 from decaylab.results import ConfigResult, Outcome
+from decaylab.threads import limited_threads
 from decaylab.validation import check_float
 
 __all__ = ["HIST_EDGES", "VARIANTS", "L2VsDecay", "adam_l2_probe", "effective_decay_stats", "pair_differences", "relative_difference"]
@@ -295,7 +295,7 @@ class L2VsDecay(Experiment):
         from decaylab.engine import Hyper, run_chunk
 
         outcomes: list[Outcome | None] = [None] * len(configs)
-        with one_thread():
+        with limited_threads():
             for family in ("sgd", "momentum", "adam"):
                 members = [i for i, c in enumerate(configs) if VARIANTS[c["variant"]][0] == family]
                 if not members:

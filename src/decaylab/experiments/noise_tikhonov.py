@@ -247,14 +247,10 @@ class NoiseTikhonov(Experiment):
         engine: str,
         progress: Progress | None = None,
     ) -> list[Outcome]:
-        import torch
+        from decaylab.threads import limited_threads
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # 5-feature model: one thread is fastest, and never stalls on a busy machine
-        try:
+        with limited_threads():  # 5-feature model: one thread is fastest, and never stalls on a busy machine
             return self._run(opts, configs, progress)
-        finally:
-            torch.set_num_threads(threads)
 
     def _run(self, opts: dict[str, Any], configs: Sequence[dict[str, Any]], progress: Progress | None) -> list[Outcome]:
         from decaylab.closed_form import ridge_path

@@ -168,10 +168,10 @@ class RidgePath(Experiment):
         engine: str,
         progress: Progress | None = None,
     ) -> list[Outcome]:
-        from decaylab.experiments.sparsity import _one_thread
+        from decaylab.threads import limited_threads
 
         outcomes = []
-        with _one_thread():
+        with limited_threads():
             for config in configs:
                 outcomes.append(self._path(opts, config))
                 if progress is not None:

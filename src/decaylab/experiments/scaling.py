@@ -215,18 +215,15 @@ class Scaling(Experiment):
         engine: str,
         progress: Progress | None = None,
     ) -> list[Outcome]:
-        import torch
-
         from decaylab.engine import Hyper, train
+        from decaylab.threads import limited_threads
 
         outcomes: list[Outcome | None] = [None] * len(configs)
         by_m: dict[int, list[int]] = {}
         for i, config in enumerate(configs):
             by_m.setdefault(config["m"], []).append(i)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # small matrices: one thread is as fast, and never stalls on a busy machine
-        flushed = torch.set_flush_denormal(True)
-        try:
+        # small matrices: one thread is as fast, and never stalls on a busy machine
+        with limited_threads(flush_denormal=True):
             for m, members in by_m.items():
                 unique: dict[tuple[int, float], list[int]] = {}  # (seed, float32 l2) -> config positions
                 for i in members:
@@ -244,10 +241,6 @@ class Scaling(Experiment):
                         outcomes[i] = thinned
                 if progress:
                     progress(len(members) * opts["epochs"])
-        finally:
-            if flushed:
-                torch.set_flush_denormal(False)
-            torch.set_num_threads(threads)
         return outcomes  # type: ignore[return-value]
 
     def chunk_size(self, opts: dict[str, Any], n_configs: int, engine: str) -> int:

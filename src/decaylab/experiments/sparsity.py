@@ -55,13 +55,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from decaylab.experiments.base import Experiment, Option, Table, float_grid, int_grid, nonneg_float, positive_int
 from decaylab.results import ConfigResult, Outcome
+from decaylab.threads import limited_threads
 from decaylab.validation import check_choice, check_float, parameter_error
 
 __all__ = [
@@ -109,22 +109,6 @@ def strengths(method: str, lambd: float, l1_ratio: float) -> tuple[float, float]
 
 
 # -- the solvers ---------------------------------------------------------------------------------
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Tiny matrix products: one thread is ~10x faster than a contended pool on a shared 2-core machine."""
-    import torch
-
-    from threadpoolctl import threadpool_limits  # NumPy's BLAS (scikit-learn depends on threadpoolctl)
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _hessian_eigs(X: Any) -> tuple[float, float]:
     """``(μ, L)``: extreme eigenvalues of the Hessian of (1/n)Σ(Xw + b − y)²/2 in (w, b)."""
     import torch
@@ -390,7 +374,7 @@ class Sparsity(Experiment):
         by_seed: dict[int, list[int]] = {}
         for i, c in enumerate(configs):
             by_seed.setdefault(c["seed"], []).append(i)
-        with _one_thread():
+        with limited_threads():
             for seed, idx in by_seed.items():
                 data = self._data(opts, seed)
                 X, y = data.X_train, data.y_train

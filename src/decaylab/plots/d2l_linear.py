@@ -11,7 +11,7 @@ import numpy as np
 from decaylab.plots import lambda_colors, new_figure, save
 from decaylab.results import ConfigResult
 
-MAX_PANELS = 8
+MAX_PANELS = 4
 
 
 def _by_lambda(results: Sequence[ConfigResult]) -> dict[float, list[ConfigResult]]:

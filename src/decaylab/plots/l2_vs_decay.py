@@ -49,9 +49,9 @@ def _setting(opts: dict[str, Any], wd: float, n_seeds: int) -> str:
     data = f"IDX data in {opts['data_dir']}" if opts["data_dir"] else "digits 8×8"
     seeds = f"mean over {n_seeds} seeds" if n_seeds > 1 else f"seed {opts['seed'][0]}"
     init = "nn.Linear default init" if opts["init"] == "torch" else "init N(0, 0.01²)"
-    return (f"{data}, n_train={opts['n_train']}, MLP {'-'.join(map(str, opts['hidden']))} ReLU, {init}, batch {opts['batch_size']};"
-            f" λ = {wd:g}; lr: SGD {opts['lr']:g}, momentum μ={opts['momentum']:g} with lr {_lr(opts, 'momentum'):g},"
-            f" Adam {opts['lr_adam']:g}; {seeds}\n{CONVENTION}")
+    return (f"{data}, n_train={opts['n_train']}, MLP {'-'.join(map(str, opts['hidden']))} ReLU, {init}, batch {opts['batch_size']}, {seeds}"
+            f"\nλ = {wd:g}; lr: SGD {opts['lr']:g}, momentum μ={opts['momentum']:g} with lr {_lr(opts, 'momentum'):g},"
+            f" Adam {opts['lr_adam']:g}\n{CONVENTION}")
 
 
 def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path, wd: float) -> Path:
