@@ -208,13 +208,14 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
         finally:
             store.close()
         out = _writable_dir(Path(ns.out) if ns.out else Path("runs") / record.run_id, "--out")
+        figures.submit(exp.name, record.configs, opts, out)  # drawn on the other core while this one writes
         doc = run_document(record, exp.summarize(record.configs, opts))
         written = [write_json(doc, out / "results.json")]
         if ns.json:
             _print_json(doc)
         elif not ns.quiet:
             _console().print(render_table(exp.table(record.configs, opts)))
-        written = figures.draw(exp.name, record.configs, opts, out) + written
+        written = figures.collect() + written
     finally:
         figures.close()
     if not ns.json and not ns.quiet:

@@ -12,6 +12,7 @@ from decaylab.plots import lambda_colors, new_figure, save
 from decaylab.results import ConfigResult
 
 MAX_PANELS = 4
+MAX_LEGEND_LAMBDAS = 6  # more λ than this: a colour bar rather than a legend
 
 
 def _by_lambda(results: Sequence[ConfigResult]) -> dict[float, list[ConfigResult]]:
@@ -57,7 +58,7 @@ def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Pat
         _band(ax, epochs, _stack(group, "test_loss"), "tab:orange", "test", "--")
         w_norm = np.nanmean([r.metrics.get("w_norm", np.nan) for r in group])
         ax.set_yscale("log")
-        ax.set_title(f"λ = {lambd:g}   (final ‖w‖₂ = {w_norm:.3g})")
+        ax.set_title(f"λ = {lambd:.3g}   (final ‖w‖₂ = {w_norm:.3g})")
         ax.set_xlabel("epoch")
         ax.legend(loc="upper right", frameon=False)
     for ax in axes[:, 0]:
@@ -83,13 +84,17 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
     for lambd in shown:
         group = groups[lambd]
         epochs = np.asarray(group[0].curves["epoch"])
-        _band(left, epochs, _stack(group, "w_norm"), colors[lambd], f"λ = {lambd:g}")
-    left.axhline(np.sqrt(opts["dim"]), color="grey", lw=0.8, ls=":", label=f"√d = {np.sqrt(opts['dim']):.1f}")
+        _band(left, epochs, _stack(group, "w_norm"), colors[lambd], f"λ = {lambd:.3g}")
+    left.axhline(np.sqrt(opts["dim"]), color="grey", lw=0.8, ls=":", label=f"√d = {np.sqrt(opts['dim']):.1f} (start)")
     left.set_yscale("log")
     left.set_xlabel("epoch")
     left.set_ylabel("‖w‖₂ (bias excluded)")
     left.set_title("Weight norm during training")
-    left.legend(frameon=False, ncol=2 if len(shown) > 6 else 1)
+    if len(shown) > MAX_LEGEND_LAMBDAS:  # a colour bar instead of a legend that would cover the lines
+        _lambda_colorbar(fig, left, list(groups), f"λ of λ/2·‖w‖²  ({len(shown)} of {len(groups)} drawn)")
+        left.legend(handles=left.get_lines()[-1:], frameon=False, loc="lower left")
+    else:
+        left.legend(frameon=False, title="penalty λ/2·‖w‖²", loc="lower left")
 
     lambdas = np.array(list(groups))
     for key, label, style in (("train_loss", "final train loss", "o-"), ("test_loss", "final test loss", "s--")):
@@ -100,6 +105,7 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
     right.set_yscale("log")
     if len(lambdas) > 3 and lambdas.min() == 0:
         right.set_xscale("symlog", linthresh=max(lambdas[lambdas > 0].min(), 1e-6) if (lambdas > 0).any() else 1)
+        right.set_xlim(0, lambdas.max() * 1.15)  # no negative half: λ ≥ 0
     elif len(lambdas) > 3 and lambdas.max() / max(lambdas.min(), 1e-300) > 50:
         right.set_xscale("log")
     right.set_xlabel("λ  (penalty λ/2·‖w‖² on a mean loss)")
@@ -107,3 +113,17 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
     right.set_title("After training, against λ")
     right.legend(frameon=False)
     return save(fig, path)
+
+
+def _lambda_colorbar(fig: Any, ax: Any, lambdas: list[float], label: str) -> None:
+    """A colour bar beside ``ax`` mapping :func:`lambda_colors`' colours back to λ."""
+    import matplotlib as mpl
+
+    colors = lambda_colors(lambdas)
+    ordered = sorted(colors)
+    cmap = mpl.colors.ListedColormap([colors[v] for v in ordered])
+    norm = mpl.colors.BoundaryNorm(np.arange(len(ordered) + 1) - 0.5, len(ordered))
+    bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
+    ticks = sorted({0, len(ordered) - 1, *np.linspace(0, len(ordered) - 1, 5).round().astype(int).tolist()})
+    bar.set_ticks(ticks, labels=[f"{ordered[i]:.3g}" for i in ticks])
+    bar.set_label(label)

@@ -3,12 +3,15 @@
 ``import torch`` (~2 s) and ``import matplotlib`` with its first figure (~1 s) are both mostly
 single-threaded start-up work. Forked before either is imported, a worker does the matplotlib half on
 the other core; the parent sends it the results when training ends and collects the file names.
+The worker then renders the figures on both cores (the parent has little left to do): it forks a
+helper that writes every other figure, see :func:`decaylab.plots.rendering_share`.
 Where ``fork`` is not available (Windows, macOS' default), figures are drawn in-process.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
 from multiprocessing.connection import Connection
@@ -42,6 +45,40 @@ def _draw(experiment: str, docs: list[dict[str, Any]], opts: dict[str, Any], out
     return [str(p) for p in get_experiment(experiment).figures(results, opts, Path(out))]
 
 
+def _draw_on_two_cores(experiment: str, docs: list[dict[str, Any]], opts: dict[str, Any], out: str) -> list[str]:
+    """:func:`_draw`, the figures shared with a forked helper (even ones here, odd ones there).
+
+    Every figure is built in both processes (cheap) and written by one (layout and rasterizing are
+    nearly all of the cost), so a run with two figures takes the time of one.
+    """
+    from decaylab.plots import rendering_share
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the helper: write the odd figures, report an error on the pipe, never return
+        os.close(read_end)
+        code, message = 0, b""
+        try:
+            with rendering_share(1, 2):
+                _draw(experiment, docs, opts, out)
+        except BaseException as exc:
+            code, message = 1, f"{type(exc).__name__}: {exc}".encode()
+        finally:
+            os.write(write_end, message)
+            os._exit(code)
+    os.close(write_end)
+    try:
+        with rendering_share(0, 2):
+            paths = _draw(experiment, docs, opts, out)
+    finally:
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read()
+        _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise RuntimeError(message.decode(errors="replace") or f"the figure helper failed (wait status {status})")
+    return paths
+
+
 def _serve(conn: Connection, parent_end: Connection) -> None:
     # The parent's end came along with the fork: close it, so that the parent's death reads as EOF.
     parent_end.close()
@@ -58,7 +95,7 @@ def _serve(conn: Connection, parent_end: Connection) -> None:
     if message is None:
         return
     try:
-        conn.send(("ok", _draw(*message)))
+        conn.send(("ok", _draw_on_two_cores(*message)))
     except BaseException as exc:  # sent back, raised in the parent
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -66,11 +103,14 @@ def _serve(conn: Connection, parent_end: Connection) -> None:
 
 
 class FigureWorker:
-    """``worker = FigureWorker()`` early; later ``worker.draw(name, results, opts, out)`` returns the paths."""
+    """``worker = FigureWorker()`` early; later ``worker.submit(name, results, opts, out)``, other work,
+    and ``worker.collect()`` returns the paths."""
 
     def __init__(self) -> None:
         self._conn: Connection | None = None
         self._proc: Any = None
+        self._job: tuple[str, list[dict[str, Any]], dict[str, Any], str] | None = None
+        self._sent = False
         if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin":
             ctx = multiprocessing.get_context("fork")
             self._conn, child = ctx.Pipe()
@@ -80,16 +120,30 @@ class FigureWorker:
             self._proc.start()
             child.close()
 
-    def draw(self, experiment: str, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
-        """Draw the figures of ``experiment`` into ``out``; raises ``RuntimeError`` if drawing failed."""
+    def submit(self, experiment: str, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> None:
+        """Start drawing the figures of ``experiment`` into ``out``; :meth:`collect` waits for them."""
         docs = [r.to_json() for r in results]
+        self._job = (experiment, docs, opts, str(out))
         if self._conn is None:
-            return [Path(p) for p in _draw(experiment, docs, opts, str(out))]
+            return
         try:
-            self._conn.send((experiment, docs, opts, str(out)))
-            status, payload = self._conn.recv()
+            self._conn.send(self._job)
+            self._sent = True
+        except (BrokenPipeError, OSError):  # the worker died: collect() draws here instead
+            self.close()
+
+    def collect(self) -> list[Path]:
+        """The paths of the submitted figures; raises ``RuntimeError`` if drawing failed."""
+        if self._job is None:
+            raise RuntimeError("collect() before submit()")
+        job, self._job = self._job, None
+        if not self._sent:
+            return [Path(p) for p in _draw(*job)]
+        self._sent = False
+        try:
+            status, payload = self._conn.recv()  # type: ignore[union-attr]
         except (EOFError, BrokenPipeError, OSError):  # the worker died: draw here instead
-            return [Path(p) for p in _draw(experiment, docs, opts, str(out))]
+            return [Path(p) for p in _draw(*job)]
         finally:
             self.close()
         if status != "ok":
