@@ -65,3 +65,28 @@ def test_failed_tasks_are_retried_then_reported(ray_instance: Any, tmp_path: Pat
     assert [o.metrics["i"] for o in finished[(0, 1)]] == [0.0, 1.0]  # succeeded on the retry
     assert [o.metrics["i"] for o in finished[(3, 4)]] == [3.0, 4.0]
     assert isinstance(finished[(2,)], BaseException) and "always fails" in str(finished[(2,)])
+
+
+def _threads_seen(experiment: str, opts: Any, chunk_configs: Any, engine: str) -> list[Outcome]:
+    import torch
+
+    return [Outcome(metrics={"threads": float(torch.get_num_threads())}) for _ in chunk_configs]
+
+
+def test_a_task_is_pinned_to_one_thread_whatever_its_environment() -> None:
+    import torch
+
+    from decaylab.backends import _pinned
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # as a worker whose OMP_NUM_THREADS says 2
+    try:
+        assert [o.metrics["threads"] for o in _pinned(_threads_seen, 1, "none", {}, [{}], "batched")] == [1.0]
+        assert torch.get_num_threads() == 2  # restored for the worker's next task
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_each_ray_task_runs_with_one_thread(ray_instance: Any) -> None:
+    finished = list(run_on_ray("none", {}, [{}, {}, {}], [[0, 1], [2]], "batched", chunk_fn=_threads_seen))
+    assert sorted(o.metrics["threads"] for _, outcomes in finished for o in outcomes) == [1.0, 1.0, 1.0]

@@ -12,7 +12,9 @@ from typing import Any
 
 from decaylab.results import Outcome
 
-__all__ = ["Finished", "run_chunk", "run_local", "run_on_ray"]
+__all__ = ["THREADS_PER_TASK", "Finished", "run_chunk", "run_local", "run_on_ray"]
+
+THREADS_PER_TASK = 1  # each Ray task holds one CPU: one torch/BLAS thread, so tasks never oversubscribe a node
 
 Finished = tuple[list[int], "list[Outcome] | BaseException"]
 
@@ -49,6 +51,14 @@ def run_local(
         yield chunk, outcomes
 
 
+def _pinned(chunk_fn: Callable[..., list[Outcome]], threads: int, *args: Any) -> list[Outcome]:
+    """Run ``chunk_fn(*args)`` inside a Ray task with ``threads`` torch/BLAS threads."""
+    from decaylab.threads import limited_threads
+
+    with limited_threads(threads):
+        return chunk_fn(*args)
+
+
 def run_on_ray(
     experiment: str,
     opts: dict[str, Any],
@@ -62,9 +72,10 @@ def run_on_ray(
 ) -> Iterator[Finished]:
     """Train each chunk as a Ray task; yield chunks as they finish.
 
-    Without ``address`` a local Ray instance is started and stopped again. A task that raises is retried
-    ``max_retries`` times; a chunk that still fails is yielded with its exception, and the rest go on.
-    ``chunk_fn`` is what each task runs (:func:`run_chunk`; tests pass a stand-in).
+    Without ``address`` a local Ray instance is started and stopped again. Each task asks Ray for one
+    CPU and runs with :data:`THREADS_PER_TASK` threads. A task that raises is retried ``max_retries``
+    times; a chunk that still fails is yielded with its exception, and the rest go on. ``chunk_fn`` is
+    what each task runs (:func:`run_chunk`; tests pass a stand-in).
     """
     try:
         import ray
@@ -82,8 +93,11 @@ def run_on_ray(
             runtime_env={"env_vars": {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}},
         )
     try:
-        task = ray.remote(max_retries=max_retries, retry_exceptions=True)(chunk_fn)
-        pending = {task.remote(experiment, opts, [configs[i] for i in chunk], engine): chunk for chunk in chunks}
+        task = ray.remote(num_cpus=THREADS_PER_TASK, max_retries=max_retries, retry_exceptions=True)(_pinned)
+        pending = {
+            task.remote(chunk_fn, THREADS_PER_TASK, experiment, opts, [configs[i] for i in chunk], engine): chunk
+            for chunk in chunks
+        }
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
