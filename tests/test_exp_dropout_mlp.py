@@ -13,6 +13,7 @@ from decaylab.experiments import get_experiment
 from decaylab.experiments.dropout_mlp import compare_dropout, end_mean, train_focused
 from decaylab.results import ConfigResult
 
+from experiment_helpers import options, train
 from test_idx import fake_mnist
 
 EXP = get_experiment("dropout-mlp")
@@ -22,23 +23,10 @@ TINY = ("--hidden", "16,16", "--epochs", "2", "--n-train", "40", "--n-test", "30
 pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: see decaylab.threads
 
 
-def options(**given: str) -> dict[str, Any]:
-    """The experiment's options: defaults, with ``given`` (as typed on the command line) on top."""
-    texts = {o.name: o.default for o in EXP.options} | given
-    opts = {o.name: o.parse(texts[o.name], o.flag, EXP.name) for o in EXP.options}
-    EXP.check(opts)
-    return opts
-
-
-def run(opts: dict[str, Any], engine: str = "batched") -> list[ConfigResult]:
-    configs = EXP.configs(opts)
-    return [ConfigResult.of(c, o) for c, o in zip(configs, EXP.run_chunk(opts, configs, engine))]
-
-
 def test_claim_dropout_and_decay_narrow_the_gap() -> None:
     """The default setting, shortened (70 epochs, 200 test digits), over the default seeds 0, 1, 2."""
-    opts = options(epochs="70", n_test="200")
-    results = run(opts)
+    opts = options(EXP, epochs="70", n_test="200")
+    results = train(EXP, opts)
     summary = EXP.summarize(results, opts)
     claim = summary["claim"]
     assert claim["holds"], claim
@@ -51,7 +39,7 @@ def test_claim_dropout_and_decay_narrow_the_gap() -> None:
 
 
 def test_decaylab_dropout_follows_the_engine_and_torch_dropout_draws_other_masks() -> None:
-    opts = options(epochs="12", n_train="80", n_test="30", batch_size="8", seed="3", variants="dropout")
+    opts = options(EXP, epochs="12", n_train="80", n_test="30", batch_size="8", seed="3", variants="dropout")
     task = EXP.task(opts)
     from decaylab.engine import Hyper, run_chunk
 
@@ -108,10 +96,10 @@ def test_cli_json_document_and_figures(cli_json: Any, tmp_path: Path) -> None:
 
 def test_trains_on_idx_files(tmp_path: Path) -> None:
     root = fake_mnist(tmp_path / "mnist", n_train=50, n_test=20, side=6)
-    opts = options(hidden="16,16", epochs="2", n_train="40", n_test="20", batch_size="10", seed="0",
+    opts = options(EXP, hidden="16,16", epochs="2", n_train="40", n_test="20", batch_size="10", seed="0",
                    variants="none,dropout", data_dir=str(root), dropout_impl="decaylab")
     assert EXP.task(opts).layers == (36, 16, 16, 10)
-    results = run(opts)
+    results = train(EXP, opts)
     assert [r.status for r in results] == ["done", "done"] and len(results[1].curves["test_acc"]) == 2
 
 

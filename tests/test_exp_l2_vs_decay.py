@@ -18,6 +18,8 @@ from decaylab.experiments.l2_vs_decay import HIST_EDGES, adam_l2_probe, effectiv
 from decaylab.results import ConfigResult
 from decaylab.rng import generator
 
+from experiment_helpers import options, train
+
 EXP = get_experiment("l2-vs-decay")
 SMALL = dict(hidden="64,64", epochs="15", n_test="200", seed="0,1")
 
@@ -25,18 +27,10 @@ SMALL = dict(hidden="64,64", epochs="15", n_test="200", seed="0,1")
 pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: see decaylab.threads
 
 
-def options(**given: str) -> dict[str, Any]:
-    texts = {o.name: o.default for o in EXP.options} | given
-    opts = {o.name: o.parse(texts[o.name], o.flag, EXP.name) for o in EXP.options}
-    EXP.check(opts)
-    return opts
-
-
 @pytest.fixture(scope="module")
 def small() -> tuple[dict[str, Any], list[ConfigResult], dict[str, Any]]:
-    opts = options(**SMALL)
-    configs = EXP.configs(opts)
-    results = [ConfigResult.of(c, o) for c, o in zip(configs, EXP.run_chunk(opts, configs, "batched"))]
+    opts = options(EXP, **SMALL)
+    results = train(EXP, opts)
     return opts, results, EXP.summarize(results, opts)
 
 
@@ -80,7 +74,7 @@ def test_large_gradient_weights_keep_their_size_under_adam_l2() -> None:
 
     Weights in the bottom v̂ decile end far smaller than without L2; weights in the top decile barely change.
     """
-    opts = options(**SMALL)
+    opts = options(EXP, **SMALL)
     task = EXP.task(opts, "adam")
     lam = 0.005
     _, stats = adam_l2_probe(task, Hyper(seed=0, lr=1e-3, l2=lam))
@@ -112,7 +106,7 @@ def test_large_gradient_weights_keep_their_size_under_adam_l2() -> None:
 
 def _library_run(coupled: bool, dtype: torch.dtype, momentum: float = 0.0, steps: int = 60) -> torch.Tensor:
     """SGD on the experiment's MLP through the library: weight_decay in the optimizer, or DecoupledDecay attached."""
-    opts = options(**SMALL)
+    opts = options(EXP, **SMALL)
     task = EXP.task(opts, "sgd")
     model = build_model(task, Hyper(seed=0, lr=0.1)).to(dtype)
     lam, lr = 0.005, 0.1 * (1 - momentum)
@@ -143,7 +137,7 @@ def test_sgd_l2_and_decoupled_differ_only_by_rounding() -> None:
 
 
 def test_probe_equals_the_engine_sequential_run() -> None:
-    opts = options(**SMALL)
+    opts = options(EXP, **SMALL)
     task = EXP.task(opts, "adam")
     hyper = Hyper(seed=1, lr=1e-3, l2=0.005)
     probed, _ = adam_l2_probe(task, hyper)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from decaylab.experiments.noise_tikhonov import NoiseTikhonov, reference_solutions, run_training, tikhonov_data
-from decaylab.results import ConfigResult
+
+from experiment_helpers import train
 
 SMALL = {"epochs": 60, "lr": 0.02, "batch_size": 10, "average": 0.5, "n_train": 200, "n_test": 50, "dim": 5}
 
@@ -22,8 +23,7 @@ def _opts(**kw: Any) -> dict[str, Any]:
 def test_trained_weights_reach_ridge_at_sigma_squared_not_ols_nor_other_lambdas() -> None:
     exp = NoiseTikhonov()
     opts = _opts(sigma=[0.5, 1.0])
-    configs = exp.configs(opts)
-    results = [ConfigResult.of(c, o) for c, o in zip(configs, exp.run_chunk(opts, configs, "sequential"))]
+    results = train(exp, opts, "sequential")
     for r in results:
         m = r.metrics
         others = min(m["dist_ols"], m["dist_ridge_quarter"], m["dist_ridge_4x"])

@@ -12,23 +12,15 @@ from decaylab.experiments import get_experiment
 from decaylab.experiments.ridge_path import load_data, ridgecv_reference
 from decaylab.results import ConfigResult
 
+from experiment_helpers import options, train
+
 EXP = get_experiment("ridge-path")
-
-
-def opts_with(**over: str) -> dict[str, Any]:
-    texts = {o.name: o.default for o in EXP.options} | over
-    return {o.name: o.parse(texts[o.name], o.flag, EXP.name) for o in EXP.options}
-
-
-def run(opts: dict[str, Any]) -> list[ConfigResult]:
-    configs = EXP.configs(opts)
-    return [ConfigResult.of(c, o) for c, o in zip(configs, EXP.run_chunk(opts, configs, "sequential"))]
 
 
 @pytest.fixture(scope="module")
 def diabetes() -> tuple[dict[str, Any], ConfigResult]:
-    opts = opts_with()  # the default: 300 λ on the bundled diabetes data
-    return opts, run(opts)[0]
+    opts = options(EXP)  # the default: 300 λ on the bundled diabetes data
+    return opts, train(EXP, opts, "sequential")[0]
 
 
 def test_claim_ridgecv_chooses_the_same_lambda_and_coefficients(diabetes: Any) -> None:
@@ -67,8 +59,8 @@ def test_loo_is_exact_leave_one_out_by_refitting() -> None:
     """Brute force on a small synthetic set: refit Ridge(alpha = n·λ) without each sample (α fixed)."""
     from sklearn.linear_model import Ridge
 
-    opts = opts_with(data="synthetic", n_train="30", dim="5", lambd="0.01,0.3")
-    r = run(opts)[0]
+    opts = options(EXP, data="synthetic", n_train="30", dim="5", lambd="0.01,0.3")
+    r = train(EXP, opts, "sequential")[0]
     X, y, _ = load_data("synthetic", 0, 30, 5, True)
     for i, lam in enumerate(opts["lambd"]):
         errors = []

@@ -20,28 +20,27 @@ from decaylab.data.moons import moons_data
 from decaylab.experiments.scaling import Scaling, _verdict, fit_slope, l2_coefficient
 from decaylab.results import ConfigResult
 
+from experiment_helpers import options, train
+
 EXP = Scaling()
 
 
 def _opts(**kw: Any) -> dict[str, Any]:
-    opts = {o.name: o.parse(o.default, o.flag, EXP.name) for o in EXP.options}
-    opts.update(
-        epochs=300,
-        m=[16, 128],
-        seed=[0, 1],
-        n_val=200,
-        lambd_half=[2.0**k for k in range(-12, -2)],
-        lambd_mean=[2.0**k for k in range(-4, 2)],
-    )
-    opts.update(kw)
-    return opts
+    small = {
+        "epochs": 300,
+        "m": [16, 128],
+        "seed": [0, 1],
+        "n_val": 200,
+        "lambd_half": [2.0**k for k in range(-12, -2)],
+        "lambd_mean": [2.0**k for k in range(-4, 2)],
+    }
+    return options(EXP) | small | kw
 
 
 @pytest.fixture(scope="module")
 def small_run() -> tuple[dict[str, Any], list[ConfigResult], dict[str, Any]]:
     opts = _opts()
-    configs = EXP.configs(opts)
-    results = [ConfigResult.of(c, o) for c, o in zip(configs, EXP.run_chunk(opts, configs, "batched"))]
+    results = train(EXP, opts)
     return opts, results, EXP.summarize(results, opts)
 
 

@@ -1,4 +1,4 @@
-"""What an experiment declares, and the option parsers experiments share.
+"""What an experiment declares, the option parsers and checks experiments share, and how they average.
 
 An experiment is a small class: its options (each parsed and validated from the text a user types),
 how its options expand into configurations, how to train a chunk of configurations, and what it
@@ -9,23 +9,29 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from decaylab.grid import parse_float_grid, parse_int_grid
 from decaylab.results import ConfigResult, Outcome
-from decaylab.validation import check_choice, check_float, check_int
+from decaylab.validation import check_choice, check_float, check_int, parameter_error
 
 __all__ = [
     "Experiment",
     "Option",
     "Table",
+    "check_batch_size",
     "choice",
+    "choice_list",
     "float_grid",
+    "group_by",
     "int_grid",
+    "mean_or_nan",
+    "mean_over_seeds",
     "nonneg_float",
+    "path_or_empty",
     "positive_float",
     "positive_int",
 ]
@@ -97,6 +103,36 @@ def choice(*choices: str) -> Parser:
     return parse
 
 
+def choice_list(*choices: str) -> Parser:
+    """A comma-separated list of ``choices`` (order kept, duplicates dropped)."""
+
+    def parse(text: str, name: str, owner: str) -> list[str]:
+        tokens = [t.strip() for t in text.split(",")]
+        if not text.strip() or any(not t for t in tokens):
+            raise parameter_error(name, owner, "a comma-separated list of {" + ", ".join(map(repr, choices)) + "}", text)
+        out: list[str] = []
+        for token in tokens:
+            check_choice(token, name, owner, choices)
+            if token not in out:
+                out.append(token)
+        return out
+
+    return parse
+
+
+def path_or_empty(text: str, name: str, owner: str) -> str:
+    """A path ('' for none; ``~`` expanded); what it holds is for the experiment's :meth:`~Experiment.check`."""
+    text = text.strip()
+    return str(Path(text).expanduser()) if text else ""
+
+
+# -- checks of combinations ----------------------------------------------------------------------
+def check_batch_size(opts: dict[str, Any], owner: str) -> None:
+    """``--batch-size`` must not exceed ``--n-train``."""
+    if opts["batch_size"] > opts["n_train"]:
+        raise parameter_error("--batch-size", owner, f"an int in [1, n_train={opts['n_train']}]", opts["batch_size"])
+
+
 # -- the experiment interface ------------------------------------------------------------------
 class Experiment(ABC):
     """Base class of every ``decaylab run NAME`` experiment."""
@@ -141,3 +177,39 @@ class Experiment(ABC):
 
 def finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# -- averaging over seeds ------------------------------------------------------------------------
+def mean_or_nan(values: Iterable[float]) -> float:
+    """The mean, summed left to right; NaN when there are no values."""
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan
+
+
+def group_by(results: Iterable[ConfigResult], by: str | Callable[[dict[str, Any]], Any]) -> dict[Any, list[ConfigResult]]:
+    """``results`` grouped by the parameter named ``by``, or by ``by(params)``; groups in order of first appearance."""
+    key = (lambda params: params[by]) if isinstance(by, str) else by
+    groups: dict[Any, list[ConfigResult]] = {}
+    for r in results:
+        groups.setdefault(key(r.params), []).append(r)
+    return groups
+
+
+def mean_over_seeds(
+    results: Iterable[ConfigResult],
+    by: str,
+    metrics: Sequence[str],
+    average: Callable[[list[float]], Any] = mean_or_nan,
+) -> list[tuple[Any, dict[str, float]]]:
+    """Per value of the parameter ``by``, ascending: ``n_seeds``, how many of its configurations finished
+    (status ``done``), and the ``average`` over them of each of ``metrics`` (NaN when none finished)::
+
+        for lambd, means in mean_over_seeds(results, "lambd", ("train_loss", "test_loss")):
+            ...  # means == {"n_seeds": 3, "train_loss": ..., "test_loss": ...}
+    """
+    rows = []
+    for value, group in sorted(group_by(results, by).items()):
+        done = [r for r in group if r.status == "done"]
+        means = {key: float(average([r.metrics[key] for r in done])) if done else math.nan for key in metrics}
+        rows.append((value, {"n_seeds": len(done), **means}))
+    return rows

@@ -36,14 +36,15 @@ from decaylab.experiments.base import (
     Experiment,
     Option,
     Table,
+    check_batch_size,
     choice,
     float_grid,
     int_grid,
+    mean_over_seeds,
     positive_float,
     positive_int,
 )
 from decaylab.results import ConfigResult, Outcome
-from decaylab.validation import parameter_error
 
 __all__ = ["D2LLinear", "concise_optimizer", "scratch_step", "train_concise", "train_scratch"]
 
@@ -216,10 +217,7 @@ class D2LLinear(Experiment):
     )
 
     def check(self, opts: dict[str, Any]) -> None:
-        if opts["batch_size"] > opts["n_train"]:
-            raise parameter_error(
-                "--batch-size", self.name, f"an int in [1, n_train={opts['n_train']}]", opts["batch_size"]
-            )
+        check_batch_size(opts, self.name)
 
     def configs(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
         return [
@@ -282,18 +280,8 @@ class D2LLinear(Experiment):
         )
 
     def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
-        by_lambda: dict[float, list[ConfigResult]] = {}
-        for r in results:
-            by_lambda.setdefault(r.params["lambd"], []).append(r)
-        rows = []
-        for lambd, group in sorted(by_lambda.items()):
-            done = [r for r in group if r.status == "done"]
-            mean = {
-                key: (sum(r.metrics[key] for r in done) / len(done) if done else float("nan"))
-                for key in ("w_norm", "train_loss", "test_loss")
-            }
-            rows.append({"lambd": lambd, "n_seeds": len(done), **mean})
-        return {"by_lambda": rows}
+        by_lambda = mean_over_seeds(results, "lambd", ("w_norm", "train_loss", "test_loss"))
+        return {"by_lambda": [{"lambd": lambd, **means} for lambd, means in by_lambda]}
 
     def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.d2l_linear import plot_curves, plot_norms

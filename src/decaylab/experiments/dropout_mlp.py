@@ -59,9 +59,14 @@ from decaylab.experiments.base import (
     Experiment,
     Option,
     Table,
+    check_batch_size,
     choice,
+    choice_list,
     float_grid,
+    group_by,
     int_grid,
+    mean_or_nan,
+    path_or_empty,
     positive_float,
     positive_int,
 )
@@ -70,15 +75,20 @@ from decaylab.threads import limited_threads
 from decaylab.validation import check_choice, parameter_error
 
 __all__ = [
+    "HIDDEN_OPTION",
     "VARIANTS",
     "DropoutMLP",
-    "end_mean",
-    "end_window",
+    "check_data",
     "compare_dropout",
     "data_function",
     "data_shape",
-    "check_data",
+    "end_mean",
+    "end_window",
+    "evaluate",
+    "mlp_task",
+    "train_epoch",
     "train_focused",
+    "training_options",
 ]
 
 Progress = Callable[[int], None]
@@ -87,28 +97,23 @@ IMPLS = ("engine", "decaylab", "torch")
 INIT_STD = 0.01  # D2L: nn.init.normal_(m.weight, std=0.01)
 
 
-# -- options shared with l2-vs-decay -------------------------------------------------------------
-def variant_list(*allowed: str) -> Callable[[str, str, str], list[str]]:
-    """A parser of a comma-separated list of ``allowed`` names (order kept, duplicates dropped)."""
-
-    def parse(text: str, name: str, owner: str) -> list[str]:
-        tokens = [t.strip() for t in text.split(",")]
-        if not text.strip() or any(not t for t in tokens):
-            raise parameter_error(name, owner, "a comma-separated list of {" + ", ".join(map(repr, allowed)) + "}", text)
-        out: list[str] = []
-        for token in tokens:
-            check_choice(token, name, owner, allowed)
-            if token not in out:
-                out.append(token)
-        return out
-
-    return parse
+# -- the MLP on digits (or IDX files): options, data and Task, shared with l2-vs-decay ----------------
+HIDDEN_OPTION = Option("hidden", int_grid(low=1), "256,256", "hidden layer widths", "W,W")
 
 
-def path_or_empty(text: str, name: str, owner: str) -> str:
-    """A directory path ('' for none; ``~`` expanded); its contents are checked by :func:`check_data`."""
-    text = text.strip()
-    return str(Path(text).expanduser()) if text else ""
+def training_options(
+    *, epochs: str, seeds: str, seed_help: str, n_train_help: str = "training examples per seed"
+) -> tuple[Option, ...]:
+    """``--epochs --batch-size --n-train --n-test --seed --data-dir``, in this order; the defaults of
+    ``--epochs`` and ``--seed`` and the help of ``--seed`` and ``--n-train`` are the experiment's."""
+    return (
+        Option("epochs", positive_int, epochs, "training epochs", "N"),
+        Option("batch_size", positive_int, "20", "minibatch size", "B"),
+        Option("n_train", positive_int, "200", n_train_help, "N"),
+        Option("n_test", positive_int, "500", "test examples per seed", "N"),
+        Option("seed", int_grid(low=0), seeds, seed_help, "SEEDS"),
+        Option("data_dir", path_or_empty, "", "directory of MNIST/Fashion-MNIST IDX files; empty: scikit-learn digits", "DIR"),
+    )
 
 
 def data_function(opts: dict[str, Any]) -> Callable[[int], Any]:
@@ -137,7 +142,7 @@ def data_name(opts: dict[str, Any]) -> str:
 
 
 def check_data(opts: dict[str, Any], owner: str) -> None:
-    """Read ``--data-dir`` (one-line error naming the bad file) and check ``--n-train``/``--n-test`` fit."""
+    """Read ``--data-dir`` (one-line error naming the bad file) and check ``--n-train``/``--n-test``/``--batch-size`` fit."""
     if opts["data_dir"]:
         from decaylab.data.idx import IdxError, load_idx_dataset
 
@@ -157,11 +162,61 @@ def check_data(opts: dict[str, Any], owner: str) -> None:
         raise parameter_error("--n-train", owner, f"an int in [1, {n_train}] for {data_name(opts)}", opts["n_train"])
     if opts["n_test"] > n_test:
         raise parameter_error("--n-test", owner, f"an int in [1, {n_test}] for {data_name(opts)}", opts["n_test"])
-    if opts["batch_size"] > opts["n_train"]:
-        raise parameter_error("--batch-size", owner, f"an int in [1, n_train={opts['n_train']}]", opts["batch_size"])
+    check_batch_size(opts, owner)
 
 
-# -- the focused loop (--dropout-impl decaylab|torch) --------------------------------------------
+def mlp_task(opts: dict[str, Any], **settings: Any) -> Any:
+    """The :class:`decaylab.engine.Task` of a ReLU MLP with ``--hidden`` layers on the options' data, mean
+    cross-entropy, ``W ~ N(0, INIT_STD²)`` where ``init='normal'``; ``settings``: the optimizer and the rest."""
+    from decaylab.engine import Task
+
+    d_in, n_classes = data_shape(opts)
+    return Task(
+        data=data_function(opts),
+        layers=(d_in, *opts["hidden"], n_classes),
+        activation="relu",
+        loss="cross_entropy",
+        batch_size=opts["batch_size"],
+        epochs=opts["epochs"],
+        init_std=INIT_STD,
+        **settings,
+    )
+
+
+# -- focused loops beside the engine (--dropout-impl decaylab|torch here, the Adam probe of l2-vs-decay) --
+def train_epoch(model: Any, opt: Any, data: Any, batch_size: int | None, order: Any) -> None:
+    """One epoch of ``opt`` on the minibatch mean cross-entropy, over the engine's batches (``order``: the
+    seed's ``order`` generator)."""
+    import torch.nn.functional as F
+
+    from decaylab.engine.semantics import epoch_batches
+
+    for idx in epoch_batches(data.n_train, batch_size, order):
+        x, y = (data.X_train, data.y_train) if idx is None else (data.X_train[idx], data.y_train[idx])
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def evaluate(model: Any, data: Any) -> list[float]:
+    """``[train_loss, test_loss, w_norm, train_acc, test_acc]`` in evaluation mode (the engine's order)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    model.eval()
+    with torch.no_grad():
+        row, accs = [], []
+        for X, y in ((data.X_train, data.y_train), (data.X_test, data.y_test)):
+            out = model(X)
+            row.append(F.cross_entropy(out, y).item())
+            accs.append((out.argmax(dim=1) == y).float().mean().item())
+        weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+        row.append(torch.sqrt(sum(w.pow(2).sum() for w in weights)).item())
+    model.train()
+    return row + accs
+
+
 def _model(task: Any, hyper: Any, impl: str) -> Any:
     """The engine's MLP (same initial parameters) with ``decaylab.Dropout`` or ``torch.nn.Dropout`` layers."""
     import torch
@@ -188,25 +243,6 @@ def _model(task: Any, hyper: Any, impl: str) -> Any:
     return nn.Sequential(*modules)
 
 
-def _evaluate(model: Any, data: Any) -> list[float]:
-    """``[train_loss, test_loss, w_norm, train_acc, test_acc]`` in evaluation mode (the engine's order)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    model.eval()
-    with torch.no_grad():
-        row, accs = [], []
-        for X, y in ((data.X_train, data.y_train), (data.X_test, data.y_test)):
-            out = model(X)
-            row.append(F.cross_entropy(out, y).item())
-            accs.append((out.argmax(dim=1) == y).float().mean().item())
-        weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-        row.append(torch.sqrt(sum(w.pow(2).sum() for w in weights)).item())
-    model.train()
-    return row + accs
-
-
 def train_focused(task: Any, hyper: Any, impl: str, progress: Progress | None = None) -> Outcome:
     """Train one configuration with ``decaylab.Dropout`` (``impl='decaylab'``) or ``torch.nn.Dropout``.
 
@@ -214,10 +250,9 @@ def train_focused(task: Any, hyper: Any, impl: str, progress: Progress | None = 
     ``torch.optim.SGD(decaylab.param_groups(model, l2), lr)``: coupled ``g ← g + λW`` on weights only.
     """
     import torch
-    import torch.nn.functional as F
 
     import decaylab
-    from decaylab.engine.semantics import epoch_batches, load_data, make_outcome
+    from decaylab.engine.semantics import load_data, make_outcome
     from decaylab.rng import generator, stream_seed
 
     check_choice(impl, "impl", "train_focused", ("decaylab", "torch"))
@@ -233,12 +268,8 @@ def train_focused(task: Any, hyper: Any, impl: str, progress: Progress | None = 
             if diverged is not None:
                 rows.append([math.nan] * 5)
                 continue
-            for idx in epoch_batches(data.n_train, task.batch_size, order):
-                x, y = (data.X_train, data.y_train) if idx is None else (data.X_train[idx], data.y_train[idx])
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-            rows.append(_evaluate(model, data))
+            train_epoch(model, opt, data, task.batch_size, order)
+            rows.append(evaluate(model, data))
             finite = all(math.isfinite(v) for v in rows[-1][:2]) and all(bool(torch.isfinite(p).all()) for p in model.parameters())
             if not finite:
                 diverged = epoch
@@ -320,17 +351,17 @@ class DropoutMLP(Experiment):
     )
     engines = ("sequential", "batched")
     options = (
-        Option("variants", variant_list(*VARIANTS), ",".join(VARIANTS), "variants to train: none, dropout, decay, both", "LIST"),
+        Option("variants", choice_list(*VARIANTS), ",".join(VARIANTS), "variants to train: none, dropout, decay, both", "LIST"),
         Option("wd", float_grid(low=0.0), "0.002", "λ of the decay variants: mean CE + λ/2·Σ‖W‖² (grid)", "GRID"),
         Option("dropout", float_grid(low=0.0, high=1.0), "0.2,0.5", "dropout p after each hidden layer (one per layer)", "P,P"),
-        Option("hidden", int_grid(low=1), "256,256", "hidden layer widths", "W,W"),
+        HIDDEN_OPTION,
         Option("lr", positive_float, "0.5", "SGD learning rate η (D2L's 0.5)", "ETA"),
-        Option("epochs", positive_int, "100", "training epochs", "N"),
-        Option("batch_size", positive_int, "20", "minibatch size", "B"),
-        Option("n_train", positive_int, "200", "training examples per seed (small: over-fitting shows)", "N"),
-        Option("n_test", positive_int, "500", "test examples per seed", "N"),
-        Option("seed", int_grid(low=0), "0,1,2", "seed(s) to average over: data subset, init, batch order, masks", "SEEDS"),
-        Option("data_dir", path_or_empty, "", "directory of MNIST/Fashion-MNIST IDX files; empty: scikit-learn digits", "DIR"),
+        *training_options(
+            epochs="100",
+            seeds="0,1,2",
+            seed_help="seed(s) to average over: data subset, init, batch order, masks",
+            n_train_help="training examples per seed (small: over-fitting shows)",
+        ),
         Option("dropout_impl", choice(*IMPLS), "engine", "dropout layers: the engine's, decaylab.Dropout or torch.nn.Dropout"),
     )
 
@@ -353,21 +384,7 @@ class DropoutMLP(Experiment):
         return out
 
     def task(self, opts: dict[str, Any]) -> Any:
-        from decaylab.engine import Task
-
-        d_in, n_classes = data_shape(opts)
-        return Task(
-            data=data_function(opts),
-            layers=(d_in, *opts["hidden"], n_classes),
-            activation="relu",
-            loss="cross_entropy",
-            optimizer="sgd",
-            batch_size=opts["batch_size"],
-            epochs=opts["epochs"],
-            init="normal",
-            init_std=INIT_STD,
-            dropout=True,
-        )
+        return mlp_task(opts, optimizer="sgd", init="normal", dropout=True)
 
     def run_chunk(
         self, opts: dict[str, Any], configs: Sequence[dict[str, Any]], engine: str, progress: Progress | None = None
@@ -385,25 +402,18 @@ class DropoutMLP(Experiment):
             return [train_focused(task, h, opts["dropout_impl"], progress) for h in hypers]
 
     # -- what it shows
-    @staticmethod
-    def _groups(results: Sequence[ConfigResult]) -> dict[str, list[ConfigResult]]:
-        groups: dict[str, list[ConfigResult]] = {}
-        for r in results:
-            groups.setdefault(variant_label(r.params), []).append(r)
-        return groups
-
     def table(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> Table:
         rows = []
         w = end_window(opts["epochs"])
         keys = ("train_acc", "test_acc", "train_loss", "test_loss", "w_norm")
-        for label, group in self._groups(results).items():
+        for label, group in group_by(results, variant_label).items():
             for r in group:
                 v = {k: end_mean(r, k, w) for k in keys}
                 rows.append([label, r.params["seed"], v["train_acc"], v["test_acc"], v["train_acc"] - v["test_acc"],
                              v["train_loss"], v["test_loss"], v["w_norm"], r.status])
             done = [r for r in group if r.status == "done"]
             if len(group) > 1 and done:
-                mean = {k: sum(end_mean(r, k, w) for r in done) / len(done) for k in keys}
+                mean = {k: mean_or_nan(end_mean(r, k, w) for r in done) for k in keys}
                 rows.append([label, "mean", mean["train_acc"], mean["test_acc"], mean["train_acc"] - mean["test_acc"],
                              mean["train_loss"], mean["test_loss"], mean["w_norm"], f"{len(done)} seeds"])
         p = ",".join(f"{v:g}" for v in opts["dropout"])
@@ -418,16 +428,14 @@ class DropoutMLP(Experiment):
     def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
         by_variant = []
         w = end_window(opts["epochs"])
-        for label, group in self._groups(results).items():
+        for label, group in group_by(results, variant_label).items():
             done = [r for r in group if r.status == "done"]
             row: dict[str, Any] = {"label": label, "variant": group[0].params["variant"], "wd": group[0].params["wd"],
                                    "p": group[0].params["p"], "n_seeds": len(done), "end_epochs": w}
             for key in ("train_acc", "test_acc", "train_loss", "test_loss", "w_norm"):
-                row[key] = sum(end_mean(r, key, w) for r in done) / len(done) if done else math.nan
+                row[key] = mean_or_nan(end_mean(r, key, w) for r in done)
             row["gap_per_seed"] = {str(r.params["seed"]): end_mean(r, "train_acc", w) - end_mean(r, "test_acc", w) for r in done}
-            row["final_epoch_gap"] = (
-                sum(r.metrics["train_acc"] - r.metrics["test_acc"] for r in done) / len(done) if done else math.nan
-            )
+            row["final_epoch_gap"] = mean_or_nan(r.metrics["train_acc"] - r.metrics["test_acc"] for r in done)
             row["gap"] = row["train_acc"] - row["test_acc"]
             by_variant.append(row)
         claim: dict[str, Any] = {

@@ -56,19 +56,19 @@ from decaylab.experiments.base import (
     Option,
     Table,
     choice,
+    choice_list,
     float_grid,
-    int_grid,
+    mean_or_nan,
     positive_float,
-    positive_int,
 )
 from decaylab.experiments.dropout_mlp import (
-    INIT_STD,
+    HIDDEN_OPTION,
     check_data,
-    data_function,
     data_name,
-    data_shape,
-    path_or_empty,
-    variant_list,
+    evaluate,
+    mlp_task,
+    train_epoch,
+    training_options,
 )
 from decaylab.results import ConfigResult, Outcome
 from decaylab.threads import limited_threads
@@ -164,11 +164,10 @@ def adam_l2_probe(task: Any, hyper: Any) -> tuple[Outcome, dict[str, Any]]:
     Returns the outcome and :func:`effective_decay_stats` of the final state.
     """
     import torch
-    import torch.nn.functional as F
     from torch import nn
 
     import decaylab
-    from decaylab.engine.semantics import epoch_batches, load_data, make_outcome
+    from decaylab.engine.semantics import load_data, make_outcome
     from decaylab.engine.sequential import build_model
     from decaylab.rng import generator
 
@@ -183,18 +182,8 @@ def adam_l2_probe(task: Any, hyper: Any) -> tuple[Outcome, dict[str, Any]]:
         if diverged is not None:
             rows.append([math.nan] * len(task.metric_names))
             continue
-        for idx in epoch_batches(data.n_train, task.batch_size, order):
-            x, y = (data.X_train, data.y_train) if idx is None else (data.X_train[idx], data.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            outs = [(model(X), y) for X, y in ((data.X_train, data.y_train), (data.X_test, data.y_test))]
-            row = [F.cross_entropy(o, y).item() for o, y in outs]
-            row.append(torch.sqrt(sum(w.pow(2).sum() for w in weights)).item())
-            row += [(o.argmax(dim=1) == y).float().mean().item() for o, y in outs]
-        model.train()
+        train_epoch(model, opt, data, task.batch_size, order)
+        row = evaluate(model, data)
         rows.append(row)
         if not (math.isfinite(row[0]) and math.isfinite(row[1])):
             diverged = epoch
@@ -244,19 +233,14 @@ class L2VsDecay(Experiment):
     )
     engines = ("sequential", "batched")
     options = (
-        Option("variants", variant_list(*VARIANTS), ",".join(VARIANTS), "variants: " + ", ".join(VARIANTS), "LIST"),
+        Option("variants", choice_list(*VARIANTS), ",".join(VARIANTS), "variants: " + ", ".join(VARIANTS), "LIST"),
         Option("wd", float_grid(low=0.0, low_open=True), "0.005", "λ, PyTorch's weight_decay, for every variant (grid)", "GRID"),
         Option("lr", positive_float, "0.1", "SGD learning rate η (momentum runs use η(1 − μ))", "ETA"),
         Option("momentum", _momentum, "0.9", "momentum μ of the momentum variants (PyTorch convention)", "MU"),
         Option("lr_adam", positive_float, "0.001", "Adam/AdamW learning rate η_a (β = 0.9, 0.999; ε = 1e-8)", "ETA"),
-        Option("hidden", int_grid(low=1), "256,256", "hidden layer widths", "W,W"),
+        HIDDEN_OPTION,
         Option("init", choice("torch", "normal"), "torch", "initial weights: nn.Linear's uniform, or D2L's N(0, 0.01²)"),
-        Option("epochs", positive_int, "60", "training epochs", "N"),
-        Option("batch_size", positive_int, "20", "minibatch size", "B"),
-        Option("n_train", positive_int, "200", "training examples per seed", "N"),
-        Option("n_test", positive_int, "500", "test examples per seed", "N"),
-        Option("seed", int_grid(low=0), "0,1", "seed(s) to average over: data subset, init, batch order", "SEEDS"),
-        Option("data_dir", path_or_empty, "", "directory of MNIST/Fashion-MNIST IDX files; empty: scikit-learn digits", "DIR"),
+        *training_options(epochs="60", seeds="0,1", seed_help="seed(s) to average over: data subset, init, batch order"),
     )
 
     def check(self, opts: dict[str, Any]) -> None:
@@ -271,22 +255,13 @@ class L2VsDecay(Experiment):
         ]
 
     def task(self, opts: dict[str, Any], family: str) -> Any:
-        from decaylab.engine import Task
-
-        d_in, n_classes = data_shape(opts)
-        return Task(
-            data=data_function(opts),
-            layers=(d_in, *opts["hidden"], n_classes),
-            activation="relu",
-            loss="cross_entropy",
+        return mlp_task(
+            opts,
             optimizer="adam" if family == "adam" else "sgd",
             momentum=opts["momentum"] if family == "momentum" else 0.0,
             betas=BETAS,
             eps=EPS,
-            batch_size=opts["batch_size"],
-            epochs=opts["epochs"],
             init=opts["init"],
-            init_std=INIT_STD,
         )
 
     def run_chunk(
@@ -372,7 +347,7 @@ class L2VsDecay(Experiment):
                 if not diffs:
                     continue
                 worst = {k: max(d[k] for d in diffs) for k in CURVES}
-                mean_norm = {k: sum(v) / len(v) for k, v in norms.items()}
+                mean_norm = {k: mean_or_nan(v) for k, v in norms.items()}
                 row[family] = {
                     "max_abs_diff": worst,
                     "max_rel_diff": max(rel),
@@ -384,7 +359,7 @@ class L2VsDecay(Experiment):
             if probes:
                 keys = ("eff_decay_median", "eff_decay_p01", "eff_decay_p99", "eff_decay_decades", "top_bottom_ratio",
                         "frac_below_adamw", "probe_max_diff")
-                row["adam_l2_effective_decay"] = {k: sum(p.metrics[k] for p in probes) / len(probes) for k in keys}
+                row["adam_l2_effective_decay"] = {k: mean_or_nan(p.metrics[k] for p in probes) for k in keys}
                 row["adam_l2_effective_decay"]["adamw_decay"] = opts["lr_adam"] * wd
             row["claims"] = self._claims(row)
             rows.append(row)

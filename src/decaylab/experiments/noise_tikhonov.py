@@ -50,8 +50,10 @@ from decaylab.experiments.base import (
     Experiment,
     Option,
     Table,
+    check_batch_size,
     float_grid,
     int_grid,
+    mean_over_seeds,
     positive_float,
     positive_int,
 )
@@ -231,10 +233,7 @@ class NoiseTikhonov(Experiment):
             raise parameter_error(
                 "--n-train", self.name, f"an int > dim={opts['dim']} (so that least squares is unique)", opts["n_train"]
             )
-        if opts["batch_size"] > opts["n_train"]:
-            raise parameter_error(
-                "--batch-size", self.name, f"an int in [1, n_train={opts['n_train']}]", opts["batch_size"]
-            )
+        check_batch_size(opts, self.name)
         check_float(opts["average"], "--average", self.name, low=0.0, low_open=True, high=1.0)
 
     def configs(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -329,14 +328,10 @@ class NoiseTikhonov(Experiment):
         import numpy as np
 
         keys = ("dist_ridge", "dist_ols", "dist_ridge_quarter", "dist_ridge_4x", "dist_ridge_last", "ridge_ols_gap")
-        by_sigma: dict[float, list[ConfigResult]] = {}
-        for r in results:
-            by_sigma.setdefault(r.params["sigma"], []).append(r)
-        rows = []
-        for sigma, group in sorted(by_sigma.items()):
-            done = [r for r in group if r.status == "done"]
-            mean = {k: float(np.mean([r.metrics[k] for r in done])) if done else float("nan") for k in keys}
-            rows.append({"sigma": sigma, "lambd": sigma**2, "n_seeds": len(done), **mean})
+        # np.mean, as this summary has always averaged: its pairwise sum can differ from mean_or_nan's
+        # left-to-right sum in the last bit from 8 seeds on
+        by_sigma = mean_over_seeds(results, "sigma", keys, average=np.mean)
+        rows = [{"sigma": sigma, "lambd": sigma**2, **means} for sigma, means in by_sigma]
         positive = [row for row in rows if row["sigma"] > 0 and row["n_seeds"]]
         # how much closer the trained w is to ridge(σ²) than to the nearest alternative, worst σ > 0
         ratios = [

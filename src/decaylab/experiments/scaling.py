@@ -61,7 +61,9 @@ from decaylab.experiments.base import (
     Option,
     Table,
     float_grid,
+    group_by,
     int_grid,
+    mean_or_nan,
     nonneg_float,
     positive_float,
     positive_int,
@@ -295,8 +297,8 @@ class Scaling(Experiment):
         rows_by_convention: dict[str, list[dict[str, Any]]] = {}
         for convention in CONVENTIONS:
             rows = []
-            for m in sorted({r.params["m"] for r in results if r.params["convention"] == convention}):
-                group = [r for r in results if r.params["convention"] == convention and r.params["m"] == m]
+            by_m = group_by((r for r in results if r.params["convention"] == convention), "m")
+            for m, group in sorted(by_m.items()):
                 row = _best_lambda(group, convention, m)
                 if row is not None:
                     row["flat"] = row["near_best_high"] >= FLAT_RATIO * row["near_best_low"]
@@ -326,7 +328,7 @@ class Scaling(Experiment):
                 "slope": slope,
                 "slope_se": slope_se,
                 "slope_per_seed": per_seed,
-                "slope_per_seed_mean": _mean(per_seed),
+                "slope_per_seed_mean": mean_or_nan(per_seed),
                 "slope_per_seed_se": _se(per_seed),
                 "expected_slope": expected,
                 "within_tolerance": _near(slope, expected),
@@ -414,15 +416,11 @@ def _best_lambda(group: Sequence[ConfigResult], convention: str, m: int) -> dict
     }
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
-
 def _se(values: Sequence[float]) -> float:
     """Standard error of the mean (NaN with fewer than two values)."""
     if len(values) < 2:
         return math.nan
-    mu = _mean(values)
+    mu = mean_or_nan(values)
     return math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 

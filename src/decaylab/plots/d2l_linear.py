@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from decaylab.experiments.base import group_by
 from decaylab.plots import lambda_colors, new_figure, save
+from decaylab.plots.common import band, seeds_note, stack
 from decaylab.results import ConfigResult
 
 MAX_PANELS = 4
@@ -16,15 +18,7 @@ MAX_LEGEND_LAMBDAS = 6  # more λ than this: a colour bar rather than a legend
 
 
 def _by_lambda(results: Sequence[ConfigResult]) -> dict[float, list[ConfigResult]]:
-    groups: dict[float, list[ConfigResult]] = {}
-    for r in results:
-        if r.curves:
-            groups.setdefault(r.params["lambd"], []).append(r)
-    return dict(sorted(groups.items()))
-
-
-def _stack(group: list[ConfigResult], key: str) -> np.ndarray:
-    return np.array([r.curves[key] for r in group], dtype=float)
+    return dict(sorted(group_by((r for r in results if r.curves), "lambd").items()))
 
 
 def _spread(values: list[float], k: int) -> list[float]:
@@ -33,13 +27,6 @@ def _spread(values: list[float], k: int) -> list[float]:
         return values
     idx = np.unique(np.round(np.linspace(0, len(values) - 1, k)).astype(int))
     return [values[i] for i in idx]
-
-
-def _band(ax: Any, epochs: np.ndarray, runs: np.ndarray, color: Any, label: str, style: str = "-") -> None:
-    """The mean over seeds as a line, and the range over seeds as a band when there are several."""
-    ax.plot(epochs, np.nanmean(runs, axis=0), style, color=color, label=label, lw=1.6)
-    if len(runs) > 1:
-        ax.fill_between(epochs, np.nanmin(runs, axis=0), np.nanmax(runs, axis=0), color=color, alpha=0.18, lw=0)
 
 
 def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
@@ -54,8 +41,8 @@ def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Pat
     for ax, lambd in zip(axes.flat, shown):
         group = groups[lambd]
         epochs = np.asarray(group[0].curves["epoch"])
-        _band(ax, epochs, _stack(group, "train_loss"), "tab:blue", "train")
-        _band(ax, epochs, _stack(group, "test_loss"), "tab:orange", "test", "--")
+        band(ax, epochs, stack(group, "train_loss"), "tab:blue", "train", lw=1.6)
+        band(ax, epochs, stack(group, "test_loss"), "tab:orange", "test", "--", lw=1.6)
         w_norm = np.nanmean([r.metrics.get("w_norm", np.nan) for r in group])
         ax.set_yscale("log")
         ax.set_title(f"λ = {lambd:.3g}   (final ‖w‖₂ = {w_norm:.3g})")
@@ -64,7 +51,7 @@ def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Pat
     for ax in axes[:, 0]:
         ax.set_ylabel("loss (ŷ−y)²/2, mean over examples")
     n_seeds = len(next(iter(groups.values()), []))
-    subtitle = f"mean over {n_seeds} seeds, band = range" if n_seeds > 1 else f"seed {opts['seed'][0]}"
+    subtitle = seeds_note(opts, n_seeds, with_band=True)
     hidden = f"; {len(groups) - len(shown)} of {len(groups)} λ not shown" if len(shown) < len(groups) else ""
     fig.suptitle(
         f"Weight decay on D2L's linear regression (n_train={opts['n_train']}, d={opts['dim']}): "
@@ -84,7 +71,7 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
     for lambd in shown:
         group = groups[lambd]
         epochs = np.asarray(group[0].curves["epoch"])
-        _band(left, epochs, _stack(group, "w_norm"), colors[lambd], f"λ = {lambd:.3g}")
+        band(left, epochs, stack(group, "w_norm"), colors[lambd], f"λ = {lambd:.3g}", lw=1.6)
     left.axhline(np.sqrt(opts["dim"]), color="grey", lw=0.8, ls=":", label=f"√d = {np.sqrt(opts['dim']):.1f} (start)")
     left.set_yscale("log")
     left.set_xlabel("epoch")

@@ -8,39 +8,28 @@ from typing import Any
 
 import numpy as np
 
+from decaylab.experiments.base import group_by
+from decaylab.experiments.dropout_mlp import variant_label
 from decaylab.plots import new_figure, save
+from decaylab.plots.common import band, seeds_note, stack
 from decaylab.results import ConfigResult
 
 COLORS = {"none": "tab:grey", "dropout": "tab:blue", "decay": "tab:orange", "both": "tab:green"}
 
 
-def _label(params: dict[str, Any]) -> str:
-    v = params["variant"]
-    return f"{v} λ={params['wd']:g}" if v in ("decay", "both") else v
-
-
 def _groups(results: Sequence[ConfigResult]) -> dict[str, list[ConfigResult]]:
-    groups: dict[str, list[ConfigResult]] = {}
-    for r in results:
-        if r.curves:
-            groups.setdefault(_label(r.params), []).append(r)
-    return groups
+    return group_by((r for r in results if r.curves), variant_label)
 
 
-def _stack(group: list[ConfigResult], key: str) -> np.ndarray:
-    return np.array([r.curves[key] for r in group], dtype=float)
+def data_note(opts: dict[str, Any]) -> str:
+    """The data of the MLP figures (here and ``l2-vs-decay``'s): digits, or the IDX files of ``--data-dir``."""
+    return f"IDX data in {opts['data_dir']}" if opts["data_dir"] else "digits 8×8"
 
 
-def _band(ax: Any, x: np.ndarray, runs: np.ndarray, color: Any, label: str, style: str = "-") -> None:
-    ax.plot(x, np.nanmean(runs, axis=0), style, color=color, label=label, lw=1.5)
-    if len(runs) > 1:
-        ax.fill_between(x, np.nanmin(runs, axis=0), np.nanmax(runs, axis=0), color=color, alpha=0.18, lw=0)
-
-
-def _setting(opts: dict[str, Any], n_seeds: int, band: bool = True) -> str:
-    data = f"IDX data in {opts['data_dir']}" if opts["data_dir"] else "digits 8×8"
+def _setting(opts: dict[str, Any], n_seeds: int, with_band: bool = True) -> str:
+    data = data_note(opts)
     p = ", ".join(f"{v:g}" for v in opts["dropout"])
-    seeds = f"mean over {n_seeds} seeds" + (", band = range" if band else "") if n_seeds > 1 else f"seed {opts['seed'][0]}"
+    seeds = seeds_note(opts, n_seeds, with_band)
     return (f"{data}, n_train={opts['n_train']}, MLP {'-'.join(map(str, opts['hidden']))} ReLU, SGD η={opts['lr']:g}, "
             f"batch {opts['batch_size']}\ndropout p=({p}) after the hidden layers; decay: mean CE + λ/2·Σ‖W‖² (biases not decayed); {seeds}")
 
@@ -57,13 +46,13 @@ def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Pat
         color = COLORS.get(group[0].params["variant"], "k")
         epochs = np.asarray(group[0].curves["epoch"], dtype=float)
         top, bottom = axes[0, col], axes[1, col]
-        train_acc, test_acc = _stack(group, "train_acc"), _stack(group, "test_acc")
-        _band(top, epochs, train_acc, color, "train")
-        _band(top, epochs, test_acc, color, "test", "--")
+        train_acc, test_acc = stack(group, "train_acc"), stack(group, "test_acc")
+        band(top, epochs, train_acc, color, "train", lw=1.5)
+        band(top, epochs, test_acc, color, "test", "--", lw=1.5)
         gap = np.nanmean(train_acc[:, -w:] - test_acc[:, -w:])
         top.set_title(f"{label}\ngap over the last {w} epochs = {gap:.3f}")
-        _band(bottom, epochs, _stack(group, "train_loss"), color, "train")
-        _band(bottom, epochs, _stack(group, "test_loss"), color, "test", "--")
+        band(bottom, epochs, stack(group, "train_loss"), color, "train", lw=1.5)
+        band(bottom, epochs, stack(group, "test_loss"), color, "test", "--", lw=1.5)
         bottom.set_yscale("log")
         bottom.set_xlabel("epoch")
         top.legend(loc="lower right", frameon=False)
@@ -94,7 +83,7 @@ def plot_gap(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) 
         left.plot(np.full(len(gaps), i) + np.linspace(-0.15, 0.15, len(gaps)), gaps, "k.", ms=4,
                   label="one seed" if i == 0 else None)
         epochs = np.asarray(group[0].curves["epoch"], dtype=float)
-        gap_curve = np.nanmean(_stack(group, "train_acc") - _stack(group, "test_acc"), axis=0)
+        gap_curve = np.nanmean(stack(group, "train_acc") - stack(group, "test_acc"), axis=0)
         right.plot(epochs, gap_curve, color=color, lw=1.4, label=label)
     if groups:
         right.axvspan(epochs[-w] - 0.5, epochs[-1] + 0.5, color="grey", alpha=0.12, lw=0, label=f"last {w} epochs (averaged)")
@@ -111,5 +100,5 @@ def plot_gap(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) 
     right.set_title("Gap during training")
     right.legend(frameon=False)
     n_seeds = max((len(g) for g in groups.values()), default=1)
-    fig.suptitle(f"Generalization gap: does dropout / weight decay make it smaller?\n{_setting(opts, n_seeds, band=False)}", fontsize=9.5)
+    fig.suptitle(f"Generalization gap: does dropout / weight decay make it smaller?\n{_setting(opts, n_seeds, with_band=False)}", fontsize=9.5)
     return save(fig, path)

@@ -8,7 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from decaylab.experiments.base import group_by
+from decaylab.experiments.l2_vs_decay import learning_rate
 from decaylab.plots import new_figure, save
+from decaylab.plots.common import seeds_note, stack
+from decaylab.plots.dropout_mlp import data_note
 from decaylab.results import ConfigResult
 
 FAMILIES = (
@@ -28,29 +32,19 @@ CONVENTION = "λ = PyTorch weight_decay: L2 adds λw to the gradient (mean CE + 
 
 
 def _by(results: Sequence[ConfigResult], wd: float) -> dict[str, list[ConfigResult]]:
-    groups: dict[str, list[ConfigResult]] = {}
-    for r in results:
-        if r.curves and r.params["wd"] == wd:
-            groups.setdefault(r.params["variant"], []).append(r)
-    return groups
+    return group_by((r for r in results if r.curves and r.params["wd"] == wd), "variant")
 
 
 def _mean(group: list[ConfigResult], key: str) -> np.ndarray:
-    return np.nanmean(np.array([r.curves[key] for r in group], dtype=float), axis=0)
-
-
-def _lr(opts: dict[str, Any], family: str) -> float:
-    if family == "adam":
-        return opts["lr_adam"]
-    return opts["lr"] * (1 - opts["momentum"]) if family == "momentum" else opts["lr"]
+    return np.nanmean(stack(group, key), axis=0)
 
 
 def _setting(opts: dict[str, Any], wd: float, n_seeds: int) -> str:
-    data = f"IDX data in {opts['data_dir']}" if opts["data_dir"] else "digits 8×8"
-    seeds = f"mean over {n_seeds} seeds" if n_seeds > 1 else f"seed {opts['seed'][0]}"
+    data = data_note(opts)
+    seeds = seeds_note(opts, n_seeds)
     init = "nn.Linear default init" if opts["init"] == "torch" else "init N(0, 0.01²)"
     return (f"{data}, n_train={opts['n_train']}, MLP {'-'.join(map(str, opts['hidden']))} ReLU, {init}, batch {opts['batch_size']}, {seeds}"
-            f"\nλ = {wd:g}; lr: SGD {opts['lr']:g}, momentum μ={opts['momentum']:g} with lr {_lr(opts, 'momentum'):g},"
+            f"\nλ = {wd:g}; lr: SGD {opts['lr']:g}, momentum μ={opts['momentum']:g} with lr {learning_rate(opts, 'momentum'):g},"
             f" Adam {opts['lr_adam']:g}\n{CONVENTION}")
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from decaylab.experiments.base import group_by
 from decaylab.plots import new_figure, save
+from decaylab.plots.common import band, seeds_note
 from decaylab.results import ConfigResult
 
 CONVENTION = "ridge λ = σ² in mean (ŷ−y)²/2 + λ/2·‖w‖² (D2L; sklearn alpha = n·σ²)"
@@ -58,10 +60,7 @@ def plot_coefficients(results: Sequence[ConfigResult], opts: dict[str, Any], pat
 
 def plot_distances(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
     """Distance of the trained w to ridge(σ²), OLS and ridge(σ²/4), ridge(4σ²), against σ (mean over seeds)."""
-    usable = _usable(results)
-    groups: dict[float, list[ConfigResult]] = {}
-    for r in usable:
-        groups.setdefault(r.params["sigma"], []).append(r)
+    groups = group_by(_usable(results), "sigma")
     sigmas = np.array(sorted(groups))
     fig, axes = new_figure(1, 1, width=8.0, height=4.6)
     ax = axes[0, 0]
@@ -76,17 +75,14 @@ def plot_distances(results: Sequence[ConfigResult], opts: dict[str, Any], path: 
         runs = np.array([[r.metrics.get(key, np.nan) for r in groups[s]] for s in sigmas], dtype=float)
         if runs.size == 0:
             continue
-        mean = np.nanmean(runs, axis=1)
-        ax.plot(sigmas, mean, style, color=color, label=label, ms=5, lw=1.4)
-        if runs.shape[1] > 1:
-            ax.fill_between(sigmas, np.nanmin(runs, axis=1), np.nanmax(runs, axis=1), color=color, alpha=0.15, lw=0)
+        band(ax, sigmas, runs, color, label, style, seed_axis=1, alpha=0.15, ms=5, lw=1.4)
     ax.set_yscale("log")
     ax.set_xlabel("input-noise standard deviation σ   (ridge λ = σ²)")
     ax.set_ylabel("Euclidean distance of the trained w (bias excluded)")
     ax.set_title("Which solution did SGD on noisy inputs reach?")
     ax.legend(frameon=False, fontsize=7.5)
     n_seeds = len(next(iter(groups.values()), []))
-    spread = f"mean over {n_seeds} seeds, band = range" if n_seeds > 1 else f"seed {opts['seed'][0]}"
+    spread = seeds_note(opts, n_seeds, with_band=True)
     fig.suptitle(
         f"SGD on inputs + fresh N(0, σ²) noise: lr {opts['lr']:g}, batch {opts['batch_size']}, {opts['epochs']} epochs;"
         f" w = Polyak average over the last {100 * opts['average']:g}% of the epochs\n{spread}\n{CONVENTION}",

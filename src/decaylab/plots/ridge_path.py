@@ -13,8 +13,10 @@ from decaylab.results import ConfigResult
 LAMBDA = "λ  (mean (ŷ−y)²/2 + λ/2‖w‖², D2L)"
 
 
-def _alpha_axis(ax: Any, n: float) -> None:
-    """A top axis with scikit-learn's alpha = n·λ."""
+def _lambda_axis(ax: Any, n: float) -> None:
+    """λ on a log scale below, and a top axis with scikit-learn's alpha = n·λ."""
+    ax.set_xscale("log")
+    ax.set_xlabel(LAMBDA)
     top = ax.secondary_xaxis("top", functions=(lambda lam: lam * n, lambda alpha: alpha / n))
     top.set_xlabel(f"sklearn alpha = n·λ  (n = {int(n)})", fontsize=8)
     top.tick_params(labelsize=7)
@@ -61,14 +63,12 @@ def plot_ridge_path(result: ConfigResult, opts: dict[str, Any], path: Path) -> P
                  color="black", label="RidgeCV coef_ (at its alpha_)")
     _choices(coef_ax, m, with_labels=False)
     coef_ax.axhline(0, color="black", lw=0.6)
-    coef_ax.set_xscale("log")
-    coef_ax.set_xlabel(LAMBDA)
     unit = "z-scored features" if opts["standardize"] == "yes" else "raw features"
     coef_ax.set_ylabel(f"coefficient w_j ({unit})")
     more = f" (first 20 of {len(names)})" if len(names) > 20 else ""
     coef_ax.set_title(f"(a) Coefficient paths{more}, {len(lams)} λ from one SVD")
     coef_ax.legend(frameon=False, fontsize=7, ncol=3, loc="lower right")
-    _alpha_axis(coef_ax, n)
+    _lambda_axis(coef_ax, n)
 
     # (b) LOO and GCV against λ, RidgeCV's stored LOO errors as markers
     cv_ax.plot(lams, c["loo_mse"], color="tab:red", lw=1.8, label="exact LOO (decaylab, hat matrix)")
@@ -77,13 +77,11 @@ def plot_ridge_path(result: ConfigResult, opts: dict[str, Any], path: Path) -> P
     cv_ax.plot(lams[::every], np.asarray(c["sklearn_loo_mse"])[::every], "o", ms=3.5, mfc="none", color="black",
                label="RidgeCV per-sample LOO errors, mean")
     _choices(cv_ax, m, with_labels=True)
-    cv_ax.set_xscale("log")
     cv_ax.set_yscale("log")
-    cv_ax.set_xlabel(LAMBDA)
     cv_ax.set_ylabel("mean squared error (ŷ−y)² (no ½)")
     cv_ax.set_title("(b) Cross-validation error over the whole grid")
     cv_ax.legend(frameon=False, fontsize=7, loc="upper left")
-    _alpha_axis(cv_ax, n)
+    _lambda_axis(cv_ax, n)
 
     # (c) the same near the minimum, linear scale: where the choice is made
     loo, gcv = np.asarray(c["loo_mse"], dtype=float), np.asarray(c["gcv"], dtype=float)
@@ -101,12 +99,10 @@ def plot_ridge_path(result: ConfigResult, opts: dict[str, Any], path: Path) -> P
     ys = np.concatenate([loo[sel], gcv[sel]])
     pad = 0.08 * (ys.max() - ys.min() or abs(ys.max()) * 1e-3 or 1.0)
     zoom_ax.set_ylim(ys.min() - pad, ys.max() + pad)
-    zoom_ax.set_xscale("log")
-    zoom_ax.set_xlabel(LAMBDA)
     zoom_ax.set_ylabel("mean squared error (ŷ−y)² (no ½)")
     zoom_ax.set_title("(c) Zoom on the minimum (linear error scale)")
     zoom_ax.legend(frameon=False, fontsize=7, loc="best")
-    _alpha_axis(zoom_ax, n)
+    _lambda_axis(zoom_ax, n)
 
     # (c) effective degrees of freedom
     df_ax.plot(lams, c["df"], color="tab:green", lw=1.8, label="df(λ) = Σ s_j²/(s_j² + nλ)")
@@ -114,12 +110,10 @@ def plot_ridge_path(result: ConfigResult, opts: dict[str, Any], path: Path) -> P
     _choices(df_ax, m, with_labels=False)
     df_ax.plot([m["lambda_loo"]], [m["df_loo"]], "o", color="tab:red", ms=6,
                label=f"df at LOO choice = {m['df_loo']:.3g}")
-    df_ax.set_xscale("log")
-    df_ax.set_xlabel(LAMBDA)
     df_ax.set_ylabel("effective degrees of freedom (intercept not counted)")
     df_ax.set_title("(d) Effective degrees of freedom")
     df_ax.legend(frameon=False, fontsize=7, loc="center left")
-    _alpha_axis(df_ax, n)
+    _lambda_axis(df_ax, n)
 
     seed = f", seed {result.params['seed']}" if opts["data"] == "synthetic" else ""
     fig.suptitle(

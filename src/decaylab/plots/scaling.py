@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from decaylab.plots import new_figure, save
+from decaylab.plots.common import seeds_note
 
 LABELS = {
     "half": "penalty λ/2·‖W‖²  (engine l2 = λ)",
@@ -30,8 +31,7 @@ def _m_colors(ms: list[int]) -> dict[int, Any]:
 
 
 def _setup_note(opts: dict[str, Any]) -> str:
-    n = len(opts["seed"])
-    seeds = f"mean over {n} seeds" if n > 1 else f"seed {opts['seed'][0]}"
+    seeds = seeds_note(opts, len(opts["seed"]))
     return (
         f"make_moons (noise {opts['noise']:g}), MLP 2-{'-'.join(map(str, opts['hidden']))}-1 (ReLU, sigmoid output),"
         f" full-batch GD {opts['epochs']} steps, lr {opts['lr']:g}; validation: {opts['n_val']} points, {seeds}"
