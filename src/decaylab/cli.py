@@ -250,11 +250,16 @@ def _cmd_run(argv: list[str]) -> int:
     return _run(exp, opts, raw, ns, None)
 
 
-def _resume(record: Any, ns: argparse.Namespace) -> int:
+def _stored_options(record: Any) -> tuple[Any, dict[str, Any]]:
+    """A stored run's experiment and its options, parsed again from the text they were given as."""
     from decaylab.experiments import get_experiment
 
     exp = get_experiment(record.experiment)
-    opts = {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
+    return exp, {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
+
+
+def _resume(record: Any, ns: argparse.Namespace) -> int:
+    exp, opts = _stored_options(record)
     if not hasattr(ns, "engine"):
         ns.engine = None
     return _run(exp, opts, record.raw_options, ns, record.run_id)
@@ -314,10 +319,7 @@ def _cmd_runs(argv: list[str]) -> int:
         store.close()
     if record is None:
         raise UsageError(str(parameter_error("RUN_ID", "decaylab runs show", "the id of a run in the store", ns.run_id)))
-    from decaylab.experiments import get_experiment
-
-    exp = get_experiment(record.experiment)
-    opts = {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
+    exp, opts = _stored_options(record)
     if ns.json:
         _print_json(run_document(record, exp.summarize(record.configs, opts)))
     else:
