@@ -228,8 +228,12 @@ class D2LLinear(Experiment):
         if opts["impl"] != "batched" or engine != "batched":
             return 1
         from decaylab.engine import plan_chunks
+        from decaylab.threads import limited_threads
 
-        return max(len(c) for c in plan_chunks(engine_task(opts), n_configs)) if n_configs else 1
+        if not n_configs:
+            return 1
+        with limited_threads():  # the probe measures the setting the chunks will run in (one thread)
+            return max(len(c) for c in plan_chunks(engine_task(opts), n_configs))
 
     def run_chunk(
         self,
