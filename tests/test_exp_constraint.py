@@ -11,8 +11,9 @@ import torch
 
 from decaylab.closed_form import ridge
 from decaylab.data.sparse import sparse_linear_data
+from decaylab.engine import Hyper, run_chunk
 from decaylab.experiments import get_experiment
-from decaylab.experiments.constraint import multiplier, projected_gd_batched, projected_gd_sequential
+from decaylab.experiments.sparsity import hessian_eigs
 from decaylab.results import ConfigResult
 
 EXP = get_experiment("constraint")
@@ -45,11 +46,15 @@ def test_claim_projected_gd_equals_ridge_and_theta_decreases() -> None:
 
 def test_without_the_projection_the_claim_fails() -> None:
     """The check can fail: the same descent with a radius far above θ(λ) ends at OLS, not at ridge."""
-    data = sparse_linear_data(0, 60, 0, 8, 8, correlation=0.5)
+    opts = opts_with(epochs="600")
+    task = EXP.task(opts)
+    data = task.data(0)
     w_ridge, _ = ridge(data.X_train, data.y_train, 0.5)
-    w0 = torch.zeros(8, dtype=torch.float64)
-    W, _, _ = projected_gd_batched(data.X_train, data.y_train, w0, [1e6], w_ridge.reshape(1, -1), 600)
-    assert float(torch.linalg.vector_norm(W[0] - w_ridge)) > 1e-2
+    lr = 1.0 / hessian_eigs(data.X_train)[1]
+    for radius in (1e6, None):
+        (out,) = run_chunk(task, [Hyper(seed=0, lr=lr, radius=radius)], "batched")
+        w = torch.tensor(out.weights[-1][:-1], dtype=torch.float64)
+        assert float(torch.linalg.vector_norm(w - w_ridge)) > 1e-2
 
 
 def test_ridge_reference_is_sklearn_ridge_with_alpha_n_lambda() -> None:
@@ -64,19 +69,48 @@ def test_ridge_reference_is_sklearn_ridge_with_alpha_n_lambda() -> None:
         assert b == pytest.approx(sk.intercept_, abs=1e-10)
 
 
-def test_maxnorm_library_path_equals_batched_loop() -> None:
-    """SGD + decaylab.attach(MaxNorm(θ)) one radius at a time == the stacked projected loop."""
-    data = sparse_linear_data(3, 40, 0, 5, 5, correlation=0.3)
-    w0 = torch.randn(5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    thetas = [0.5, 2.0]
-    ref = torch.zeros(2, 5, dtype=torch.float64)
-    W, b, dist = projected_gd_batched(data.X_train, data.y_train, w0, thetas, ref, 120)
-    for k, theta in enumerate(thetas):
-        w, bias, d = projected_gd_sequential(data.X_train, data.y_train, w0, theta, ref[k], 120)
-        torch.testing.assert_close(w, W[k], rtol=0, atol=1e-12)
-        assert bias == pytest.approx(float(b[k]), abs=1e-12)
-        torch.testing.assert_close(d, dist[:, k], rtol=0, atol=1e-12)
-        assert multiplier(data.X_train, data.y_train, w, bias) > 0
+def test_sequential_engine_equals_batched() -> None:
+    """--engine sequential (nn.Linear + torch.optim.SGD + the projection, one λ at a time) == --engine batched."""
+    opts = opts_with(lambd="0.01,0.5,20", epochs="120", n_train="40", dim="5", correlation="0.3", seed="3")
+    configs = EXP.configs(opts)
+    batched = EXP.run_chunk(opts, configs, "batched")
+    sequential = EXP.run_chunk(opts, configs, "sequential")
+    for a, b in zip(sequential, batched):
+        np.testing.assert_allclose(a.curves["coef_pgd"], b.curves["coef_pgd"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(a.curves["dist_to_ridge"], b.curves["dist_to_ridge"], rtol=0, atol=1e-12)
+        assert a.metrics["multiplier"] > 0
+
+
+def test_maxnorm_library_path_reaches_the_engines_iterates() -> None:
+    """A user's loop — SGD(lr=1/L) + decaylab.attach(MaxNorm(θ)) on nn.Linear(d, 1) — gives the engine's
+    iterates: for one output unit, MaxNorm's per-unit ball is the engine's joint ball ``Hyper(radius=θ)``."""
+    from torch import nn
+
+    from decaylab.rng import generator
+    from decaylab.steps import MaxNorm, attach
+
+    opts = opts_with(lambd="0.05,2", epochs="120", n_train="40", dim="5", correlation="0.3", seed="3")
+    configs = EXP.configs(opts)
+    engine = EXP.run_chunk(opts, configs, "batched")
+    data = EXP.task(opts).data(3)
+    X, y = data.X_train, data.y_train.reshape(-1, 1)
+    w0 = torch.normal(0.0, 1.0, (5,), generator=generator(3, "init"), dtype=torch.float64)  # the init stream
+    for out in engine:
+        theta, w_ridge = out.metrics["theta"], torch.tensor(out.curves["coef_ridge"], dtype=torch.float64)
+        model = nn.Linear(5, 1, dtype=torch.float64)
+        with torch.no_grad():
+            model.weight.copy_(w0.reshape(1, -1))
+            model.bias.zero_()
+        opt = torch.optim.SGD(model.parameters(), lr=1.0 / hessian_eigs(X)[1])
+        dist = []
+        with attach(opt, MaxNorm(theta, dim=0), model=model):  # one output unit: its whole weight vector
+            for _ in range(opts["epochs"]):
+                opt.zero_grad(set_to_none=True)
+                ((model(X) - y) ** 2 / 2).mean().backward()
+                opt.step()
+                dist.append(float(torch.linalg.vector_norm(model.weight.detach().reshape(-1) - w_ridge)))
+        np.testing.assert_allclose(model.weight.detach().reshape(-1).numpy(), out.curves["coef_pgd"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(dist, out.curves["dist_to_ridge"], rtol=0, atol=1e-12)
 
 
 def test_cli_json(cli_json: Any, tmp_path: Path) -> None:

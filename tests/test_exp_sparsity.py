@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +11,7 @@ import torch
 
 from decaylab.data.sparse import sparse_linear_data
 from decaylab.experiments import get_experiment
-from decaylab.experiments.sparsity import (
-    error_bound,
-    proximal_gd_batched,
-    proximal_gd_sequential,
-    sklearn_solutions,
-    strengths,
-)
+from decaylab.experiments.sparsity import hessian_eigs, sklearn_solutions, strengths
 from decaylab.results import ConfigResult
 
 EXP = get_experiment("sparsity")
@@ -81,43 +74,78 @@ def test_l1_and_enet_paths_equal_sklearn(small_run: Any) -> None:
         assert m["error_bound"] < 1e-9
 
 
+def coefficients(results: list[ConfigResult] | list[Any]) -> np.ndarray:
+    return np.array([r.curves["coef"] for r in results])
+
+
 def test_sklearn_comparison_fails_under_a_wrong_convention() -> None:
     """The check can fail: sklearn with alpha = λ/2 (plain MSE's convention) is a different path."""
-    data = sparse_linear_data(0, 100, 0, 40, 4)
-    lams = [0.05, 0.2]
-    W, b, _ = proximal_gd_batched(data.X_train, data.y_train, lams, [0.0, 0.0], 1500)
-    wrong, _ = sklearn_solutions("l1", data.X_train, data.y_train, [lam / 2 for lam in lams], 0.5)
-    assert np.abs(W.numpy() - wrong).max() > 1e-2
+    opts = small_opts(lambd="0.05,0.2", methods="l1", seed="0")
+    configs = EXP.configs(opts)
+    W = coefficients(EXP.run_chunk(opts, configs, "batched"))
+    data = EXP.task(opts).data(0)
+    wrong, _ = sklearn_solutions("l1", data.X_train, data.y_train, [c["lambd"] / 2 for c in configs], 0.5)
+    assert np.abs(W - wrong).max() > 1e-2
 
 
-def test_sequential_library_path_equals_batched_loop() -> None:
-    """SGD + decaylab.attach(L1Prox) one at a time == the stacked loop with the engine's soft-threshold."""
-    data = sparse_linear_data(2, 60, 0, 12, 3)
-    pairs = [strengths(m, 0.1, 0.5) for m in ("l1", "enet", "l2")]
-    W, b, _ = proximal_gd_batched(data.X_train, data.y_train, [p[0] for p in pairs], [p[1] for p in pairs], 150)
-    for k, (l1, l2) in enumerate(pairs):
-        w, bias, _ = proximal_gd_sequential(data.X_train, data.y_train, l1, l2, 150)
-        torch.testing.assert_close(w, W[k], rtol=0, atol=1e-12)
-        assert bias == pytest.approx(float(b[k]), abs=1e-12)
-        assert torch.equal(w == 0, W[k] == 0)
+def test_sequential_engine_equals_batched() -> None:
+    """--engine sequential (nn.Linear + torch.optim.SGD, one at a time) == --engine batched, to float64 rounding."""
+    opts = small_opts(lambd="0.03,0.3", epochs="150", n_train="60", n_test="20", dim="12", n_nonzero="3", seed="2")
+    configs = EXP.configs(opts)
+    batched = EXP.run_chunk(opts, configs, "batched")
+    sequential = EXP.run_chunk(opts, configs, "sequential")
+    np.testing.assert_allclose(coefficients(sequential), coefficients(batched), rtol=0, atol=1e-12)
+    assert (coefficients(sequential) == 0).tolist() == (coefficients(batched) == 0).tolist()
+    for a, b in zip(sequential, batched):
+        assert a.metrics["train_loss"] == pytest.approx(b.metrics["train_loss"], rel=1e-12)
 
 
-def test_engine_l1_reaches_the_same_solution() -> None:
-    """decaylab.engine's Hyper(l1=λ) (float32) ends where the float64 loop does."""
-    from decaylab.engine import Hyper, Task, train
-    from decaylab.experiments.sparsity import _hessian_eigs
+def test_library_path_reaches_the_engines_iterate() -> None:
+    """A user's loop — SGD(weight_decay=l2) + decaylab.attach(L1Prox(l1)), float64 — ends where the engine does."""
+    from torch import nn
 
-    n, d, lam, epochs = 80, 16, 0.15, 1500
-    fn = partial(sparse_linear_data, n_train=n, n_test=10, dim=d, n_nonzero=3)
-    data = fn(0)
-    lr = 1.0 / _hessian_eigs(data.X_train)[1]
-    task = Task(data=fn, layers=(d, 1), batch_size=None, epochs=epochs, init_std=0.0)
-    (out,) = train(task, [Hyper(seed=0, lr=lr, l1=lam)], engine="batched")
-    W, b, _ = proximal_gd_batched(data.X_train, data.y_train, [lam], [0.0], epochs)
-    train_loss = float(((data.X_train @ W[0] + b[0] - data.y_train) ** 2 / 2).mean())
-    assert out.metrics["train_loss"] == pytest.approx(train_loss, rel=1e-4)
-    assert out.metrics["w_norm"] == pytest.approx(float(W[0].norm()), rel=1e-4)
-    assert error_bound(data.X_train, data.y_train, W[0], float(b[0]), lam, 0.0) < 1e-9
+    from decaylab.steps import L1Prox, attach
+
+    opts = small_opts(lambd="0.1", epochs="150", n_train="60", n_test="20", dim="12", n_nonzero="3", seed="2")
+    configs = EXP.configs(opts)
+    engine = EXP.run_chunk(opts, configs, "batched")
+    data = EXP.task(opts).data(2)
+    X, y = data.X_train, data.y_train.reshape(-1, 1)
+    L = hessian_eigs(X)[1]
+    for c, out in zip(configs, engine):
+        l1, l2 = strengths(c["method"], c["lambd"], opts["l1_ratio"])
+        model = nn.Linear(X.shape[1], 1, dtype=torch.float64)
+        with torch.no_grad():
+            model.weight.zero_()
+            model.bias.zero_()
+        opt = torch.optim.SGD(
+            [{"params": [model.weight], "weight_decay": l2}, {"params": [model.bias], "weight_decay": 0.0}],
+            lr=1.0 / (L + l2),
+        )
+        with attach(opt, L1Prox(l1), model=model):  # the default policy: the weight, not the bias
+            for _ in range(opts["epochs"]):
+                opt.zero_grad(set_to_none=True)
+                ((model(X) - y) ** 2 / 2).mean().backward()
+                opt.step()
+        w = model.weight.detach().reshape(-1).numpy()
+        np.testing.assert_allclose(w, out.curves["coef"], rtol=0, atol=1e-12)
+        assert ((w == 0) == (np.array(out.curves["coef"]) == 0)).all()
+
+
+def test_float32_engine_reaches_the_same_solution() -> None:
+    """The same Task in the engine's default float32 ends where float64 does, to float32 accuracy."""
+    from decaylab.engine import Hyper, run_chunk
+
+    opts = small_opts(lambd="0.15", methods="l1", epochs="1500", n_train="80", n_test="10", dim="16",
+                      n_nonzero="3", seed="0")
+    (exact,) = EXP.run_chunk(opts, EXP.configs(opts), "batched")
+    task = EXP.task(opts)
+    task32 = type(task)(**{**task.__dict__, "dtype": "float32"})
+    lr = 1.0 / hessian_eigs(task.data(0).X_train)[1]
+    (out,) = run_chunk(task32, [Hyper(seed=0, lr=lr, l1=0.15)], "batched")
+    assert out.metrics["train_loss"] == pytest.approx(exact.metrics["train_loss"], rel=1e-4)
+    assert out.metrics["w_norm"] == pytest.approx(exact.metrics["w_norm"], rel=1e-4)
+    assert exact.metrics["error_bound"] < 1e-9
 
 
 def test_cli_json(cli_json: Any, tmp_path: Path) -> None:

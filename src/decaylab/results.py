@@ -17,7 +17,8 @@ class Outcome:
 
     ``curves`` maps a metric name to one value per epoch (``"epoch"`` holds 1..E); ``metrics`` holds
     the final values. A configuration that diverged keeps its curves up to ``diverged_epoch`` and NaN
-    after it; JSON output writes NaN and infinity as ``null``.
+    after it; JSON output writes NaN and infinity as ``null``. ``weights`` holds parameter vectors
+    when the engine was asked to keep them (``Task.keep_weights``; layout there), else ``None``.
     """
 
     status: Status = "done"
@@ -25,6 +26,7 @@ class Outcome:
     curves: dict[str, list[float]] = field(default_factory=dict)
     diverged_epoch: int | None = None
     error: str | None = None
+    weights: list[list[float]] | None = None  # flat parameter vectors, the last after the final epoch
 
 
 @dataclass
@@ -38,7 +40,7 @@ class ConfigResult(Outcome):
         return cls(params=dict(params), **asdict(outcome))
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves`` (NaN/inf become ``None``)."""
+        """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves``, kept ``weights`` (NaN/inf → ``None``)."""
         doc: dict[str, Any] = {
             "params": self.params,
             "status": self.status,
@@ -49,6 +51,8 @@ class ConfigResult(Outcome):
             doc["diverged_epoch"] = self.diverged_epoch
         if self.error is not None:
             doc["error"] = self.error
+        if self.weights is not None:
+            doc["weights"] = json_safe(self.weights)
         return doc
 
     @classmethod
@@ -61,6 +65,7 @@ class ConfigResult(Outcome):
             curves={k: [nan if v is None else v for v in vs] for k, vs in doc.get("curves", {}).items()},
             diverged_epoch=doc.get("diverged_epoch"),
             error=doc.get("error"),
+            weights=doc.get("weights"),
         )
 
 

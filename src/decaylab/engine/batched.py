@@ -10,9 +10,11 @@ arithmetic is laid out differently.
 that share a seed — hence the same minibatch — run as *one* matrix product
 ``(K·out, in) @ (in, m)`` instead of K small ones, which is what makes wide sweeps of small models fast.
 
-**Per-configuration numbers** (``lr``, ``l2``, ``decoupled``, ``l1``, dropout ``p``, noise ``σ``) are
-float32 tensors of shape ``(K, 1, 1)`` broadcast along the configuration axis; each is computed in
-float64 from the Python values and rounded once, as PyTorch rounds its Python-float arguments.
+**Precision.** Everything is in the task's dtype (:func:`~decaylab.engine.semantics.dtype_of`).
+**Per-configuration numbers** (``lr``, ``l2``, ``decoupled``, ``l1``, ``radius``, dropout ``p``, noise
+``σ``) are tensors of shape ``(K, 1, 1)`` broadcast along the configuration axis; each is computed in
+float64 from the Python values and rounded once to the task's dtype, as PyTorch rounds its
+Python-float arguments. A configuration without a radius gets ``radius = inf``: never projected.
 
 **Random streams.** Configurations with the same seed draw the same numbers, so the chunk is sorted
 by seed, and data, batch order, noise and dropout uniforms are produced once per distinct seed and
@@ -43,26 +45,45 @@ bookkeeping, which dominates for small models (measured: see ``benchmarks/README
     \text{Adam:}\; m \leftarrow \mathrm{lerp}(m, g, 1-\beta_1),\;
     v \leftarrow \beta_2 v + (1-\beta_2) g^2,\;
     \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t}\,\frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon} \\
-    \theta &\leftarrow \operatorname{sign}(\theta)\max(|\theta| - \eta\lambda_1, 0)
+    \theta &\leftarrow \operatorname{sign}(\theta)\max(|\theta| - \eta\lambda_1, 0) \\
+    \theta &\leftarrow \theta\,\frac{\rho}{r} \;\text{ if } r > \rho, \qquad
+    r = \Big(\textstyle\sum_{\text{decayed } \theta} \sum \theta^2\Big)^{1/2}
+    \;\text{(per configuration)}
 
 written with the same elementary operations, in the same order, as ``torch.optim``'s single-tensor
-kernels (Adam's bias corrections in float64 as Python floats, like ``torch.optim.Adam``).
+kernels (Adam's bias corrections in float64 as Python floats, like ``torch.optim.Adam``); ``ρ`` is
+the configuration's ``radius``.
 
-**Divergence.** After each epoch's evaluation a configuration whose losses or parameters are not
-finite is marked diverged and frozen: its learning rate becomes 0 and its parameters and optimizer
-state are set to zero, so it stays finite and costs nothing to the others; its stack rows keep being
-computed (the shapes stay the same), so the other configurations' arithmetic is unchanged bit for bit.
+**Kept weights.** With ``task.keep_weights`` the stack is copied after every epoch (``'epochs'``) or
+after the last (``'final'``) and cut into one ``parameters_to_vector`` layout per configuration:
+layer by layer, the ``(K, out, in)`` weight rows then the bias.
+
+**Divergence.** At each evaluation a configuration whose losses or parameters are not finite is
+marked diverged and frozen: its learning rate becomes 0 and its parameters and optimizer state are
+set to zero, so it stays finite and costs nothing to the others; its stack rows keep being computed
+(the shapes stay the same), so the other configurations' arithmetic is unchanged bit for bit. Between
+evaluations (``task.eval_every > 1``) its non-finite numbers stay in its own rows: every product and
+sum of the stack is row by row per configuration.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from decaylab.engine.semantics import DTYPE, Split, epoch_batches, initial_parameters, load_data, make_outcome, soft_threshold_
+from decaylab.engine.semantics import (
+    Split,
+    dtype_of,
+    epoch_batches,
+    initial_parameters,
+    load_data,
+    make_outcome,
+    soft_threshold_,
+)
 from decaylab.engine.task import Hyper, Task, check_hypers
 from decaylab.results import Outcome
 from decaylab.rng import generator
@@ -146,6 +167,7 @@ class BatchedRun:
         self, task: Task, hypers: Sequence[Hyper], datasets: Mapping[int, Split], *, backward: str = "manual"
     ) -> None:
         self.task = task
+        self.dtype = dtype_of(task)
         self.backward = check_choice(backward, "backward", "BatchedRun", BACKWARDS)
         self.perm = sorted(range(len(hypers)), key=lambda i: hypers[i].seed)
         self.hypers = [hypers[i] for i in self.perm]
@@ -159,6 +181,7 @@ class BatchedRun:
         self.t = 0  # optimizer steps taken
         self.active = torch.ones(self.K, dtype=torch.bool)
         self.diverged_epoch: list[int | None] = [None] * self.K
+        self.kept: list[torch.Tensor] = []  # (K, n_params) per kept epoch
         self._set_coefficients()
         self._set_eval_targets()
 
@@ -192,8 +215,8 @@ class BatchedRun:
 
     def _initial_stack(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Draw each seed's initial parameters once and copy them to its configurations' rows."""
-        Ws = [torch.empty(self.K, o, i, dtype=DTYPE) for i, o in zip(self.task.layers[:-1], self.task.layers[1:])]
-        bs = [torch.empty(self.K, o, 1, dtype=DTYPE) for o in self.task.layers[1:]]
+        Ws = [torch.empty(self.K, o, i, dtype=self.dtype) for i, o in zip(self.task.layers[:-1], self.task.layers[1:])]
+        bs = [torch.empty(self.K, o, 1, dtype=self.dtype) for o in self.task.layers[1:]]
         for g in self.groups:
             for l, (W, b) in enumerate(initial_parameters(self.task, g.seed)):
                 Ws[l][g.rows] = W.T
@@ -203,9 +226,9 @@ class BatchedRun:
                 p.requires_grad_(True)
         return Ws, bs
 
-    def _coef(self, values: Sequence[float], dtype: torch.dtype = DTYPE) -> torch.Tensor:
-        """Per-configuration numbers as a (K, 1, 1) tensor: computed in float64, rounded once."""
-        return torch.tensor(values, dtype=torch.float64).to(dtype).view(self.K, 1, 1)
+    def _coef(self, values: Sequence[float], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Per-configuration numbers as a (K, 1, 1) tensor: computed in float64, rounded once (to the task's dtype)."""
+        return torch.tensor(values, dtype=torch.float64).to(dtype or self.dtype).view(self.K, 1, 1)
 
     def _set_coefficients(self) -> None:
         """(Re)build the per-configuration coefficient tensors; frozen configurations get lr = 0."""
@@ -217,6 +240,8 @@ class BatchedRun:
         has_dec = any(h.decoupled for h in hs)
         self.decay_factor = self._coef([1 - x * h.decoupled for x, h in zip(lr, hs)]) if has_dec else None
         self.l1_threshold = self._coef([x * h.l1 for x, h in zip(lr, hs)]) if any(h.l1 for h in hs) else None
+        has_radius = any(h.radius is not None for h in hs)
+        self.radius = self._coef([math.inf if h.radius is None else h.radius for h in hs]) if has_radius else None
         self.sigma = self._coef([h.noise for h in hs]) if self.task.noise else None
         probs = [h.dropout_for(self.task) for h in hs]
         self.p = [self._coef([pr[l] for pr in probs]) for l in range(self.task.n_hidden)]
@@ -262,12 +287,12 @@ class BatchedRun:
         y = labels = targets = None
         if self.task.loss == "cross_entropy":
             labels = self._per_config(ys)
-            targets = F.one_hot(labels, self.task.layers[-1]).to(DTYPE).transpose(1, 2) if onehot else None
+            targets = F.one_hot(labels, self.task.layers[-1]).to(self.dtype).transpose(1, 2) if onehot else None
         else:
             y = self._per_config([t.T for t in ys])
         keeps: list[torch.Tensor | None] = []
         for l, us in enumerate(uniforms):  # keep = u ≥ p as 0/1 floats, (K, w, m) contiguous
-            keeps.append(None if us is None else (self._per_config([u.T.contiguous() for u in us]) >= self.p[l]).to(DTYPE))
+            keeps.append(None if us is None else (self._per_config([u.T.contiguous() for u in us]) >= self.p[l]).to(self.dtype))
         return _Batch(xs=None if x is not None else xs, x=x, y=y, labels=labels, onehot=targets, keeps=keeps, m=m)
 
     def _training_batch(self, indices: Sequence[torch.Tensor | None]) -> _Batch:
@@ -281,10 +306,10 @@ class BatchedRun:
             xs.append(X)
             ys.append(Y)
             if g.noise is not None:
-                noises.append(torch.randn(X.shape, generator=g.noise))
+                noises.append(torch.randn(X.shape, generator=g.noise, dtype=self.dtype))
             if g.dropout is not None:
                 for l, w in enumerate(widths):
-                    uniforms[l].append(torch.rand((X.shape[0], w), generator=g.dropout))  # type: ignore[union-attr]
+                    uniforms[l].append(torch.rand((X.shape[0], w), generator=g.dropout, dtype=self.dtype))  # type: ignore[union-attr]
         return self._make_batch(xs, noises if self.task.noise else None, ys, uniforms)
 
     # ----------------------------------------------------------------- forward / backward
@@ -365,8 +390,8 @@ class BatchedRun:
     def _correct(self, Z: torch.Tensor, batch: _Batch) -> torch.Tensor:
         """Number of correctly classified rows per configuration (argmax; for BCE a logit > 0 is class 1)."""
         if self.task.loss == "cross_entropy":
-            return (Z.argmax(dim=1) == batch.labels).sum(dim=1).to(DTYPE)
-        return ((Z > 0) == (batch.y > 0.5)).sum(dim=(1, 2)).to(DTYPE)
+            return (Z.argmax(dim=1) == batch.labels).sum(dim=1).to(self.dtype)
+        return ((Z > 0) == (batch.y > 0.5)).sum(dim=(1, 2)).to(self.dtype)
 
     def _manual_grads(self, batch: _Batch) -> list[torch.Tensor]:
         Z, As, Hs = self._forward(batch)
@@ -401,7 +426,7 @@ class BatchedRun:
         if task.optimizer == "adam":
             beta1, beta2 = task.betas
             bias_correction2_sqrt = (1 - beta2**self.t) ** 0.5
-            neg_step = (self.lr64 / (1 - beta1**self.t)).neg().to(DTYPE)  # −lr/(1−β₁ᵗ), rounded once
+            neg_step = (self.lr64 / (1 - beta1**self.t)).neg().to(self.dtype)  # −lr/(1−β₁ᵗ), rounded once
         for P, g, decayed, state in zip(self.params, grads, self.decayed, self.state):
             if decayed and self.l2 is not None:
                 g = g.addcmul_(self.l2, P)  # g + l2·θ (g is this step's own gradient tensor)
@@ -426,6 +451,16 @@ class BatchedRun:
                 P.addcdiv_(m * neg_step, denom)  # θ + (−step·m)/denom, torch's addcdiv order
             if decayed and self.l1_threshold is not None:
                 soft_threshold_(P, self.l1_threshold)
+        if self.radius is not None:
+            self._project()
+
+    def _project(self) -> None:
+        """Every configuration's decayed tensors onto its ball ``‖w‖₂ ≤ radius`` (their joint norm)."""
+        decayed = [P for P, d in zip(self.params, self.decayed) if d]
+        norm = torch.sqrt(sum((P * P).sum(dim=(1, 2)) for P in decayed)).view(self.K, 1, 1)
+        factor = torch.where(norm > self.radius, self.radius / norm, torch.ones_like(norm))  # inf radius: 1
+        for P in decayed:
+            P.mul_(factor)
 
     def train_step(self, indices: Sequence[torch.Tensor | None]) -> None:
         """One optimizer step of every configuration on its seed's minibatch ``indices[group]``."""
@@ -440,7 +475,7 @@ class BatchedRun:
         """This epoch's metrics, shape (K, M) in ``task.metric_names`` order."""
         losses, accuracies = [], []
         for n, blocks in self.eval_sets:
-            loss_sum = correct = torch.zeros(self.K, dtype=DTYPE)
+            loss_sum = correct = torch.zeros(self.K, dtype=self.dtype)
             for batch in blocks:
                 Z, _, _ = self._forward(batch)
                 loss_sum = loss_sum + self._loss_sums(Z, batch)
@@ -454,7 +489,9 @@ class BatchedRun:
         return torch.stack(cols, dim=1)
 
     def _check_divergence(self, metrics: torch.Tensor, epoch: int) -> None:
-        finite = torch.isfinite(metrics[:, 0]) & torch.isfinite(metrics[:, 1])
+        finite = torch.isfinite(metrics[:, 0])
+        if self.groups[0].data.n_test:  # an empty test set has NaN metrics: not divergence
+            finite &= torch.isfinite(metrics[:, 1])
         for P in self.params:
             finite &= torch.isfinite(P).flatten(1).all(dim=1)
         newly = self.active & ~finite
@@ -469,22 +506,37 @@ class BatchedRun:
                 buf[newly] = 0.0
         self._set_coefficients()
 
-    def run_epoch(self, epoch: int) -> torch.Tensor:
-        """Train one epoch, evaluate, detect divergence; return the epoch's metrics (K, M)."""
+    def run_epoch(self, epoch: int, evaluate: bool = True) -> torch.Tensor | None:
+        """Train one epoch; if ``evaluate``, evaluate, detect divergence and return the metrics (K, M)."""
         per_group = [epoch_batches(g.data.n_train, self.task.batch_size, g.order) for g in self.groups]
         for indices in zip(*per_group):
             self.train_step(indices)
+        keep = self.task.keep_weights
+        if keep == "epochs" or (keep == "final" and epoch == self.task.epochs):
+            self.kept.append(self.parameter_vectors())
+        if not evaluate:
+            return None
         with torch.no_grad():
             metrics = self.evaluate()
             self._check_divergence(metrics, epoch)
         return metrics
 
+    def parameter_vectors(self) -> torch.Tensor:
+        """The current parameters, (K, n_params): row k is ``parameters_to_vector`` of configuration k's model."""
+        parts = []
+        for W, b in zip(self.W, self.b):
+            parts += [W.detach().reshape(self.K, -1), b.detach().reshape(self.K, -1)]  # (out, in) row by row, then b
+        return torch.cat(parts, dim=1)
+
     def run(self) -> list[Outcome]:
         """Train all epochs; the outcomes in the order the configurations were given."""
-        history = torch.stack([self.run_epoch(e) for e in range(1, self.task.epochs + 1)])  # (E, K, M)
+        evaluated = set(self.task.eval_epochs)
+        metrics = [self.run_epoch(e, e in evaluated) for e in range(1, self.task.epochs + 1)]
+        history = torch.stack([m for m in metrics if m is not None])  # (evaluated epochs, K, M)
         rows = history.transpose(0, 1).tolist()
+        kept = torch.stack(self.kept, dim=1).tolist() if self.kept else None  # (K, kept epochs, n_params)
         outcomes: list[Outcome | None] = [None] * self.K
         for k, original in enumerate(self.perm):
-            outcomes[original] = make_outcome(self.task, rows[k], self.diverged_epoch[k])
+            outcomes[original] = make_outcome(self.task, rows[k], self.diverged_epoch[k], kept[k] if kept else None)
         return outcomes  # type: ignore[return-value]
 

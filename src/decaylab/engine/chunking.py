@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from decaylab.engine.semantics import DTYPE, Split, load_data
+from decaylab.engine.semantics import Split, dtype_of, load_data
 from decaylab.engine.task import Hyper, Task
 from decaylab.results import Outcome
 from decaylab.validation import check_float, check_int
@@ -83,10 +83,12 @@ def bytes_per_config(task: Task, n_train: int, n_test: int) -> int:
     widths = task.layers
     n_params = sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
     copies = 4 + (1 if task.momentum else 0) + (3 if task.optimizer == "adam" else 0)  # θ, g, temporaries, state
+    copies += {"none": 0, "final": 1, "epochs": task.epochs}[task.keep_weights]  # kept parameter vectors
     m = task.batch_size or n_train
     step_acts = 4 * m * sum(widths[1:]) + 2 * m * widths[0]  # Z, A, H, mask per layer; noisy input
     eval_acts = 3 * max(n_train, n_test) * max(widths[1:])
-    return 4 * (copies * n_params + step_acts + eval_acts)
+    itemsize = torch.empty((), dtype=dtype_of(task)).element_size()
+    return itemsize * (copies * n_params + step_acts + eval_acts)
 
 
 def plan_chunks(
@@ -180,11 +182,12 @@ def _probe_hyper(task: Task) -> Hyper:
 
 def _synthetic(task: Task, rows: int) -> Split:
     g = torch.Generator().manual_seed(0)
-    X = torch.randn((rows, task.layers[0]), generator=g, dtype=DTYPE)
+    dtype = dtype_of(task)
+    X = torch.randn((rows, task.layers[0]), generator=g, dtype=dtype)
     if task.loss == "cross_entropy":
         y = torch.randint(0, task.layers[-1], (rows,), generator=g)
     elif task.loss == "bce":
-        y = torch.randint(0, 2, (rows, 1), generator=g).to(DTYPE)
+        y = torch.randint(0, 2, (rows, 1), generator=g).to(dtype)
     else:
-        y = torch.randn((rows, task.layers[-1]), generator=g, dtype=DTYPE)
+        y = torch.randn((rows, task.layers[-1]), generator=g, dtype=dtype)
     return Split(X, y, X[:1], y[:1])

@@ -4,12 +4,17 @@ A configuration ``(task, hyper)`` is trained as follows; every random number com
 per-seed streams of :mod:`decaylab.rng` (``generator(hyper.seed, stream)``), so a configuration's
 numbers depend on its own seed only — never on which configurations were trained beside it.
 
-**Data.** ``task.data(seed)``; ``X`` is converted to float32, ``y`` to float32 (``'half_mse'``,
-``'bce'``) or int64 (``'cross_entropy'``). Training is in float32.
+**Precision.** Everything is computed in ``task.dtype`` (float32 by default, or float64): data,
+parameters, gradients, optimizer state, random draws (each drawn directly in that dtype) and the
+per-configuration numbers (``lr``, ``l2``, ... rounded once to it).
+
+**Data.** ``task.data(seed)``; ``X`` is converted to ``task.dtype``, ``y`` to ``task.dtype`` (``'half_mse'``,
+``'bce'``) or int64 (``'cross_entropy'``). The test set may be empty.
 
 **Initialization** (stream ``init``), layer by layer in order, ``(i, o)`` = (fan-in, fan-out):
 
-* ``'normal'``: ``W = torch.normal(0.0, init_std, (i, o), generator=init)``, then ``b = torch.zeros(o)``;
+* ``'normal'``: ``W = torch.normal(0.0, init_std, (i, o), generator=init)``, then ``b = torch.zeros(o)``
+  (``init_std = 0``: all parameters start at exactly 0);
 * ``'torch'`` (``nn.Linear``'s distribution), with ``a = 1/sqrt(i)``:
   ``W = torch.rand((i, o), generator=init) * (2*a) - a``, then ``b = torch.rand((o,), generator=init) * (2*a) - a``.
 
@@ -38,17 +43,29 @@ without ``drop_last``). Full batch (``batch_size=None``): no permutation is draw
    * ``'adam'``: ``m ← β₁m + (1−β₁)g`` (``lerp``), ``v ← β₂v + (1−β₂)g²``,
      ``θ ← θ − (lr/(1−β₁ᵗ))·m / (√v/√(1−β₂ᵗ) + ε)``, as ``torch.optim.Adam`` (single-tensor path);
      together with step 4's decoupled decay this is ``torch.optim.AdamW``;
-6. L1 proximal step on decayed tensors: ``w ← sign(w)·max(|w| − lr·l1, 0)``.
+6. L1 proximal step on decayed tensors: ``w ← sign(w)·max(|w| − lr·l1, 0)``;
+7. projection, if ``hyper.radius`` is not None: with ``r = ‖w‖₂`` the norm of all decayed tensors
+   together (``sqrt(Σ_tensors Σ w²)``), every decayed tensor ``w ← w·(radius/r)`` when ``r > radius``;
+   inside the ball nothing changes. This is the Euclidean projection onto ``{‖w‖₂ ≤ radius}``, so
+   with ``'sgd'`` steps 5 and 7 are projected gradient descent.
 
-**After each epoch**, in evaluation mode (no noise, no dropout), on the full training and test sets:
+**After every** ``task.eval_every``-th **epoch and the last** (after every epoch by default), in
+evaluation mode (no noise, no dropout), on the full training and test sets:
 ``train_loss`` and ``test_loss`` (data loss only, no penalty), ``w_norm`` = the L2 norm of all weight
 matrices together (biases excluded), and for classification ``train_acc`` / ``test_acc`` (argmax of
-the logits; for ``'bce'`` a logit > 0 means class 1). Curves hold ``epoch`` = 1..E; the final metrics
-are the last epoch's values.
+the logits; for ``'bce'`` a logit > 0 means class 1). Curves hold ``epoch`` = those epochs
+(``task.eval_epochs``; 1..E by default); the final metrics are the last epoch's values. An empty
+test set gives NaN test metrics.
 
-**Divergence.** If after an epoch a loss or any parameter is not finite, the configuration is marked
-``status="diverged"`` with ``diverged_epoch`` = that epoch (1-based), its training stops, and its
-curves after that epoch (and so its final metrics) are NaN.
+**Parameters kept** (``task.keep_weights``): the flat vector
+``θ = parameters_to_vector(model.parameters())`` of the equivalent ``nn.Sequential`` of ``nn.Linear``
+layers — for each layer ``Wᵀ`` (``(o, i)``, row by row) then ``b`` — after the last epoch (``'final'``)
+or after every epoch (``'epochs'``), into ``Outcome.weights``.
+
+**Divergence.** If at an evaluation the training loss, the test loss (unless the test set is empty)
+or any parameter is not finite, the configuration is marked ``status="diverged"`` with
+``diverged_epoch`` = that epoch (1-based), its training stops, its curves after that epoch (and so its
+final metrics) are NaN, and it keeps no parameters (``weights=None``).
 """
 
 from __future__ import annotations
@@ -65,6 +82,7 @@ from decaylab.validation import parameter_error
 
 __all__ = [
     "Split",
+    "dtype_of",
     "epoch_batches",
     "initial_parameters",
     "load_data",
@@ -72,12 +90,15 @@ __all__ = [
     "soft_threshold_",
 ]
 
-DTYPE = torch.float32
+
+def dtype_of(task: Task) -> torch.dtype:
+    """The torch dtype the engines compute in: ``task.dtype`` (``'float32'`` or ``'float64'``)."""
+    return torch.float64 if task.dtype == "float64" else torch.float32
 
 
 @dataclass(frozen=True)
 class Split:
-    """A data set as the engines use it: float32 inputs, targets in the loss's dtype and shape."""
+    """A data set as the engines use it: inputs in the task's dtype, targets in the loss's dtype and shape."""
 
     X_train: torch.Tensor  # (n_train, d_in)
     y_train: torch.Tensor  # (n_train, d_out) float, or (n_train,) int64 for cross-entropy
@@ -88,13 +109,18 @@ class Split:
     def n_train(self) -> int:
         return int(self.X_train.shape[0])
 
+    @property
+    def n_test(self) -> int:
+        """Rows of the test set; 0 is allowed (test metrics are then NaN, which is not divergence)."""
+        return int(self.X_test.shape[0])
+
 
 def load_data(task: Task, seed: int) -> Split:
     """``task.data(seed)``, converted to the engines' dtypes and checked against ``task``'s shapes."""
     raw = task.data(seed)
     parts = []
     for x_name, y_name in (("X_train", "y_train"), ("X_test", "y_test")):
-        X = torch.as_tensor(getattr(raw, x_name)).to(DTYPE).contiguous()
+        X = torch.as_tensor(getattr(raw, x_name)).to(dtype_of(task)).contiguous()
         y = torch.as_tensor(getattr(raw, y_name))
         if X.ndim != 2 or X.shape[1] != task.layers[0]:
             raise parameter_error("data", "Task", f"a data set with {x_name} of shape (n, {task.layers[0]})", tuple(X.shape))
@@ -108,7 +134,7 @@ def _targets(task: Task, y: torch.Tensor, name: str, n: int) -> torch.Tensor:
         y = y.reshape(-1).to(torch.int64)
         expected: tuple[int, ...] = (n,)
     else:
-        y = y.to(DTYPE)
+        y = y.to(dtype_of(task))
         if y.ndim == 1 and task.layers[-1] == 1:
             y = y.reshape(-1, 1)
         expected = (n, task.layers[-1])
@@ -120,15 +146,16 @@ def _targets(task: Task, y: torch.Tensor, name: str, n: int) -> torch.Tensor:
 def initial_parameters(task: Task, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The initial ``(W, b)`` of every layer, ``W`` of shape ``(fan_in, fan_out)``, from the ``init`` stream."""
     g = generator(seed, "init")
+    dtype = dtype_of(task)
     params = []
     for fan_in, fan_out in zip(task.layers[:-1], task.layers[1:]):
         if task.init == "normal":
-            W = torch.normal(0.0, task.init_std, (fan_in, fan_out), generator=g, dtype=DTYPE)
-            b = torch.zeros(fan_out, dtype=DTYPE)
+            W = torch.normal(0.0, task.init_std, (fan_in, fan_out), generator=g, dtype=dtype)
+            b = torch.zeros(fan_out, dtype=dtype)
         else:
             a = 1.0 / math.sqrt(fan_in)
-            W = torch.rand((fan_in, fan_out), generator=g, dtype=DTYPE) * (2 * a) - a
-            b = torch.rand((fan_out,), generator=g, dtype=DTYPE) * (2 * a) - a
+            W = torch.rand((fan_in, fan_out), generator=g, dtype=dtype) * (2 * a) - a
+            b = torch.rand((fan_out,), generator=g, dtype=dtype) * (2 * a) - a
         params.append((W, b))
     return params
 
@@ -146,19 +173,24 @@ def soft_threshold_(w: torch.Tensor, threshold: torch.Tensor | float) -> torch.T
     return w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0))
 
 
-def make_outcome(task: Task, rows: list[list[float]], diverged_epoch: int | None) -> Outcome:
-    """An :class:`Outcome` from one row of metric values per epoch (in ``task.metric_names`` order).
+def make_outcome(
+    task: Task, rows: list[list[float]], diverged_epoch: int | None, weights: list[list[float]] | None = None
+) -> Outcome:
+    """An :class:`Outcome` from one row of metric values per evaluated epoch (``task.eval_epochs``),
+    each in ``task.metric_names`` order.
 
-    Rows after ``diverged_epoch`` are replaced by NaN; the final metrics are the last row.
+    Rows after ``diverged_epoch`` are replaced by NaN; the final metrics are the last row. ``weights``
+    (the kept parameter vectors) are dropped for a configuration that diverged.
     """
     nan = float("nan")
     names = task.metric_names
+    epochs = list(task.eval_epochs)
     if diverged_epoch is not None:
-        rows = [row if e < diverged_epoch else [nan] * len(names) for e, row in enumerate(rows)]
-    curves: dict[str, list[float]] = {"epoch": list(range(1, len(rows) + 1))}
+        rows = [row if epoch <= diverged_epoch else [nan] * len(names) for epoch, row in zip(epochs, rows)]
+    curves: dict[str, list[float]] = {"epoch": epochs}
     for j, name in enumerate(names):
         curves[name] = [float(row[j]) for row in rows]
     metrics = {name: curves[name][-1] for name in names}
     if diverged_epoch is None:
-        return Outcome(status="done", metrics=metrics, curves=curves)
+        return Outcome(status="done", metrics=metrics, curves=curves, weights=weights)
     return Outcome(status="diverged", metrics=metrics, curves=curves, diverged_epoch=diverged_epoch)

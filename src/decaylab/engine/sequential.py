@@ -10,7 +10,12 @@ the independent reference that :mod:`decaylab.engine.batched` is tested against,
   decoupled step, so that it uses ``w`` before the decay, as the semantics say;
 * ``decoupled``: ``torch.optim.AdamW(weight_decay=decoupled)`` for ``'adam'``; for ``'sgd'`` a manual
   ``w.mul_(1 − lr·decoupled)`` before ``step()``;
-* ``l1``: a manual soft-threshold ``w ← sign(w)·max(|w| − lr·l1, 0)`` after ``step()``.
+* ``l1``: a manual soft-threshold ``w ← sign(w)·max(|w| − lr·l1, 0)`` after ``step()``;
+* ``radius``: a manual projection after that, ``w ← w·radius/‖w‖₂`` when ``‖w‖₂ > radius``, the norm
+  taken over all decayed tensors together.
+
+The model's parameters are in ``task.dtype``; kept weights are
+``torch.nn.utils.parameters_to_vector(model.parameters())``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parameters_to_vector
 
 from decaylab.engine.semantics import Split, epoch_batches, initial_parameters, load_data, make_outcome, soft_threshold_
 from decaylab.engine.task import Hyper, Task, check_hypers
@@ -42,7 +48,7 @@ class GaussianInputNoise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        return x + self.sigma * torch.randn(x.shape, generator=self.gen)
+        return x + self.sigma * torch.randn(x.shape, generator=self.gen, dtype=x.dtype)
 
 
 class StreamDropout(nn.Module):
@@ -60,7 +66,7 @@ class StreamDropout(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return h
-        keep = torch.rand(h.shape, generator=self.gen) >= self.p
+        keep = torch.rand(h.shape, generator=self.gen, dtype=h.dtype) >= self.p
         if self.p >= 1.0:  # all dropped: zeros that stay in the graph, so gradients are 0, not None
             return h * keep
         return h * keep / (1 - self.p)
@@ -75,7 +81,7 @@ def build_model(task: Task, hyper: Hyper) -> nn.Sequential:
     probs = hyper.dropout_for(task)
     params = initial_parameters(task, hyper.seed)
     for depth, (W, b) in enumerate(params):
-        linear = nn.Linear(W.shape[0], W.shape[1])
+        linear = nn.Linear(W.shape[0], W.shape[1], dtype=W.dtype)
         with torch.no_grad():
             linear.weight.copy_(W.T)  # nn.Linear stores (out, in)
             linear.bias.copy_(b)
@@ -119,8 +125,8 @@ def data_loss(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _accuracy(task: Task, out: torch.Tensor, y: torch.Tensor) -> float:
     if task.loss == "cross_entropy":
-        return (out.argmax(dim=1) == y).float().mean().item()
-    return ((out > 0) == (y > 0.5)).float().mean().item()
+        return (out.argmax(dim=1) == y).to(out.dtype).mean().item()
+    return ((out > 0) == (y > 0.5)).to(out.dtype).mean().item()
 
 
 @torch.no_grad()
@@ -138,8 +144,20 @@ def _evaluate(task: Task, model: nn.Module, data: Split, weights: list[nn.Parame
     return row
 
 
-def _finite(model: nn.Module, row: list[float]) -> bool:
-    return math.isfinite(row[0]) and math.isfinite(row[1]) and all(bool(torch.isfinite(p).all()) for p in model.parameters())
+def _finite(model: nn.Module, row: list[float], data: Split) -> bool:
+    """Losses (the test loss only if there is a test set) and parameters all finite."""
+    losses = row[:2] if data.n_test else row[:1]
+    return all(math.isfinite(v) for v in losses) and all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+@torch.no_grad()
+def _project(decayed: list[nn.Parameter], radius: float) -> None:
+    """``w ← w·radius/‖w‖₂`` on every decayed tensor when their joint norm exceeds ``radius``."""
+    norm = torch.sqrt(sum(w.pow(2).sum() for w in decayed))
+    bound = norm.new_tensor(radius)  # rounded once to the task's dtype, as the batched engine does
+    if norm > bound:
+        for w in decayed:
+            w.mul_(bound / norm)
 
 
 def train_one(task: Task, hyper: Hyper, data: Split | None = None) -> Outcome:
@@ -151,6 +169,8 @@ def train_one(task: Task, hyper: Hyper, data: Split | None = None) -> Outcome:
     opt = _optimizer(task, hyper, decayed, rest, l2_in_optimizer=not both)
     order = generator(hyper.seed, "order")
     rows: list[list[float]] = []
+    kept: list[list[float]] = []
+    evaluated = set(task.eval_epochs)
     diverged = None
     for epoch in range(1, task.epochs + 1):
         if diverged is None:
@@ -164,12 +184,17 @@ def train_one(task: Task, hyper: Hyper, data: Split | None = None) -> Outcome:
                     with torch.no_grad():
                         for w in decayed:
                             soft_threshold_(w, hyper.lr * hyper.l1)
-            rows.append(_evaluate(task, model, data, weights))
-            if not _finite(model, rows[-1]):
-                diverged = epoch
-        else:
+                if hyper.radius is not None:
+                    _project(decayed, hyper.radius)
+            if task.keep_weights == "epochs" or (task.keep_weights == "final" and epoch == task.epochs):
+                kept.append(parameters_to_vector(model.parameters()).detach().tolist())
+            if epoch in evaluated:
+                rows.append(_evaluate(task, model, data, weights))
+                if not _finite(model, rows[-1], data):
+                    diverged = epoch
+        elif epoch in evaluated:
             rows.append([math.nan] * len(task.metric_names))
-    return make_outcome(task, rows, diverged)
+    return make_outcome(task, rows, diverged, kept if task.keep_weights != "none" else None)
 
 
 @torch.no_grad()

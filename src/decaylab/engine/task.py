@@ -2,9 +2,10 @@
 
 A ``Task`` fixes everything that must be equal for configurations to be trained together (the data
 function, the architecture, the loss, the optimizer and its constants, the batch size, the number of
-epochs, the initialization, whether the model has dropout layers and input noise). A ``Hyper`` holds a
-configuration's own numbers: its seed, learning rate, the three kinds of decay, its dropout
-probabilities and its input-noise level.
+epochs, the initialization, whether the model has dropout layers and input noise, the floating-point
+precision and which parameters to return). A ``Hyper`` holds a configuration's own numbers: its seed,
+learning rate, the three kinds of decay, the radius of its norm constraint, its dropout probabilities
+and its input-noise level.
 
 Decay conventions (``w`` ranges over the *decayed tensors*: the weight matrices, and the biases too
 only when ``Task.decay_bias``; ``g`` is the gradient of the mean data loss over the minibatch):
@@ -19,6 +20,11 @@ only when ``Task.decay_bias``; ``g`` is the gradient of the mean data loss over 
                                                           ``l2`` without momentum
 ``l1``         ``w ← sign(w)·max(|w| − lr·l1, 0)``        proximal step for ``mean loss + l1·Σ|w|``
                (after the optimizer update)               (exact zeros)
+``radius``     ``w ← w·min(1, radius/‖w‖₂)``, ``‖w‖₂``     projection onto the constraint
+               the norm of all decayed tensors together   ``‖w‖₂ ≤ radius`` (projected gradient
+               (after the ``l1`` step; ``None``: none)    descent); one ball for the whole model,
+                                                          unlike :class:`decaylab.MaxNorm`'s ball
+                                                          per unit
 =============  =========================================  ============================================
 
 The full step-by-step semantics both engines follow are in :mod:`decaylab.engine.semantics`.
@@ -30,11 +36,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from decaylab.validation import check_choice, check_float, check_int, parameter_error
+from decaylab.validation import InvalidParameterError, check_choice, check_float, check_int, parameter_error
 
 __all__ = [
     "ACTIVATIONS",
+    "DTYPES",
     "INITS",
+    "KEEP_WEIGHTS",
     "LOSSES",
     "OPTIMIZERS",
     "Hyper",
@@ -46,11 +54,15 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
 LOSSES = ("half_mse", "cross_entropy", "bce")
 OPTIMIZERS = ("sgd", "adam")
 INITS = ("normal", "torch")
+DTYPES = ("float32", "float64")
+KEEP_WEIGHTS = ("none", "final", "epochs")
 
 Activation = Literal["relu", "tanh", "sigmoid", "identity"]
 Loss = Literal["half_mse", "cross_entropy", "bce"]
 Optimizer = Literal["sgd", "adam"]
 Init = Literal["normal", "torch"]
+DType = Literal["float32", "float64"]
+KeepWeights = Literal["none", "final", "epochs"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,19 @@ class Task:
     return, for a seed, an object with ``X_train``, ``y_train``, ``X_test``, ``y_test`` tensors:
     ``X`` of shape ``(n, layers[0])``; ``y`` of shape ``(n, layers[-1])`` (float) for ``'half_mse'``,
     ``(n,)`` int64 class labels for ``'cross_entropy'``, ``(n, 1)`` float in {0, 1} for ``'bce'``.
+    An empty test set (``n = 0``) is allowed: its metrics are NaN.
+
+    ``eval_every=N`` measures the metrics (and checks for divergence) only after every N-th epoch and
+    the last, for long full-batch runs where evaluating costs more than training; the curves then
+    hold those epochs only (``curves["epoch"]`` says which).
+
+    ``dtype='float64'`` trains in double precision throughout, for solvers whose claims need it (exact
+    zeros, agreement with a reference to 1e-8). ``keep_weights`` makes every outcome carry its
+    parameters in ``Outcome.weights``, a list of flat vectors θ laid out as
+    ``torch.nn.utils.parameters_to_vector(model.parameters())`` of the equivalent ``nn.Sequential``
+    (per layer the weight ``(out, in)`` row by row, then the bias): ``'final'`` keeps one, after the
+    last epoch; ``'epochs'`` one after every epoch (epochs × parameters numbers per configuration).
+    A configuration that diverged has ``weights=None``.
     """
 
     data: Callable[[int], Any]  # seed -> object with X_train, y_train, X_test, y_test
@@ -77,7 +102,10 @@ class Task:
     init_std: float = 1.0  # 'normal' only
     dropout: bool = False  # a dropout layer after each hidden activation (p per Hyper)
     noise: bool = False  # Gaussian noise added to the inputs while training (σ per Hyper)
-    decay_bias: bool = False  # whether l2 / decoupled / l1 also act on the biases
+    decay_bias: bool = False  # whether l2 / decoupled / l1 / radius also act on the biases
+    dtype: DType = "float32"  # of data, parameters, optimizer state, random draws and per-configuration numbers
+    keep_weights: KeepWeights = "none"  # Outcome.weights: 'final' parameters, or after each of the 'epochs'
+    eval_every: int = 1  # metrics (curves, divergence check) after every eval_every-th epoch and the last
 
     def __post_init__(self) -> None:
         owner = "Task"
@@ -91,6 +119,8 @@ class Task:
         check_choice(self.loss, "loss", owner, LOSSES)
         check_choice(self.optimizer, "optimizer", owner, OPTIMIZERS)
         check_choice(self.init, "init", owner, INITS)
+        check_choice(self.dtype, "dtype", owner, DTYPES)
+        check_choice(self.keep_weights, "keep_weights", owner, KEEP_WEIGHTS)
         object.__setattr__(self, "momentum", check_float(self.momentum, "momentum", owner, low=0, high=1, high_open=True))
         if len(tuple(self.betas)) != 2:
             raise parameter_error("betas", owner, "a pair of floats in [0, 1)", self.betas)
@@ -100,6 +130,7 @@ class Task:
         if self.batch_size is not None:
             object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size", owner, low=1))
         object.__setattr__(self, "epochs", check_int(self.epochs, "epochs", owner, low=1))
+        object.__setattr__(self, "eval_every", check_int(self.eval_every, "eval_every", owner, low=1))
         object.__setattr__(self, "init_std", check_float(self.init_std, "init_std", owner, low=0))
         for flag in ("dropout", "noise", "decay_bias"):
             if not isinstance(getattr(self, flag), bool):
@@ -116,6 +147,12 @@ class Task:
             raise parameter_error("layers", owner, "a tuple ending in >= 2 classes for loss='cross_entropy'", self.layers)
         if self.loss == "bce" and self.layers[-1] != 1:
             raise parameter_error("layers", owner, "a tuple ending in 1 output for loss='bce'", self.layers)
+
+    @property
+    def eval_epochs(self) -> tuple[int, ...]:
+        """The epochs after which metrics are measured: every ``eval_every``-th, and always the last."""
+        every = tuple(range(self.eval_every, self.epochs + 1, self.eval_every))
+        return every if every and every[-1] == self.epochs else every + (self.epochs,)
 
     @property
     def n_hidden(self) -> int:
@@ -139,7 +176,8 @@ class Hyper:
     """One configuration's own numbers.
 
     ``dropout`` holds one probability per hidden layer (empty: 0 everywhere); it and ``noise`` need
-    ``Task.dropout`` / ``Task.noise``. All decay strengths follow the conventions in the module docstring.
+    ``Task.dropout`` / ``Task.noise``. All decay strengths and ``radius`` follow the conventions in the
+    module docstring.
     """
 
     seed: int
@@ -149,6 +187,7 @@ class Hyper:
     l1: float = 0.0  # w ← soft_threshold(w, lr·l1) after the update
     dropout: tuple[float, ...] = ()  # p per hidden layer
     noise: float = 0.0  # σ of the Gaussian input noise
+    radius: float | None = None  # w ← w·min(1, radius/‖w‖₂) after the update, ‖w‖₂ over all decayed tensors
 
     def __post_init__(self) -> None:
         owner = "Hyper"
@@ -160,6 +199,13 @@ class Hyper:
             raise parameter_error("dropout", owner, "a tuple of floats in [0, 1]", self.dropout)
         probs = tuple(check_float(p, "dropout", owner, low=0, high=1) for p in self.dropout)
         object.__setattr__(self, "dropout", probs)
+        if self.radius is not None:
+            try:
+                radius = check_float(self.radius, "radius", owner, low=0, low_open=True)
+            except InvalidParameterError:
+                allowed = "None (no constraint) or a float in (0, inf)"
+                raise parameter_error("radius", owner, allowed, self.radius) from None
+            object.__setattr__(self, "radius", radius)
 
     def dropout_for(self, task: Task) -> tuple[float, ...]:
         """One dropout probability per hidden layer of ``task`` (zeros when none were given)."""

@@ -16,18 +16,20 @@ map λ ↦ θ(λ) is a bijection from (0, ∞) onto (0, ‖w_OLS‖), decreasing
 constrained solution as its multiplier, ``μ = −⟨∇_w f(w_c), w_c⟩ / ‖w_c‖²``.
 
 The experiment computes ``w_ridge(λ)`` in closed form (:func:`decaylab.ridge`, one SVD) and solves the
-constrained problem by projected gradient descent, from a random start ``w₀ ~ N(0, 1)`` (the ``init``
-stream; ``b₀ = 0``), full batch, ``η = 1/L`` (``L`` the largest eigenvalue of the Hessian of ``f`` in (w, b))::
+constrained problem by projected gradient descent through :func:`decaylab.engine.run_chunk`: a linear
+model ``layers=(dim, 1)``, loss ``'half_mse'``, ``'sgd'`` with ``η = 1/L`` (``L`` the largest eigenvalue
+of the Hessian of ``f`` in (w, b)), full batch, in float64 (``Task.dtype``), from a random start
+``w₀ ~ N(0, 1)`` (``init='normal'``, ``init_std=1``: the seed's ``init`` stream; ``b₀ = 0``), and
+``Hyper(radius=θ(λ))`` — by :mod:`decaylab.engine.semantics` each step is::
 
     w ← w − η ∇_w f,  b ← b − η ∇_b f,   then   w ← w · min(1, θ/‖w‖₂)        (projection onto the ball)
 
-Engines, both in float64:
-
-* ``sequential``: one λ at a time, the library way: ``nn.Linear(dim, 1)``, ``torch.optim.SGD(lr=η)`` and
-  ``decaylab.attach(opt, decaylab.MaxNorm(θ))`` — the max-norm step of one output unit is exactly the
-  projection of its weight vector onto the ball.
-* ``batched`` (default): every λ of a seed in one ``(K, dim)`` tensor, each row projected onto its own ball.
-  (:func:`decaylab.engine.train` has no projection step, so this is a focused loop.)
+(the weight vector is the only decayed tensor, so the engine's joint ball is this one; the intercept
+stays free). ``--engine batched`` (default) stacks every λ of a seed; ``--engine sequential`` trains
+each alone as ``nn.Linear`` + ``torch.optim.SGD`` with the projection after ``step()``, the engine's
+reference. The engine keeps ``(w, b)`` after every epoch (``Task.keep_weights='epochs'``), from which
+the experiment measures the distance ``‖w_t − w_ridge(λ)‖₂`` per epoch for the convergence figure; it
+has no test set, and measures losses only after the last epoch (``Task.eval_every=epochs``).
 
 Convergence is certified: ``f`` is μ_H-strongly convex (μ_H = smallest Hessian eigenvalue), the projected
 gradient map contracts by ``1 − μ_H/L``, so ``‖(w, b) − (w_c, b_c)‖ ≤ ‖G‖/μ_H`` with ``G`` the gradient
@@ -38,36 +40,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from decaylab.experiments.base import Experiment, Option, Table, float_grid, int_grid, nonneg_float, positive_int
+from decaylab.experiments.sparsity import hessian_eigs
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float, parameter_error
 
-__all__ = ["Constraint", "multiplier", "project_rows", "projected_gd_batched", "projected_gd_sequential"]
+__all__ = ["Constraint", "multiplier", "project_rows"]
 
 Progress = Callable[[int], None]
-PROGRESS_EVERY = 50
 
 
 def _correlation(text: str, name: str, owner: str) -> float:
     return check_float(text, name, owner, low=0.0, high=1.0, high_open=True)
-
-
-def _report(progress: Progress | None, amount: int) -> None:
-    if progress is not None and amount:
-        progress(amount)
-
-
-def _hessian_eigs(X: Any) -> tuple[float, float]:
-    """``(μ, L)``: extreme eigenvalues of the Hessian of (1/n)Σ(Xw + b − y)²/2 in (w, b)."""
-    import torch
-
-    n = X.shape[0]
-    A = torch.cat([X, torch.ones(n, 1, dtype=X.dtype)], dim=1)
-    eig = torch.linalg.eigvalsh(A.T @ A / n)
-    return float(eig[0]), float(eig[-1])
 
 
 def project_rows(W: Any, theta: Any) -> Any:
@@ -76,65 +64,6 @@ def project_rows(W: Any, theta: Any) -> Any:
 
     norms = torch.linalg.vector_norm(W, dim=1, keepdim=True)
     return W * torch.where(norms > theta, theta / norms, torch.ones_like(norms))
-
-
-def projected_gd_batched(
-    X: Any, y: Any, w0: Any, thetas: Sequence[float], w_ref: Any, epochs: int, progress: Progress | None = None
-) -> tuple[Any, Any, Any]:
-    """K radii at once from the same start: ``W`` (K, d), ``b`` (K,), and ``‖w_t − w_ref_k‖`` per epoch (E, K)."""
-    import torch
-
-    X, y = X.to(torch.float64), y.to(torch.float64).reshape(-1)
-    n, d = X.shape
-    K = len(thetas)
-    G, xbar = X.T @ X / n, X.mean(dim=0)
-    c, ybar = X.T @ y / n, y.mean()
-    lr = 1.0 / _hessian_eigs(X)[1]
-    theta = torch.tensor(list(thetas), dtype=torch.float64).reshape(K, 1)
-    W = w0.to(torch.float64).reshape(1, d).repeat(K, 1)
-    b = torch.zeros(K, 1, dtype=torch.float64)
-    dist = torch.empty(epochs, K, dtype=torch.float64)
-    for epoch in range(1, epochs + 1):
-        gW = W @ G + b * xbar - c
-        gb = W @ xbar[:, None] + b - ybar
-        W = project_rows(W - lr * gW, theta)
-        b = b - lr * gb
-        dist[epoch - 1] = torch.linalg.vector_norm(W - w_ref, dim=1)
-        if epoch % PROGRESS_EVERY == 0:
-            _report(progress, PROGRESS_EVERY * K)
-    _report(progress, (epochs % PROGRESS_EVERY) * K)
-    return W, b.reshape(K), dist
-
-
-def projected_gd_sequential(
-    X: Any, y: Any, w0: Any, theta: float, w_ref: Any, epochs: int, progress: Progress | None = None
-) -> tuple[Any, float, Any]:
-    """One radius, the library way: ``SGD(lr=1/L)`` + ``attach(opt, MaxNorm(θ))`` on ``nn.Linear(d, 1)``, float64."""
-    import torch
-    from torch import nn
-
-    from decaylab.steps import MaxNorm, attach
-
-    X, y = X.to(torch.float64), y.to(torch.float64).reshape(-1, 1)
-    lr = 1.0 / _hessian_eigs(X)[1]
-    model = nn.Linear(X.shape[1], 1, dtype=torch.float64)
-    with torch.no_grad():
-        model.weight.copy_(w0.reshape(1, -1))
-        model.bias.zero_()
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    handle = attach(opt, MaxNorm(theta, dim=0), model=model)  # one output unit: its whole weight vector
-    ref = torch.as_tensor(w_ref, dtype=torch.float64).reshape(-1)
-    dist = torch.empty(epochs, dtype=torch.float64)
-    for epoch in range(1, epochs + 1):
-        opt.zero_grad(set_to_none=True)
-        ((model(X) - y) ** 2 / 2).mean().backward()
-        opt.step()
-        dist[epoch - 1] = torch.linalg.vector_norm(model.weight.detach().reshape(-1) - ref)
-        if epoch % PROGRESS_EVERY == 0:
-            _report(progress, PROGRESS_EVERY)
-    _report(progress, epochs % PROGRESS_EVERY)
-    handle.detach()
-    return model.weight.detach().reshape(-1).clone(), float(model.bias.detach()), dist
 
 
 def _gradients(X: Any, y: Any, w: Any, b: float) -> tuple[Any, Any]:
@@ -175,8 +104,8 @@ class Constraint(Experiment):
         " lambda/2*||w||^2 (D2L; sklearn Ridge alpha = n*lambda), intercept unpenalized and unconstrained."
         " Figure: constraint.png (the lambda <-> theta map, coefficient paths against lambda and against theta"
         " with ridge lines and projected-GD markers, and the distance to ridge during projected GD)."
-        " Engines (float64): batched (default) stacks every lambda of a seed; sequential trains each with"
-        " torch.optim.SGD + decaylab.attach(MaxNorm(theta)), the library path."
+        " Trained by decaylab.engine in float64 with Hyper(radius=theta): batched (default) stacks every lambda"
+        " of a seed; sequential trains each alone with nn.Linear + torch.optim.SGD, the engine's reference."
     )
     engines = ("sequential", "batched")
     options = (
@@ -200,6 +129,21 @@ class Constraint(Experiment):
     def configs(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"lambd": lambd, "seed": seed} for seed in opts["seed"] for lambd in opts["lambd"]]
 
+    def task(self, opts: dict[str, Any]) -> Any:
+        """The engine's :class:`~decaylab.engine.Task`: full-batch GD of a linear model from w₀ ~ N(0, 1), float64."""
+        from decaylab.data.sparse import sparse_linear_data
+        from decaylab.engine import Task
+
+        data = partial(
+            sparse_linear_data, n_train=opts["n_train"], n_test=0, dim=opts["dim"], n_nonzero=opts["dim"],
+            noise_std=opts["noise"], correlation=opts["correlation"],
+        )
+        return Task(
+            data=data, layers=(opts["dim"], 1), loss="half_mse", optimizer="sgd", batch_size=None,
+            epochs=opts["epochs"], eval_every=opts["epochs"], init="normal", init_std=1.0,
+            dtype="float64", keep_weights="epochs",
+        )
+
     def run_chunk(
         self,
         opts: dict[str, Any],
@@ -210,39 +154,38 @@ class Constraint(Experiment):
         import torch
 
         from decaylab.closed_form import ridge, ridge_path
-        from decaylab.data.sparse import sparse_linear_data
+        from decaylab.engine import Hyper, run_chunk
         from decaylab.threads import limited_threads
-        from decaylab.rng import generator
 
+        task = self.task(opts)
+        d = opts["dim"]
         outcomes: list[Outcome | None] = [None] * len(configs)
         by_seed: dict[int, list[int]] = {}
         for i, c in enumerate(configs):
             by_seed.setdefault(c["seed"], []).append(i)
         with limited_threads():
             for seed, idx in by_seed.items():
-                data = sparse_linear_data(
-                    seed, opts["n_train"], 0, opts["dim"], opts["dim"],
-                    noise_std=opts["noise"], correlation=opts["correlation"],
-                )
+                data = task.data(seed)
                 X, y = data.X_train, data.y_train
                 lambdas = [configs[i]["lambd"] for i in idx]
                 coefs, intercepts = ridge_path(X, y, lambdas)  # D2L convention, one SVD
                 thetas = [float(torch.linalg.vector_norm(w)) for w in coefs]
                 w_ols, _ = ridge(X, y, 0.0)
                 theta_ols = float(torch.linalg.vector_norm(w_ols))
-                w0 = torch.normal(0.0, 1.0, (opts["dim"],), generator=generator(seed, "init"), dtype=torch.float64)
-                if engine == "batched":
-                    W, b, dist = projected_gd_batched(X, y, w0, thetas, coefs, opts["epochs"], progress)
-                    solved = [(W[k], float(b[k]), dist[:, k]) for k in range(len(idx))]
-                else:
-                    solved = [
-                        projected_gd_sequential(X, y, w0, thetas[k], coefs[k], opts["epochs"], progress)
-                        for k in range(len(idx))
-                    ]
-                eigs = _hessian_eigs(X)
-                for k, i in enumerate(idx):
+                eigs = hessian_eigs(X)
+                hypers = [Hyper(seed=seed, lr=1.0 / eigs[1], radius=theta) for theta in thetas]
+                trained = run_chunk(task, hypers, engine)
+                if progress is not None:
+                    progress(len(idx) * opts["epochs"])
+                for k, (i, out) in enumerate(zip(idx, trained)):
+                    if out.weights is None:  # diverged: the engine's outcome says when
+                        outcomes[i] = out
+                        continue
+                    path = torch.tensor(out.weights, dtype=torch.float64)  # (epochs, d + 1): w after each epoch, then b
+                    dist = torch.linalg.vector_norm(path[:, :d] - coefs[k], dim=1)
+                    w, b = path[-1, :d], float(path[-1, d])
                     outcomes[i] = self._outcome(
-                        X, y, lambdas[k], thetas[k], theta_ols, coefs[k], float(intercepts[k]), *solved[k], eigs
+                        X, y, lambdas[k], thetas[k], theta_ols, coefs[k], float(intercepts[k]), w, b, dist, eigs
                     )
         return outcomes  # type: ignore[return-value]
 

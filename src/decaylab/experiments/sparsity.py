@@ -12,7 +12,12 @@ A linear model ``ŷ = Xw + b`` is fitted to data with a sparse truth (:func:`dec
 (the intercept ``b`` is never penalized; scikit-learn's paths, which have no intercept, are computed on
 the centred data, which is what ``Lasso(fit_intercept=True)`` does). These are the conventions of
 :func:`decaylab.l1_penalty`, :func:`decaylab.elastic_net_penalty` and :func:`decaylab.l2_penalty`
-(``"half"``); ``decaylab.convert(λ, "l1", "sklearn_lasso") == λ``. Each step, from ``w = 0, b = 0``:
+(``"half"``); ``decaylab.convert(λ, "l1", "sklearn_lasso") == λ``.
+
+Training goes through :func:`decaylab.engine.run_chunk`: a linear model ``layers=(dim, 1)``, loss
+``'half_mse'``, ``'sgd'``, full batch, from ``w = 0, b = 0`` (``init_std=0``), in float64
+(``Task.dtype``: the claim is about exact zeros and agreement to 1e-8), one ``Hyper(lr=η, l1=…, l2=…)``
+per configuration. By :mod:`decaylab.engine.semantics` each step is
 
 .. code-block:: text
 
@@ -23,19 +28,11 @@ the centred data, which is what ``Lasso(fit_intercept=True)`` does). These are t
 with ``(l1, l2) = (λ, 0)``, ``(λρ, λ(1−ρ))``, ``(0, λ)`` for l1, enet, l2, and ``η = 1/(L + l2)``, ``L`` the
 largest eigenvalue of the Hessian of the data term in ``(w, b)``. This is ISTA (Daubechies et al. 2004;
 Beck & Teboulle 2009); the soft-threshold produces exact zeros, which no (sub)gradient step does.
-
-Engines — both in float64, because the claim is about exact zeros and agreement to 1e-8:
-
-* ``sequential``: one configuration at a time, as a user would write it: ``nn.Linear`` in float64,
-  ``torch.optim.SGD(lr=η)`` with ``weight_decay=l2`` on the weight group, and
-  ``decaylab.attach(opt, decaylab.L1Prox(l1))`` for the proximal step.
-* ``batched`` (default): every configuration of a seed stacked in one ``(K, dim)`` tensor, the same
-  update written out with the Gram matrix, and the engine's soft-threshold
-  (:func:`decaylab.engine.semantics.soft_threshold_`) with one threshold per row.
-
-Why not :func:`decaylab.engine.train`: it trains in float32 and returns curves, not the final
-coefficient vectors the path figure and the support counts need. The engine's ``Hyper(l1=...)`` follows
-the same update; ``tests/test_exp_sparsity.py`` checks that it reaches the same solution.
+The engine returns each configuration's final ``(w, b)`` (``Task.keep_weights='final'``) and measures
+its losses only after the last epoch (``Task.eval_every=epochs``). ``--engine batched`` (default)
+stacks every configuration of a seed; ``--engine sequential`` trains each alone as ``nn.Linear`` +
+``torch.optim.SGD(weight_decay=l2)`` and a soft-threshold after ``step()`` (the engine's reference);
+the two agree to float64 rounding.
 
 **Convergence is certified**, not assumed: with ``n_train > dim`` the objective is ``μ``-strongly convex
 (``μ = λ_min`` of that Hessian), the proximal-gradient map is a contraction with factor ``1 − μ/(L + l2)``,
@@ -56,6 +53,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +66,7 @@ __all__ = [
     "METHODS",
     "Sparsity",
     "error_bound",
-    "proximal_gd_batched",
-    "proximal_gd_sequential",
+    "hessian_eigs",
     "sklearn_solutions",
     "strengths",
 ]
@@ -78,7 +75,6 @@ Progress = Callable[[int], None]
 
 METHODS = ("l1", "enet", "l2")
 LABELS = {"l1": "L1 (lasso)", "enet": "elastic net", "l2": "L2 (ridge)"}
-PROGRESS_EVERY = 50  # epochs between progress reports
 
 
 # -- options -----------------------------------------------------------------------------------
@@ -108,83 +104,16 @@ def strengths(method: str, lambd: float, l1_ratio: float) -> tuple[float, float]
     return 0.0, lambd
 
 
-# -- the solvers ---------------------------------------------------------------------------------
-def _hessian_eigs(X: Any) -> tuple[float, float]:
-    """``(μ, L)``: extreme eigenvalues of the Hessian of (1/n)Σ(Xw + b − y)²/2 in (w, b)."""
+# -- step size and certification -------------------------------------------------------------------
+def hessian_eigs(X: Any) -> tuple[float, float]:
+    """``(μ, L)``: extreme eigenvalues of the Hessian of (1/n)Σ(Xw + b − y)²/2 in (w, b), in float64."""
     import torch
 
+    X = X.to(torch.float64)
     n = X.shape[0]
     A = torch.cat([X, torch.ones(n, 1, dtype=X.dtype)], dim=1)
     eig = torch.linalg.eigvalsh(A.T @ A / n)
     return float(eig[0]), float(eig[-1])
-
-
-def _report(progress: Progress | None, amount: int) -> None:
-    if progress is not None and amount:
-        progress(amount)
-
-
-def proximal_gd_batched(
-    X: Any, y: Any, l1: Sequence[float], l2: Sequence[float], epochs: int, progress: Progress | None = None
-) -> tuple[Any, Any, Any]:
-    """K configurations at once: ``W`` (K, d), ``b`` (K,) after ``epochs`` full-batch steps, and the step sizes η (K,)."""
-    import torch
-
-    from decaylab.engine.semantics import soft_threshold_
-
-    X, y = X.to(torch.float64), y.to(torch.float64).reshape(-1)
-    n, d = X.shape
-    K = len(l1)
-    G, xbar = X.T @ X / n, X.mean(dim=0)
-    c, ybar = X.T @ y / n, y.mean()
-    _, L = _hessian_eigs(X)
-    lam1 = torch.tensor(list(l1), dtype=torch.float64).reshape(K, 1)
-    lam2 = torch.tensor(list(l2), dtype=torch.float64).reshape(K, 1)
-    lr = 1.0 / (L + lam2)
-    W = torch.zeros(K, d, dtype=torch.float64)
-    b = torch.zeros(K, 1, dtype=torch.float64)
-    for epoch in range(1, epochs + 1):
-        gW = W @ G + b * xbar - c + lam2 * W  # ∇_w of the mean half-MSE, plus the coupled l2·w
-        gb = W @ xbar[:, None] + b - ybar
-        W = W - lr * gW
-        b = b - lr * gb
-        soft_threshold_(W, lr * lam1)  # w ← sign(w)·max(|w| − η·l1, 0); η·0 leaves W unchanged
-        if epoch % PROGRESS_EVERY == 0:
-            _report(progress, PROGRESS_EVERY * K)
-    _report(progress, (epochs % PROGRESS_EVERY) * K)
-    return W, b.reshape(K), lr.reshape(K)
-
-
-def proximal_gd_sequential(
-    X: Any, y: Any, l1: float, l2: float, epochs: int, progress: Progress | None = None
-) -> tuple[Any, float, float]:
-    """One configuration, the library way: ``SGD(weight_decay=l2)`` + ``attach(opt, L1Prox(l1))``, float64."""
-    import torch
-    from torch import nn
-
-    from decaylab.steps import L1Prox, attach
-
-    X, y = X.to(torch.float64), y.to(torch.float64).reshape(-1, 1)
-    _, L = _hessian_eigs(X)
-    lr = 1.0 / (L + l2)
-    model = nn.Linear(X.shape[1], 1, dtype=torch.float64)
-    with torch.no_grad():
-        model.weight.zero_()
-        model.bias.zero_()
-    opt = torch.optim.SGD(
-        [{"params": [model.weight], "weight_decay": l2}, {"params": [model.bias], "weight_decay": 0.0}], lr=lr
-    )
-    handle = attach(opt, L1Prox(l1), model=model)  # the default policy: the weight, not the bias
-    for epoch in range(1, epochs + 1):
-        opt.zero_grad(set_to_none=True)
-        loss = ((model(X) - y) ** 2 / 2).mean()
-        loss.backward()
-        opt.step()
-        if epoch % PROGRESS_EVERY == 0:
-            _report(progress, PROGRESS_EVERY)
-    _report(progress, epochs % PROGRESS_EVERY)
-    handle.detach()
-    return model.weight.detach().reshape(-1).clone(), float(model.bias.detach()), lr
 
 
 def gradient_mapping(X: Any, y: Any, w: Any, b: float, l1: float, l2: float, lr: float) -> Any:
@@ -210,7 +139,7 @@ def error_bound(
     """
     import torch
 
-    mu, L = eigs if eigs is not None else _hessian_eigs(X.to(torch.float64))
+    mu, L = eigs if eigs is not None else hessian_eigs(X)
     if mu <= 0:
         return math.inf
     lr = 1.0 / (L + l2)
@@ -322,8 +251,9 @@ class Sparsity(Experiment):
         " (enet), + lambda/2*||w||^2 (l2, = sklearn Ridge alpha=n*lambda); intercept not penalized."
         " Figures: paths.png (coefficients against lambda, true non-zeros in colour, scikit-learn as dots),"
         " support.png (exact zeros, precision/recall of the support, test loss against lambda)."
-        " Engines (float64): batched (default) stacks every configuration of a seed; sequential trains each with"
-        " torch.optim.SGD + decaylab.attach(L1Prox), the library path (~1 s per configuration)."
+        " Trained by decaylab.engine in float64: batched (default) stacks every configuration of a seed;"
+        " sequential trains each alone with nn.Linear + torch.optim.SGD, the engine's reference (~1.5 s per"
+        " configuration)."
     )
     engines = ("sequential", "batched")
     options = (
@@ -353,11 +283,19 @@ class Sparsity(Experiment):
             for lambd in opts["lambd"]
         ]
 
-    def _data(self, opts: dict[str, Any], seed: int) -> Any:
+    def task(self, opts: dict[str, Any]) -> Any:
+        """The engine's :class:`~decaylab.engine.Task`: full-batch (proximal) GD of a linear model from 0, float64."""
         from decaylab.data.sparse import sparse_linear_data
+        from decaylab.engine import Task
 
-        return sparse_linear_data(
-            seed, opts["n_train"], opts["n_test"], opts["dim"], opts["n_nonzero"], noise_std=opts["noise"]
+        data = partial(
+            sparse_linear_data, n_train=opts["n_train"], n_test=opts["n_test"], dim=opts["dim"],
+            n_nonzero=opts["n_nonzero"], noise_std=opts["noise"],
+        )
+        return Task(
+            data=data, layers=(opts["dim"], 1), loss="half_mse", optimizer="sgd", batch_size=None,
+            epochs=opts["epochs"], eval_every=opts["epochs"], init="normal", init_std=0.0,
+            dtype="float64", keep_weights="final",
         )
 
     def run_chunk(
@@ -367,32 +305,34 @@ class Sparsity(Experiment):
         engine: str,
         progress: Progress | None = None,
     ) -> list[Outcome]:
-        import torch
+        from decaylab.engine import Hyper, run_chunk
 
         rho = opts["l1_ratio"]
+        task = self.task(opts)
         outcomes: list[Outcome | None] = [None] * len(configs)
         by_seed: dict[int, list[int]] = {}
         for i, c in enumerate(configs):
             by_seed.setdefault(c["seed"], []).append(i)
         with limited_threads():
             for seed, idx in by_seed.items():
-                data = self._data(opts, seed)
+                data = task.data(seed)
                 X, y = data.X_train, data.y_train
-                pairs = [strengths(configs[i]["method"], configs[i]["lambd"], rho) for i in idx]
-                if engine == "batched":
-                    W, b, _ = proximal_gd_batched(X, y, [p[0] for p in pairs], [p[1] for p in pairs],
-                                                  opts["epochs"], progress)
-                    solutions = [(W[k], float(b[k])) for k in range(len(idx))]
-                else:
-                    solutions = []
-                    for l1, l2 in pairs:
-                        w, bias, _ = proximal_gd_sequential(X, y, l1, l2, opts["epochs"], progress)
-                        solutions.append((w, bias))
+                eigs = hessian_eigs(X)
+                hypers = []
+                for i in idx:
+                    l1, l2 = strengths(configs[i]["method"], configs[i]["lambd"], rho)
+                    hypers.append(Hyper(seed=seed, lr=1.0 / (eigs[1] + l2), l1=l1, l2=l2))  # η = 1/(L + l2)
+                trained = run_chunk(task, hypers, engine)
+                if progress is not None:
+                    progress(len(idx) * opts["epochs"])
                 refs = self._references(configs, idx, X, y, rho)
-                eigs = _hessian_eigs(X.to(torch.float64))
-                for k, i in enumerate(idx):
+                for i, out in zip(idx, trained):
+                    if out.weights is None:  # diverged: the engine's outcome says when
+                        outcomes[i] = out
+                        continue
+                    theta = out.weights[-1]  # (w_1, ..., w_dim, b): nn.Linear(dim, 1)'s weight, then its bias
                     c = configs[i]
-                    outcomes[i] = _outcome(data, eigs, c["method"], c["lambd"], rho, *solutions[k], refs[i])
+                    outcomes[i] = _outcome(data, eigs, c["method"], c["lambd"], rho, theta[:-1], theta[-1], refs[i])
         return outcomes  # type: ignore[return-value]
 
     @staticmethod
