@@ -200,3 +200,24 @@ def test_foreign_store_is_refused_and_left_untouched(cli: Any, tmp_path: Path, k
 
 def test_main_is_the_console_script() -> None:
     assert cli_module.main(["--version"]) == 0
+
+
+def test_listing_and_help_do_not_import_torch() -> None:
+    """`run --list`, `--help` and bad-input errors answer at once: importing torch alone takes ~2 s."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from decaylab.cli import main\n"
+        "main(['run', '--list'])\n"
+        "for name in ('d2l-linear', 'sparsity', 'constraint', 'scaling'):\n"
+        "    try:\n"
+        "        main(['run', name, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert main(['run', 'd2l-linear', '--lr', '0']) == 2\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

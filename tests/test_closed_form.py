@@ -132,3 +132,18 @@ def test_bad_arguments_raise_the_template() -> None:
         decay_timescale(0, 0.1, 10)
     assert str(info.value) == "The 'lr' parameter of decay_timescale must be a float in (0, inf). Got 0."
     assert convert(0.1, "d2l", "sklearn_ridge", n_samples=30) == pytest.approx(3.0)
+
+
+def test_hessian_eigs_are_those_of_autograds_hessian() -> None:
+    from decaylab.closed_form import hessian_eigs
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 4, generator=g, dtype=torch.float64) + 0.5
+    y = torch.randn(30, generator=g, dtype=torch.float64)
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        return ((X @ theta[:4] + theta[4] - y) ** 2 / 2).mean()
+
+    H = torch.autograd.functional.hessian(loss, torch.zeros(5, dtype=torch.float64))
+    eig = torch.linalg.eigvalsh(H)
+    assert hessian_eigs(X) == pytest.approx((float(eig[0]), float(eig[-1])), rel=1e-12)

@@ -13,7 +13,7 @@ from decaylab.closed_form import ridge
 from decaylab.data.sparse import sparse_linear_data
 from decaylab.engine import Hyper, run_chunk
 from decaylab.experiments import get_experiment
-from decaylab.experiments.sparsity import hessian_eigs
+from decaylab.closed_form import hessian_eigs
 from decaylab.results import ConfigResult
 
 EXP = get_experiment("constraint")

@@ -11,7 +11,8 @@ import torch
 
 from decaylab.data.sparse import sparse_linear_data
 from decaylab.experiments import get_experiment
-from decaylab.experiments.sparsity import hessian_eigs, sklearn_solutions, strengths
+from decaylab.closed_form import hessian_eigs
+from decaylab.experiments.sparsity import sklearn_solutions, strengths
 from decaylab.results import ConfigResult
 
 EXP = get_experiment("sparsity")

@@ -39,6 +39,7 @@ __all__ = [
     "DecayTimescale",
     "RidgeGCV",
     "decay_timescale",
+    "hessian_eigs",
     "ridge",
     "ridge_gcv",
     "ridge_path",
@@ -280,3 +281,18 @@ def weight_decay_for_timescale(lr: float, tau_epoch: float, iters_per_epoch: flo
     tau = check_float(tau_epoch, "tau_epoch", "weight_decay_for_timescale", low=0.0, low_open=True)
     iters = check_float(iters_per_epoch, "iters_per_epoch", "weight_decay_for_timescale", low=0.0, low_open=True)
     return 1.0 / (eta * tau * iters)
+
+
+def hessian_eigs(X: Array) -> tuple[float, float]:
+    r"""``(μ, L)``: the smallest and largest eigenvalue of the Hessian of the mean squared loss in ``(w, b)``.
+
+    The loss :math:`f(w, b) = \frac{1}{n}\sum_i (x_i^\top w + b - y_i)^2/2` has the constant Hessian
+    :math:`A^\top A/n` with :math:`A = [X, 1]`. ``1/L`` is the largest safe gradient-descent step, and
+    ``μ > 0`` (``n > d`` and X of full rank) makes ``f`` μ-strongly convex, which turns a small gradient
+    into a certified distance to the minimizer. Computed in float64.
+    """
+    X = torch.as_tensor(X).to(torch.float64)
+    n = X.shape[0]
+    A = torch.cat([X, torch.ones(n, 1, dtype=X.dtype)], dim=1)
+    eig = torch.linalg.eigvalsh(A.T @ A / n)
+    return float(eig[0]), float(eig[-1])

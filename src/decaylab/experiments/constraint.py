@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.experiments.base import Experiment, Option, Table, float_grid, int_grid, nonneg_float, positive_int
-from decaylab.experiments.sparsity import hessian_eigs
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float, parameter_error
 
@@ -153,7 +152,7 @@ class Constraint(Experiment):
     ) -> list[Outcome]:
         import torch
 
-        from decaylab.closed_form import ridge, ridge_path
+        from decaylab.closed_form import hessian_eigs, ridge, ridge_path
         from decaylab.engine import Hyper, run_chunk
         from decaylab.threads import limited_threads
 

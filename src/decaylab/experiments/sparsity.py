@@ -66,7 +66,6 @@ __all__ = [
     "METHODS",
     "Sparsity",
     "error_bound",
-    "hessian_eigs",
     "sklearn_solutions",
     "strengths",
 ]
@@ -105,17 +104,6 @@ def strengths(method: str, lambd: float, l1_ratio: float) -> tuple[float, float]
 
 
 # -- step size and certification -------------------------------------------------------------------
-def hessian_eigs(X: Any) -> tuple[float, float]:
-    """``(μ, L)``: extreme eigenvalues of the Hessian of (1/n)Σ(Xw + b − y)²/2 in (w, b), in float64."""
-    import torch
-
-    X = X.to(torch.float64)
-    n = X.shape[0]
-    A = torch.cat([X, torch.ones(n, 1, dtype=X.dtype)], dim=1)
-    eig = torch.linalg.eigvalsh(A.T @ A / n)
-    return float(eig[0]), float(eig[-1])
-
-
 def gradient_mapping(X: Any, y: Any, w: Any, b: float, l1: float, l2: float, lr: float) -> Any:
     """``G = (x − prox(x − η∇f(x)))/η`` for ``x = (w, b)``: zero exactly at the minimizer (float64 vector)."""
     import torch
@@ -138,6 +126,8 @@ def error_bound(
     ``eigs``: ``(μ, L)`` of the data term's Hessian if already known.
     """
     import torch
+
+    from decaylab.closed_form import hessian_eigs
 
     mu, L = eigs if eigs is not None else hessian_eigs(X)
     if mu <= 0:
@@ -305,6 +295,7 @@ class Sparsity(Experiment):
         engine: str,
         progress: Progress | None = None,
     ) -> list[Outcome]:
+        from decaylab.closed_form import hessian_eigs
         from decaylab.engine import Hyper, run_chunk
 
         rho = opts["l1_ratio"]
