@@ -30,9 +30,11 @@ def _decaylab(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
 def _cut_off(store: Path, sig: int, at_least: int) -> tuple[str, int]:
     """Start the sweep, wait until ``at_least`` configurations are stored, send ``sig``."""
     proc = _decaylab(*SWEEP, "--store", str(store), "--quiet")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # generous: a loaded 2-core machine can take long to import torch
     try:
         while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"the sweep ended (exit code {proc.returncode}) before it was cut off: {proc.stderr.read()[-500:]}")
             if store.exists():
                 try:
                     runs = Store(store).list_runs()
