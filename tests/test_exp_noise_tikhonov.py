@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-from decaylab.experiments.noise_tikhonov import NoiseTikhonov, reference_solutions, run_training, tikhonov_data
+from decaylab.experiments.noise_tikhonov import (
+    INIT_STD,
+    NoiseTikhonov,
+    first_averaged_epoch,
+    reference_solutions,
+    tikhonov_data,
+)
+from decaylab.rng import generator
 
 from experiment_helpers import train
 
@@ -23,7 +30,7 @@ def _opts(**kw: Any) -> dict[str, Any]:
 def test_trained_weights_reach_ridge_at_sigma_squared_not_ols_nor_other_lambdas() -> None:
     exp = NoiseTikhonov()
     opts = _opts(sigma=[0.5, 1.0])
-    results = train(exp, opts, "sequential")
+    results = train(exp, opts)
     for r in results:
         m = r.metrics
         others = min(m["dist_ols"], m["dist_ridge_quarter"], m["dist_ridge_4x"])
@@ -35,10 +42,9 @@ def test_trained_weights_reach_ridge_at_sigma_squared_not_ols_nor_other_lambdas(
 
 
 def test_without_noise_sgd_reaches_ols() -> None:
-    data = tikhonov_data(1, 200, 50, 5)
-    run = run_training(data, 0.0, 1, 150, 0.02, 10, 0.5)  # the feature of scale 1/2 converges slowest
-    ols = reference_solutions(data.X_train, data.y_train, 0.0)["ols"]
-    np.testing.assert_allclose(run["w_avg"], ols, atol=5e-3)
+    opts = _opts(sigma=[0.0], seed=[1], epochs=150)  # the feature of scale 1/2 converges slowest
+    (result,) = train(NoiseTikhonov(), opts)
+    np.testing.assert_allclose(result.curves["coef_avg"], result.curves["coef_ols"], atol=5e-3)
 
 
 @pytest.mark.parametrize("sigma", [0.0, 0.5, 1.5])
@@ -57,24 +63,67 @@ def test_closed_form_ridge_is_sklearn_ridge_with_alpha_n_sigma_squared(sigma: fl
     np.testing.assert_allclose(refs["ridge"], expected, rtol=1e-8, atol=1e-10)
 
 
-def test_loop_follows_the_engine_with_input_noise() -> None:
-    """The focused loop (which also averages the iterates) takes the engine's steps: same streams, same math."""
-    from decaylab.engine import Hyper, Task, train
+def plain_sgd(seed: int, sigma: float, opts: dict[str, Any]) -> dict[str, Any]:
+    """The experiment written out with nn.Linear, torch.optim.SGD and AveragedModel, noise added by hand.
 
-    seed, sigma, epochs = 3, 0.8, 6
-    task = Task(
-        data=partial(tikhonov_data, n_train=200, n_test=50, dim=5),
-        layers=(5, 1),
-        batch_size=10,
-        epochs=epochs,
-        init="normal",
-        init_std=0.01,
-        noise=True,
-    )
-    (engine_out,) = train(task, [Hyper(seed=seed, lr=0.02, noise=sigma)], engine="sequential")
-    mine = run_training(tikhonov_data(seed, 200, 50, 5), sigma, seed, epochs, 0.02, 10, 0.5)
-    for key in ("train_loss", "test_loss", "w_norm"):
-        np.testing.assert_allclose(mine[key], engine_out.curves[key], rtol=2e-5)
+    Same streams as the engine (``decaylab.rng``): init w ~ N(0, 0.01²), b = 0; a randperm per epoch;
+    ``x + σ·randn`` per minibatch. Averaged in float64 from the first step of the averaged epochs.
+    """
+    from torch.optim.swa_utils import AveragedModel
+
+    data = tikhonov_data(seed, opts["n_train"], opts["n_test"], opts["dim"])
+    init, order, noise = generator(seed, "init"), generator(seed, "order"), generator(seed, "noise")
+    model = torch.nn.Linear(opts["dim"], 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.normal(0.0, INIT_STD, (opts["dim"], 1), generator=init).T)
+        model.bias.zero_()
+    opt = torch.optim.SGD(model.parameters(), lr=opts["lr"])
+    averaged = AveragedModel(model).double()
+    first = first_averaged_epoch(opts["epochs"], opts["average"])
+    curves: dict[str, list[float]] = {"train_loss": [], "test_loss": []}
+    for epoch in range(1, opts["epochs"] + 1):
+        perm = torch.randperm(opts["n_train"], generator=order)
+        for idx in perm.split(opts["batch_size"]):
+            x = data.X_train[idx]
+            x = x + sigma * torch.randn(x.shape, generator=noise)
+            opt.zero_grad()
+            ((model(x) - data.y_train[idx]) ** 2 / 2).mean().backward()
+            opt.step()
+            if epoch >= first:
+                averaged.update_parameters(model)
+        with torch.no_grad():
+            for split in ("train", "test"):
+                X, y = getattr(data, f"X_{split}"), getattr(data, f"y_{split}")
+                curves[f"{split}_loss"].append(float(((model(X) - y) ** 2 / 2).mean()))
+    return {
+        "coef_avg": averaged.module.weight.detach().reshape(-1).tolist(),
+        "coef_last": model.weight.detach().reshape(-1).double().tolist(),
+        "n_averaged": int(averaged.n_averaged),
+        **curves,
+    }
+
+
+@pytest.mark.parametrize("engine", ["batched", "sequential"])
+def test_experiment_equals_a_plain_sgd_loop_with_averaged_model(engine: str) -> None:
+    opts = _opts(sigma=[0.0, 0.8], seed=[3], epochs=8, average=0.25)
+    exp = NoiseTikhonov()
+    for result in train(exp, opts, engine):
+        mine = plain_sgd(result.params["seed"], result.params["sigma"], opts)
+        assert mine["n_averaged"] == 2 * 20  # the last 2 of 8 epochs, 200 / 10 steps each
+        for key in ("coef_avg", "coef_last", "train_loss", "test_loss"):
+            np.testing.assert_allclose(result.curves[key], mine[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        data = tikhonov_data(3, 200, 50, 5)
+        refs = reference_solutions(data.X_train, data.y_train, result.params["sigma"])
+        dist = float(np.linalg.norm(np.asarray(mine["coef_avg"]) - refs["ridge"]))
+        assert result.metrics["dist_ridge"] == pytest.approx(dist, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "average", "first"), [(150, 0.5, 76), (30, 0.1, 28), (10, 1.0, 1), (10, 0.01, 10), (7, 0.5, 4)]
+)
+def test_first_averaged_epoch(epochs: int, average: float, first: int) -> None:
+    """The last ceil(average·epochs) epochs, at least one; 0.1·30 = 3.0000000000000004 counts as 3."""
+    assert first_averaged_epoch(epochs, average) == first
 
 
 def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:

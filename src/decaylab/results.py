@@ -18,7 +18,9 @@ class Outcome:
     ``curves`` maps a metric name to one value per epoch (``"epoch"`` holds 1..E); ``metrics`` holds
     the final values. A configuration that diverged keeps its curves up to ``diverged_epoch`` and NaN
     after it; JSON output writes NaN and infinity as ``null``. ``weights`` holds parameter vectors
-    when the engine was asked to keep them (``Task.keep_weights``; layout there), else ``None``.
+    when the engine was asked to keep them (``Task.keep_weights``; layout there), else ``None``;
+    ``averaged_weights`` the average of the iterates, one vector in that layout, when it was asked for
+    (``Task.average_from``), else ``None``.
     """
 
     status: Status = "done"
@@ -27,6 +29,7 @@ class Outcome:
     diverged_epoch: int | None = None
     error: str | None = None
     weights: list[list[float]] | None = None  # flat parameter vectors, the last after the final epoch
+    averaged_weights: list[float] | None = None  # flat vector: the mean of the iterates (Task.average_from)
 
 
 @dataclass
@@ -40,7 +43,8 @@ class ConfigResult(Outcome):
         return cls(params=dict(params), **asdict(outcome))
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves``, kept ``weights`` (NaN/inf → ``None``)."""
+        """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves``, kept ``weights`` and
+        ``averaged_weights`` when there are any (NaN/inf → ``None``)."""
         doc: dict[str, Any] = {
             "params": self.params,
             "status": self.status,
@@ -53,6 +57,8 @@ class ConfigResult(Outcome):
             doc["error"] = self.error
         if self.weights is not None:
             doc["weights"] = json_safe(self.weights)
+        if self.averaged_weights is not None:
+            doc["averaged_weights"] = json_safe(self.averaged_weights)
         return doc
 
     @classmethod
@@ -66,6 +72,7 @@ class ConfigResult(Outcome):
             diverged_epoch=doc.get("diverged_epoch"),
             error=doc.get("error"),
             weights=doc.get("weights"),
+            averaged_weights=doc.get("averaged_weights"),
         )
 
 

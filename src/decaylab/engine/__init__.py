@@ -15,8 +15,9 @@
 * ``engine="sequential"`` (:mod:`~decaylab.engine.sequential`) is plain PyTorch, one configuration at a
   time — the reference; ``engine="batched"`` (:mod:`~decaylab.engine.batched`) stacks configurations
   and equals it within rounding (tested: 1e-5 relative in float32, 1e-12 with ``Task(dtype="float64")``).
-* Besides curves, an outcome can carry the configuration's parameters (``Task.keep_weights``), and a
-  configuration can be constrained to a norm ball (``Hyper.radius``: projected gradient descent).
+* Besides curves, an outcome can carry the configuration's parameters (``Task.keep_weights``) and the
+  Polyak–Ruppert average of its iterates (``Task.average_from``), and a configuration can be
+  constrained to a norm ball (``Hyper.radius``: projected gradient descent).
 * :mod:`~decaylab.engine.chunking` chooses how many configurations go in one stack.
 * :func:`run_chunk` trains one chunk; it is a module-level function so that a remote backend (Ray)
   can ship it.

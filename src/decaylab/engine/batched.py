@@ -58,6 +58,11 @@ the configuration's ``radius``.
 after the last (``'final'``) and cut into one ``parameters_to_vector`` layout per configuration:
 layer by layer, the ``(K, out, in)`` weight rows then the bias.
 
+**Iterate average.** With ``task.average_from`` every stacked parameter has a float64 twin ``θ̄``,
+updated after every step from that epoch on as ``θ̄ ← θ̄ + (θ − θ̄)/n`` (``n`` = steps averaged so
+far, this one included; ``θ̄`` starts at 0), the arithmetic of ``AveragedModel``'s equal-weight
+average; it is cut into the same per-configuration layout at the end.
+
 **Divergence.** At each evaluation a configuration whose losses or parameters are not finite is
 marked diverged and frozen: its learning rate becomes 0 and its parameters and optimizer state are
 set to zero, so it stays finite and costs nothing to the others; its stack rows keep being computed
@@ -182,6 +187,10 @@ class BatchedRun:
         self.active = torch.ones(self.K, dtype=torch.bool)
         self.diverged_epoch: list[int | None] = [None] * self.K
         self.kept: list[torch.Tensor] = []  # (K, n_params) per kept epoch
+        self.averaged: list[torch.Tensor] | None = None  # float64 running means of self.params (Task.average_from)
+        if task.average_from is not None:
+            self.averaged = [torch.zeros_like(P, dtype=torch.float64) for P in self.params]
+        self.n_averaged = 0  # steps in the running means self.averaged
         self._set_coefficients()
         self._set_eval_targets()
 
@@ -509,8 +518,11 @@ class BatchedRun:
     def run_epoch(self, epoch: int, evaluate: bool = True) -> torch.Tensor | None:
         """Train one epoch; if ``evaluate``, evaluate, detect divergence and return the metrics (K, M)."""
         per_group = [epoch_batches(g.data.n_train, self.task.batch_size, g.order) for g in self.groups]
+        average = self.averaged is not None and epoch >= self.task.average_from
         for indices in zip(*per_group):
             self.train_step(indices)
+            if average:
+                self._accumulate_average()
         keep = self.task.keep_weights
         if keep == "epochs" or (keep == "final" and epoch == self.task.epochs):
             self.kept.append(self.parameter_vectors())
@@ -521,11 +533,24 @@ class BatchedRun:
             self._check_divergence(metrics, epoch)
         return metrics
 
+    @torch.no_grad()
+    def _accumulate_average(self) -> None:
+        """Add the current parameters to the running means: ``θ̄ ← θ̄ + (θ − θ̄)/n``, in float64."""
+        self.n_averaged += 1
+        for A, P in zip(self.averaged, self.params):  # type: ignore[arg-type]
+            A.add_((P.detach().to(torch.float64) - A) / self.n_averaged)
+
     def parameter_vectors(self) -> torch.Tensor:
         """The current parameters, (K, n_params): row k is ``parameters_to_vector`` of configuration k's model."""
+        return self._flatten(self.params)
+
+    def _flatten(self, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Stacked tensors laid out as ``self.params`` (every W, then every b) → (K, n_params), per configuration
+        ``parameters_to_vector``'s layout: layer by layer, the ``(out, in)`` weight row by row, then the bias."""
+        n = len(self.W)
         parts = []
-        for W, b in zip(self.W, self.b):
-            parts += [W.detach().reshape(self.K, -1), b.detach().reshape(self.K, -1)]  # (out, in) row by row, then b
+        for W, b in zip(params[:n], params[n:]):
+            parts += [W.detach().reshape(self.K, -1), b.detach().reshape(self.K, -1)]
         return torch.cat(parts, dim=1)
 
     def run(self) -> list[Outcome]:
@@ -535,8 +560,11 @@ class BatchedRun:
         history = torch.stack([m for m in metrics if m is not None])  # (evaluated epochs, K, M)
         rows = history.transpose(0, 1).tolist()
         kept = torch.stack(self.kept, dim=1).tolist() if self.kept else None  # (K, kept epochs, n_params)
+        averaged = self._flatten(self.averaged).tolist() if self.averaged is not None else None  # (K, n_params)
         outcomes: list[Outcome | None] = [None] * self.K
         for k, original in enumerate(self.perm):
-            outcomes[original] = make_outcome(self.task, rows[k], self.diverged_epoch[k], kept[k] if kept else None)
+            outcomes[original] = make_outcome(
+                self.task, rows[k], self.diverged_epoch[k], kept[k] if kept else None, averaged[k] if averaged else None
+            )
         return outcomes  # type: ignore[return-value]
 

@@ -88,7 +88,8 @@ def bytes_per_config(task: Task, n_train: int, n_test: int) -> int:
     step_acts = 4 * m * sum(widths[1:]) + 2 * m * widths[0]  # Z, A, H, mask per layer; noisy input
     eval_acts = 3 * max(n_train, n_test) * max(widths[1:])
     itemsize = torch.empty((), dtype=dtype_of(task)).element_size()
-    return itemsize * (copies * n_params + step_acts + eval_acts)
+    averaged = 8 * n_params if task.average_from is not None else 0  # the float64 running mean
+    return itemsize * (copies * n_params + step_acts + eval_acts) + averaged
 
 
 def plan_chunks(

@@ -62,10 +62,19 @@ test set gives NaN test metrics.
 layers — for each layer ``Wᵀ`` (``(o, i)``, row by row) then ``b`` — after the last epoch (``'final'``)
 or after every epoch (``'epochs'``), into ``Outcome.weights``.
 
+**Iterate average** (``task.average_from``, a 1-based epoch; ``None``: none). From the first step of
+epoch ``average_from`` on, after every step (after step 7), the flat vector ``θ`` (layout above) enters
+the running mean ``θ̄ₙ = θ̄ₙ₋₁ + (θₙ − θ̄ₙ₋₁)/n`` (``θ̄₀ = 0``, so ``θ̄₁ = θ₁`` exactly), the
+equal-weight average of ``torch.optim.swa_utils.AveragedModel``: after the last epoch ``θ̄`` is the
+Polyak–Ruppert average ``(θ₁ + … + θ_N)/N`` of the ``N`` iterates of epochs ``average_from..E``, into
+``Outcome.averaged_weights``. The mean is kept in float64 whatever ``task.dtype`` (each float32
+iterate converted exactly): a running mean of thousands of float32 iterates in float32 would drift
+by about √N float32 roundings. Averaging changes no other number.
+
 **Divergence.** If at an evaluation the training loss, the test loss (unless the test set is empty)
 or any parameter is not finite, the configuration is marked ``status="diverged"`` with
 ``diverged_epoch`` = that epoch (1-based), its training stops, its curves after that epoch (and so its
-final metrics) are NaN, and it keeps no parameters (``weights=None``).
+final metrics) are NaN, and it keeps no parameters (``weights=None``, ``averaged_weights=None``).
 """
 
 from __future__ import annotations
@@ -174,13 +183,18 @@ def soft_threshold_(w: torch.Tensor, threshold: torch.Tensor | float) -> torch.T
 
 
 def make_outcome(
-    task: Task, rows: list[list[float]], diverged_epoch: int | None, weights: list[list[float]] | None = None
+    task: Task,
+    rows: list[list[float]],
+    diverged_epoch: int | None,
+    weights: list[list[float]] | None = None,
+    averaged_weights: list[float] | None = None,
 ) -> Outcome:
     """An :class:`Outcome` from one row of metric values per evaluated epoch (``task.eval_epochs``),
     each in ``task.metric_names`` order.
 
     Rows after ``diverged_epoch`` are replaced by NaN; the final metrics are the last row. ``weights``
-    (the kept parameter vectors) are dropped for a configuration that diverged.
+    (the kept parameter vectors) and ``averaged_weights`` (the iterate average) are dropped for a
+    configuration that diverged.
     """
     nan = float("nan")
     names = task.metric_names
@@ -192,5 +206,7 @@ def make_outcome(
         curves[name] = [float(row[j]) for row in rows]
     metrics = {name: curves[name][-1] for name in names}
     if diverged_epoch is None:
-        return Outcome(status="done", metrics=metrics, curves=curves, weights=weights)
+        return Outcome(
+            status="done", metrics=metrics, curves=curves, weights=weights, averaged_weights=averaged_weights
+        )
     return Outcome(status="diverged", metrics=metrics, curves=curves, diverged_epoch=diverged_epoch)

@@ -15,7 +15,10 @@ the independent reference that :mod:`decaylab.engine.batched` is tested against,
   taken over all decayed tensors together.
 
 The model's parameters are in ``task.dtype``; kept weights are
-``torch.nn.utils.parameters_to_vector(model.parameters())``.
+``torch.nn.utils.parameters_to_vector(model.parameters())``. The iterate average
+(``task.average_from``) is PyTorch's own: a ``torch.optim.swa_utils.AveragedModel`` (equal weights)
+of the ``nn.Linear`` layers, held in float64, whose ``update_parameters`` is called after every step
+from that epoch on.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parameters_to_vector
+from torch.optim.swa_utils import AveragedModel
 
 from decaylab.engine.semantics import Split, epoch_batches, initial_parameters, load_data, make_outcome, soft_threshold_
 from decaylab.engine.task import Hyper, Task, check_hypers
@@ -168,6 +172,8 @@ def train_one(task: Task, hyper: Hyper, data: Split | None = None) -> Outcome:
     both = bool(hyper.l2 and hyper.decoupled)  # coupled term by hand, so it sees w before decoupled decay
     opt = _optimizer(task, hyper, decayed, rest, l2_in_optimizer=not both)
     order = generator(hyper.seed, "order")
+    linears = nn.ModuleList(m for m in model if isinstance(m, nn.Linear))  # all of the model's parameters
+    averaged = AveragedModel(linears).to(torch.float64) if task.average_from is not None else None
     rows: list[list[float]] = []
     kept: list[list[float]] = []
     evaluated = set(task.eval_epochs)
@@ -186,6 +192,8 @@ def train_one(task: Task, hyper: Hyper, data: Split | None = None) -> Outcome:
                             soft_threshold_(w, hyper.lr * hyper.l1)
                 if hyper.radius is not None:
                     _project(decayed, hyper.radius)
+                if averaged is not None and epoch >= task.average_from:
+                    averaged.update_parameters(linears)
             if task.keep_weights == "epochs" or (task.keep_weights == "final" and epoch == task.epochs):
                 kept.append(parameters_to_vector(model.parameters()).detach().tolist())
             if epoch in evaluated:
@@ -194,7 +202,8 @@ def train_one(task: Task, hyper: Hyper, data: Split | None = None) -> Outcome:
                     diverged = epoch
         elif epoch in evaluated:
             rows.append([math.nan] * len(task.metric_names))
-    return make_outcome(task, rows, diverged, kept if task.keep_weights != "none" else None)
+    average = parameters_to_vector(averaged.parameters()).tolist() if averaged is not None else None
+    return make_outcome(task, rows, diverged, kept if task.keep_weights != "none" else None, average)
 
 
 @torch.no_grad()

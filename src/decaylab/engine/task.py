@@ -3,7 +3,7 @@
 A ``Task`` fixes everything that must be equal for configurations to be trained together (the data
 function, the architecture, the loss, the optimizer and its constants, the batch size, the number of
 epochs, the initialization, whether the model has dropout layers and input noise, the floating-point
-precision and which parameters to return). A ``Hyper`` holds a configuration's own numbers: its seed,
+precision, which parameters to return and from which epoch on to average them). A ``Hyper`` holds a configuration's own numbers: its seed,
 learning rate, the three kinds of decay, the radius of its norm constraint, its dropout probabilities
 and its input-noise level.
 
@@ -86,6 +86,12 @@ class Task:
     (per layer the weight ``(out, in)`` row by row, then the bias): ``'final'`` keeps one, after the
     last epoch; ``'epochs'`` one after every epoch (epochs × parameters numbers per configuration).
     A configuration that diverged has ``weights=None``.
+
+    ``average_from=e`` (a 1-based epoch, at most ``epochs``) makes every outcome carry, in
+    ``Outcome.averaged_weights``, the Polyak–Ruppert average of the iterates: the equal-weight mean of
+    θ after every optimizer step from the first step of epoch ``e`` to the last (same layout as
+    ``weights``; kept in float64; ``None`` for a configuration that diverged). ``average_from=1``
+    averages every iterate; ``average_from=epochs`` those of the last epoch.
     """
 
     data: Callable[[int], Any]  # seed -> object with X_train, y_train, X_test, y_test
@@ -106,6 +112,7 @@ class Task:
     dtype: DType = "float32"  # of data, parameters, optimizer state, random draws and per-configuration numbers
     keep_weights: KeepWeights = "none"  # Outcome.weights: 'final' parameters, or after each of the 'epochs'
     eval_every: int = 1  # metrics (curves, divergence check) after every eval_every-th epoch and the last
+    average_from: int | None = None  # Outcome.averaged_weights: mean of θ after every step from this epoch on
 
     def __post_init__(self) -> None:
         owner = "Task"
@@ -132,6 +139,13 @@ class Task:
         object.__setattr__(self, "epochs", check_int(self.epochs, "epochs", owner, low=1))
         object.__setattr__(self, "eval_every", check_int(self.eval_every, "eval_every", owner, low=1))
         object.__setattr__(self, "init_std", check_float(self.init_std, "init_std", owner, low=0))
+        if self.average_from is not None:
+            try:
+                average_from = check_int(self.average_from, "average_from", owner, low=1, high=self.epochs)
+            except InvalidParameterError:
+                allowed = f"None (no averaging) or an int in [1, epochs={self.epochs}]"
+                raise parameter_error("average_from", owner, allowed, self.average_from) from None
+            object.__setattr__(self, "average_from", average_from)
         for flag in ("dropout", "noise", "decay_bias"):
             if not isinstance(getattr(self, flag), bool):
                 raise parameter_error(flag, owner, "a bool", getattr(self, flag))

@@ -30,12 +30,14 @@ Data (stream ``data``): ``n_train`` (default 200 > d = 5, so ordinary least squa
 the same σ on every input shrinks the low-variance features most; ``y = w*·x + 0.5 + N(0, 0.5²)``
 with ``w*_j = (−1)^j (1 + j/(d−1))``.
 
-Training (``run_training``) is a small focused loop rather than :func:`decaylab.engine.train`,
-because the experiment needs what the engine does not return: the final coefficient vector, and the
-Polyak average. The loop follows :mod:`decaylab.engine.semantics` step by step (``init='normal'`` with
-``init_std=0.01``, one ``randperm`` per epoch from the ``order`` stream, input noise
-``x + σ·randn(x.shape)`` from the ``noise`` stream, float32, plain SGD), so its iterates are the
-engine's iterates: the tests check its curves against ``decaylab.engine.train`` with ``Task.noise``.
+Training goes through :func:`decaylab.engine.run_chunk` (``--engine batched``, the default, stacks
+every σ and seed; ``sequential`` trains each alone with ``nn.Linear`` and ``torch.optim.SGD``, the
+engine's reference): a linear model (``layers=(d, 1)``, ``init='normal'`` with ``init_std=0.01``),
+plain SGD, float32, and input noise ``Hyper(noise=σ)`` (``Task.noise``: a fresh ``x + σ·randn`` at
+every step, from the seed's ``noise`` stream). The engine returns the last iterate
+(``Task.keep_weights='final'``) and the Polyak average (``Task.average_from``: the mean of the
+parameters after every step from that epoch on). The tests check both against a plain loop written
+with ``torch.optim.SGD`` and ``torch.optim.swa_utils.AveragedModel``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +63,7 @@ from decaylab.experiments.base import (
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float, parameter_error
 
-__all__ = ["NoiseTikhonov", "TikhonovData", "reference_solutions", "run_training", "tikhonov_data"]
+__all__ = ["NoiseTikhonov", "TikhonovData", "first_averaged_epoch", "reference_solutions", "tikhonov_data"]
 
 Progress = Callable[[int], None]
 
@@ -128,63 +131,10 @@ def reference_solutions(X: Any, y: Any, sigma: float) -> dict[str, Any]:
     return {k: v.numpy() if hasattr(v, "numpy") else v for k, v in refs.items()}
 
 
-def run_training(
-    data: TikhonovData,
-    sigma: float,
-    seed: int,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    average: float,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """SGD with fresh input noise σ, the engine's semantics; returns the iterates that matter.
-
-    Returns ``w_avg``/``b_avg`` (Polyak average over every step of the last ``ceil(average·epochs)``
-    epochs, accumulated in float64), ``w_last``/``b_last`` (the last iterate) and per-epoch curves
-    ``train_loss``/``test_loss`` (clean data, mean (ŷ−y)²/2) and ``w_norm`` of the current iterate.
-    """
-    import torch
-
-    from decaylab.rng import generator
-
-    n, dim = data.X_train.shape
-    init, order, noise = generator(seed, "init"), generator(seed, "order"), generator(seed, "noise")
-    W = torch.normal(0.0, INIT_STD, (dim, 1), generator=init, dtype=torch.float32)
-    b = torch.zeros(1, dtype=torch.float32)
-    first_averaged = epochs - max(1, math.ceil(average * epochs)) + 1  # 1-based epoch
-    w_sum = torch.zeros(dim, dtype=torch.float64)
-    b_sum = torch.zeros((), dtype=torch.float64)
-    steps = 0
-    curves: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "w_norm": []}
-    for epoch in range(1, epochs + 1):
-        perm = torch.randperm(n, generator=order)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            x, y = data.X_train.index_select(0, idx), data.y_train.index_select(0, idx)
-            x = x + sigma * torch.randn(x.shape, generator=noise)
-            residual = (x @ W + b - y) / x.shape[0]  # ∂ mean((ŷ−y)²/2) / ∂ŷ
-            W = W - lr * (x.T @ residual)
-            b = b - lr * residual.sum(dim=0)
-            if epoch >= first_averaged:
-                w_sum += W.reshape(-1).double()
-                b_sum += b.double().sum()
-                steps += 1
-        with torch.no_grad():
-            for split in ("train", "test"):
-                X, Y = getattr(data, f"X_{split}"), getattr(data, f"y_{split}")
-                curves[f"{split}_loss"].append(((X @ W + b - Y) ** 2 / 2).mean().item())
-            curves["w_norm"].append(torch.linalg.vector_norm(W).item())
-        if progress:
-            progress(1)
-    return {
-        "w_avg": (w_sum / steps).numpy(),
-        "b_avg": float(b_sum / steps),
-        "w_last": W.reshape(-1).double().numpy(),
-        "b_last": float(b.item()),
-        "averaged_steps": steps,
-        **curves,
-    }
+def first_averaged_epoch(epochs: int, average: float) -> int:
+    """The 1-based epoch from whose first step on the iterates are averaged: the last ``ceil(average·epochs)``
+    epochs (at least one), ``average·epochs`` rounded to 9 decimals first so that 0.1·30 counts as 3."""
+    return epochs - max(1, math.ceil(round(average * epochs, 9))) + 1
 
 
 def _distance(a: Any, b: Any) -> float:
@@ -211,8 +161,10 @@ class NoiseTikhonov(Experiment):
         " The reported w is the Polyak average of the SGD iterates over the last --average fraction of epochs."
         " Figures: coefficients.png (closed-form ridge coefficients along σ as lines, trained w as markers),"
         " distances.png (‖w − ridge(σ²)‖ against ‖w − OLS‖ and the other λ, over σ)."
+        " Trained by decaylab.engine with Task(noise=True, average_from=...): batched (default) stacks every σ and"
+        " seed; sequential trains each alone with nn.Linear + torch.optim.SGD, the engine's reference."
     )
-    engines = ("sequential",)
+    engines = ("sequential", "batched")
     options = (
         Option("sigma", float_grid(low=0.0), "0:1.5:7", "input-noise standard deviations σ (grid)", "GRID"),
         Option("seed", int_grid(low=0), "0,1,2", "seed(s): data, initial weights, batch order, noise", "SEEDS"),
@@ -239,6 +191,18 @@ class NoiseTikhonov(Experiment):
     def configs(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"sigma": sigma, "seed": seed} for sigma in opts["sigma"] for seed in opts["seed"]]
 
+    def task(self, opts: dict[str, Any]) -> Any:
+        """The engine's :class:`~decaylab.engine.Task`: minibatch SGD of a linear model on noisy inputs, float32,
+        keeping the last iterate and averaging those of the last ``--average`` fraction of the epochs."""
+        from decaylab.engine import Task
+
+        return Task(
+            data=partial(tikhonov_data, n_train=opts["n_train"], n_test=opts["n_test"], dim=opts["dim"]),
+            layers=(opts["dim"], 1), loss="half_mse", optimizer="sgd", batch_size=opts["batch_size"],
+            epochs=opts["epochs"], init="normal", init_std=INIT_STD, noise=True,
+            keep_weights="final", average_from=first_averaged_epoch(opts["epochs"], opts["average"]),
+        )
+
     def run_chunk(
         self,
         opts: dict[str, Any],
@@ -249,49 +213,58 @@ class NoiseTikhonov(Experiment):
         from decaylab.threads import limited_threads
 
         with limited_threads():  # 5-feature model: one thread is fastest, and never stalls on a busy machine
-            return self._run(opts, configs, progress)
+            return self._run(opts, configs, engine, progress)
 
-    def _run(self, opts: dict[str, Any], configs: Sequence[dict[str, Any]], progress: Progress | None) -> list[Outcome]:
+    def _run(
+        self, opts: dict[str, Any], configs: Sequence[dict[str, Any]], engine: str, progress: Progress | None
+    ) -> list[Outcome]:
         from decaylab.closed_form import ridge_path
+        from decaylab.engine import Hyper, run_chunk
 
-        outcomes = []
-        data_by_seed: dict[int, TikhonovData] = {}
+        task = self.task(opts)
+        trained = run_chunk(task, [Hyper(seed=c["seed"], lr=opts["lr"], noise=c["sigma"]) for c in configs], engine)
+        if progress is not None:
+            progress(len(configs) * opts["epochs"])
         path = sigma_path(opts["sigma"])
-        for config in configs:
-            seed, sigma = config["seed"], config["sigma"]
+        data_by_seed: dict[int, TikhonovData] = {}
+        path_by_seed: dict[int, list[float]] = {}
+        outcomes = []
+        for config, out in zip(configs, trained):
+            if out.averaged_weights is None or out.weights is None:  # diverged: the engine's outcome says when
+                outcomes.append(out)
+                continue
+            seed, sigma, dim = config["seed"], config["sigma"], opts["dim"]
             if seed not in data_by_seed:
-                data_by_seed[seed] = tikhonov_data(seed, opts["n_train"], opts["n_test"], opts["dim"])
+                data = data_by_seed[seed] = task.data(seed)
+                X, y = data.X_train.double().numpy(), data.y_train.double().numpy().reshape(-1)
+                path_by_seed[seed] = [float(v) for v in ridge_path(X, y, [s**2 for s in path])[0].reshape(-1)]
             data = data_by_seed[seed]
-            run = run_training(
-                data, sigma, seed, opts["epochs"], opts["lr"], opts["batch_size"], opts["average"], progress
-            )
+            w_avg, w_last = out.averaged_weights[:dim], out.weights[-1][:dim]  # θ = (w_1..w_d, b)
             refs = reference_solutions(data.X_train, data.y_train, sigma)
-            path_coefs, _ = ridge_path(data.X_train.double().numpy(), data.y_train.double().numpy().reshape(-1),
-                                       [s**2 for s in path])
             metrics = {
-                "dist_ridge": _distance(run["w_avg"], refs["ridge"]),
-                "dist_ols": _distance(run["w_avg"], refs["ols"]),
-                **{f"dist_{k}": _distance(run["w_avg"], refs[k]) for k in OTHER_FACTORS},
-                "dist_ridge_last": _distance(run["w_last"], refs["ridge"]),
+                "dist_ridge": _distance(w_avg, refs["ridge"]),
+                "dist_ols": _distance(w_avg, refs["ols"]),
+                **{f"dist_{k}": _distance(w_avg, refs[k]) for k in OTHER_FACTORS},
+                "dist_ridge_last": _distance(w_last, refs["ridge"]),
                 "ridge_ols_gap": _distance(refs["ridge"], refs["ols"]),
                 "ridge_norm": _distance(refs["ridge"], 0.0),
-                "w_norm": _distance(run["w_avg"], 0.0),
-                "train_loss": run["train_loss"][-1],
-                "test_loss": run["test_loss"][-1],
+                "w_norm": _distance(w_avg, 0.0),
+                "train_loss": out.metrics["train_loss"],
+                "test_loss": out.metrics["test_loss"],
             }
-            finite = all(math.isfinite(v) for v in metrics.values())
             curves = {
-                "epoch": [float(e) for e in range(1, opts["epochs"] + 1)],
-                "train_loss": run["train_loss"],
-                "test_loss": run["test_loss"],
-                "w_norm": run["w_norm"],
-                "coef_avg": [float(v) for v in run["w_avg"]],
-                "coef_last": [float(v) for v in run["w_last"]],
+                "epoch": [float(e) for e in out.curves["epoch"]],
+                "train_loss": out.curves["train_loss"],
+                "test_loss": out.curves["test_loss"],
+                "w_norm": out.curves["w_norm"],  # of the current iterate, after each epoch
+                "coef_avg": [float(v) for v in w_avg],
+                "coef_last": [float(v) for v in w_last],
                 "coef_ridge": [float(v) for v in refs["ridge"]],
                 "coef_ols": [float(v) for v in refs["ols"]],
                 "path_sigma": path,
-                "path_coef": [float(v) for v in path_coefs.reshape(-1)],  # (PATH_POINTS, dim), row-major
+                "path_coef": path_by_seed[seed],  # (PATH_POINTS, dim), row-major
             }
+            finite = all(math.isfinite(v) for v in metrics.values())
             outcomes.append(Outcome(status="done" if finite else "diverged", metrics=metrics, curves=curves))
         return outcomes
 
