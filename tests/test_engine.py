@@ -19,7 +19,14 @@ import pytest
 import torch
 
 from decaylab.data.synthetic import d2l_linear_data
-from decaylab.engine import Hyper, Task, run_chunk, train, train_batched, train_sequential
+from decaylab.engine import (
+    Hyper,
+    Task,
+    run_chunk,
+    train,
+    train_batched,
+    train_sequential,
+)
 from decaylab.engine.batched import BatchedRun, run_batched_chunk
 from decaylab.engine.semantics import initial_parameters, load_data
 from decaylab.engine.sequential import build_model
@@ -30,13 +37,7 @@ from decaylab.validation import InvalidParameterError
 RTOL, FLOOR = 1e-5, 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny kernels: one thread is fastest, and immune to the other processes on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny kernels: see decaylab.threads
 
 
 # ---------------------------------------------------------------- data (module level: picklable)

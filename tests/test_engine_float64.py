@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from types import SimpleNamespace
 
+import engine_data
 import pytest
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
@@ -18,39 +18,18 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from decaylab.engine import Hyper, Task, run_chunk, train_batched, train_sequential
 from decaylab.engine.sequential import build_model, data_loss
 from decaylab.results import ConfigResult, Outcome
-from decaylab.rng import generator
 from decaylab.steps import L1Prox, MaxNorm, attach
 from decaylab.validation import InvalidParameterError
 
 RTOL64, FLOOR = 1e-12, 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny kernels: see decaylab.threads
 
 
 # ---------------------------------------------------------------- data (module level: picklable)
-def regression(seed: int, n_train: int = 40, n_test: int = 25, dim: int = 6, out: int = 1) -> SimpleNamespace:
-    """A noisy linear target in float64 (so float64 training sees the data unrounded)."""
-    g = generator(seed, "data")
-    w = torch.randn(dim, out, generator=g, dtype=torch.float64)
-    X = torch.randn(n_train + n_test, dim, generator=g, dtype=torch.float64)
-    Y = X @ w + 0.3 * torch.randn(n_train + n_test, out, generator=g, dtype=torch.float64)
-    return SimpleNamespace(X_train=X[:n_train], y_train=Y[:n_train], X_test=X[n_train:], y_test=Y[n_train:])
-
-
-def blobs(seed: int, n_train: int = 36, n_test: int = 20, dim: int = 5, classes: int = 3) -> SimpleNamespace:
-    g = generator(seed, "data")
-    centres = 1.5 * torch.randn(classes, dim, generator=g, dtype=torch.float64)
-    y = torch.randint(0, classes, (n_train + n_test,), generator=g)
-    X = centres[y] + torch.randn(n_train + n_test, dim, generator=g, dtype=torch.float64)
-    return SimpleNamespace(X_train=X[:n_train], y_train=y[:n_train], X_test=X[n_train:], y_test=y[n_train:])
-
-
+regression = engine_data.regression
+blobs = engine_data.blobs
 NO_TEST = partial(regression, n_test=0)
 TWO_OUTPUTS = partial(regression, out=2)
 
