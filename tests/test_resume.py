@@ -17,12 +17,22 @@ from decaylab.store import Store
 SWEEP = ["run", "d2l-linear", "--lambd", "0:4:24", "--epochs", "40", "--engine", "sequential", "--chunk", "1"]
 
 
+def _as_in_a_terminal() -> None:
+    """Default Ctrl-C handling in the child, as in a terminal's foreground job.
+
+    A shell that runs the test suite in the background makes SIGINT ignored, children inherit that,
+    and Python then installs no KeyboardInterrupt handler: the "Ctrl-C" would do nothing.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _decaylab(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "decaylab.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_in_a_terminal,
         **kwargs,
     )
 
