@@ -10,6 +10,7 @@ rounding in them is relative to the predictions, not to the loss. NaN must match
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 from functools import partial
@@ -153,14 +154,11 @@ CASES = [
     "mlp_sigmoid_bce",
 ]
 
-_reference: dict[str, list[Outcome]] = {}
-
-
+@functools.cache
 def _sequential(name: str) -> tuple[Task, list[Hyper], list[Outcome]]:
+    """The case and its sequential reference outcomes, computed once per module."""
     task, hypers = _case(name)
-    if name not in _reference:
-        _reference[name] = train_sequential(task, hypers)
-    return task, hypers, _reference[name]
+    return task, hypers, train_sequential(task, hypers)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, None], ids=["chunk1", "chunk3", "chunkK"])

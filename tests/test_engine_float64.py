@@ -7,6 +7,7 @@ value of that curve, for losses fitted far below where they started).
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import partial
 
@@ -97,14 +98,11 @@ def _case(name: str) -> tuple[Task, list[Hyper]]:
 
 
 CASES = ["linear_prox_projection", "mlp_adamw_radius_decay_bias", "mlp_momentum_cross_entropy_eval_every"]
-_reference: dict[str, list[Outcome]] = {}
-
-
+@functools.cache
 def _sequential(name: str) -> tuple[Task, list[Hyper], list[Outcome]]:
+    """The case and its sequential reference outcomes, computed once per module."""
     task, hypers = _case(name)
-    if name not in _reference:
-        _reference[name] = train_sequential(task, hypers)
-    return task, hypers, _reference[name]
+    return task, hypers, train_sequential(task, hypers)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, None], ids=["chunk1", "chunk3", "chunkK"])
