@@ -90,3 +90,22 @@ def test_a_task_is_pinned_to_one_thread_whatever_its_environment() -> None:
 def test_each_ray_task_runs_with_one_thread(ray_instance: Any) -> None:
     finished = list(run_on_ray("none", {}, [{}, {}, {}], [[0, 1], [2]], "batched", chunk_fn=_threads_seen))
     assert sorted(o.metrics["threads"] for _, outcomes in finished for o in outcomes) == [1.0, 1.0, 1.0]
+
+
+def test_an_address_without_a_cluster_is_one_line_and_stores_nothing(tmp_path: Path, cli: Any) -> None:
+    """In a fresh process (this module's own Ray session would be used otherwise)."""
+    import subprocess
+
+    from decaylab.store import Store
+
+    store = tmp_path / "s.db"
+    assert cli("run", "d2l-linear", "--epochs", "2", "--quiet", "--store", str(store))[0] == 0
+    argv = ["run", "d2l-linear", "--epochs", "2", "--backend", "ray", "--address", "not-an-address"]
+    argv += ["--store", str(store)]
+    done = subprocess.run([sys.executable, "-m", "decaylab.cli", *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "decaylab: error: The '--address' parameter of decaylab run must be the address of a running Ray cluster,"
+        " or left out to start a local Ray. Got 'not-an-address'."
+    ]
+    assert [r.status for r in Store(store).list_runs()] == ["finished"]  # the earlier run, untouched; no new one

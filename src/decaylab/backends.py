@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from decaylab.results import Outcome
+from decaylab.validation import parameter_error
 
-__all__ = ["THREADS_PER_TASK", "Finished", "run_chunk", "run_local", "run_on_ray"]
+__all__ = ["THREADS_PER_TASK", "Finished", "ray_session", "run_chunk", "run_local", "run_on_ray"]
 
 THREADS_PER_TASK = 1  # each Ray task holds one CPU: one torch/BLAS thread, so tasks never oversubscribe a node
 
@@ -59,6 +61,41 @@ def _pinned(chunk_fn: Callable[..., list[Outcome]], threads: int, *args: Any) ->
         return chunk_fn(*args)
 
 
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Ray for the ``with`` block: the cluster at ``address``, or a local instance started and stopped here.
+
+    Inside an existing session (``ray.is_initialized()``) it does nothing. Raises
+    :class:`~decaylab.validation.InvalidParameterError` naming ``--backend`` when Ray is not installed
+    and ``--address`` when no cluster answers there.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise parameter_error(
+            "--backend", "decaylab run", "'local' unless Ray is installed (pip install 'decaylab[ray]')", "ray"
+        ) from None
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}},
+        )
+    except (ConnectionError, ValueError) as exc:
+        allowed = "the address of a running Ray cluster, or left out to start a local Ray"
+        raise parameter_error("--address", "decaylab run", allowed, address) from exc
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def run_on_ray(
     experiment: str,
     opts: dict[str, Any],
@@ -77,22 +114,9 @@ def run_on_ray(
     times; a chunk that still fails is yielded with its exception, and the rest go on. ``chunk_fn`` is
     what each task runs (:func:`run_chunk`; tests pass a stand-in).
     """
-    try:
+    with ray_session(address, num_cpus):
         import ray
-    except ImportError:
-        raise RuntimeError("--backend ray needs Ray: pip install 'decaylab[ray]'") from None
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=address,
-            num_cpus=num_cpus if address is None else None,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            runtime_env={"env_vars": {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}},
-        )
-    try:
         task = ray.remote(num_cpus=THREADS_PER_TASK, max_retries=max_retries, retry_exceptions=True)(_pinned)
         pending = {
             task.remote(chunk_fn, THREADS_PER_TASK, experiment, opts, [configs[i] for i in chunk], engine): chunk
@@ -106,6 +130,3 @@ def run_on_ray(
                     yield chunk, ray.get(ref)
                 except Exception as exc:  # the task failed after its retries
                     yield chunk, getattr(exc, "cause", None) or exc
-    finally:
-        if started_here:
-            ray.shutdown()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from decaylab import __version__
-from decaylab.backends import run_local, run_on_ray
+from decaylab.backends import ray_session, run_local, run_on_ray
 from decaylab.experiments.base import Experiment
 from decaylab.results import ConfigResult, Outcome
 from decaylab.store import RunRecord, Store
@@ -70,13 +70,24 @@ def execute(
     resume: str | None = None,
     progress: Progress | None = None,
 ) -> RunRecord:
-    """Run (or resume) ``request``; return the stored run with all its configurations."""
-    exp, opts = request.experiment, request.opts
+    """Run (or resume) ``request``; return the stored run with all its configurations.
+
+    With the Ray backend the cluster is reached (or a local Ray started) before anything is stored,
+    so a wrong ``--address`` leaves the store as it was.
+    """
+    exp = request.experiment
     engine = request.engine or exp.engines[-1]
     if engine not in exp.engines:
         allowed = "one of {" + ", ".join(map(repr, exp.engines)) + "}"
         raise parameter_error("--engine", exp.name, allowed, engine)
-    progress = progress or Progress()
+    if request.backend == "ray":
+        with ray_session(request.address, request.ray_cpus):
+            return _execute(store, request, engine, resume, progress or Progress())
+    return _execute(store, request, engine, resume, progress or Progress())
+
+
+def _execute(store: Store, request: RunRequest, engine: str, resume: str | None, progress: Progress) -> RunRecord:
+    exp, opts = request.experiment, request.opts
 
     if resume is None:
         run_id = new_run_id()
