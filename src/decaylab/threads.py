@@ -17,8 +17,8 @@ __all__ = ["limited_threads"]
 
 
 @contextmanager
-def limited_threads(n: int = 1, *, blas: bool = True, flush_denormal: bool = False) -> Iterator[None]:
-    """Run the ``with`` block with at most ``n`` PyTorch threads (and ``n`` BLAS threads if ``blas``).
+def limited_threads(n: int = 1, *, flush_denormal: bool = False) -> Iterator[None]:
+    """Run the ``with`` block with at most ``n`` PyTorch threads (and ``n`` BLAS threads).
 
     ``flush_denormal=True`` also flushes denormal floats to zero on the CPU (many small weights decayed
     towards 0 otherwise run into slow denormal arithmetic); it is switched off again afterwards.
@@ -29,13 +29,12 @@ def limited_threads(n: int = 1, *, blas: bool = True, flush_denormal: bool = Fal
     before = torch.get_num_threads()
     flushed = False
     with ExitStack() as stack:
-        if blas:
-            try:
-                from threadpoolctl import threadpool_limits
-            except ImportError:  # BLAS keeps its own setting
-                pass
-            else:
-                stack.enter_context(threadpool_limits(limits=n))
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # BLAS keeps its own setting
+            pass
+        else:
+            stack.enter_context(threadpool_limits(limits=n))
         torch.set_num_threads(min(n, before))
         try:
             if flush_denormal:

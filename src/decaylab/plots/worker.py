@@ -110,7 +110,6 @@ class FigureWorker:
         self._conn: Connection | None = None
         self._proc: Any = None
         self._job: tuple[str, list[dict[str, Any]], dict[str, Any], str] | None = None
-        self._sent = False
         if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin":
             ctx = multiprocessing.get_context("fork")
             self._conn, child = ctx.Pipe()
@@ -128,7 +127,6 @@ class FigureWorker:
             return
         try:
             self._conn.send(self._job)
-            self._sent = True
         except (BrokenPipeError, OSError):  # the worker died: collect() draws here instead
             self.close()
 
@@ -137,11 +135,10 @@ class FigureWorker:
         if self._job is None:
             raise RuntimeError("collect() before submit()")
         job, self._job = self._job, None
-        if not self._sent:
+        if self._conn is None:  # no worker, or it died before the job reached it
             return [Path(p) for p in _draw(*job)]
-        self._sent = False
         try:
-            status, payload = self._conn.recv()  # type: ignore[union-attr]
+            status, payload = self._conn.recv()
         except (EOFError, BrokenPipeError, OSError):  # the worker died: draw here instead
             return [Path(p) for p in _draw(*job)]
         finally:
