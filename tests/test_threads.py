@@ -35,3 +35,37 @@ def test_rejects_a_non_positive_count():
     with pytest.raises(InvalidParameterError, match="'n' parameter of limited_threads"):
         with limited_threads(0):
             pass
+
+
+def test_chunks_and_the_chunk_probe_run_with_the_experiments_thread_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from decaylab.backends import run_chunk
+    from decaylab.experiments import get_experiment
+    from decaylab.results import Outcome
+    from decaylab.runner import RunRequest, execute
+    from decaylab.store import Store
+
+    exp = get_experiment("ridge-path")
+    assert exp.threads == 1
+    seen: dict[str, int] = {}
+
+    def chunk_size(self: object, opts: object, n: int, engine: str) -> int:
+        seen["probe"] = torch.get_num_threads()
+        return n
+
+    def train(self: object, opts: object, configs: list, engine: str, progress: object = None) -> list:
+        seen["chunk"] = torch.get_num_threads()
+        return [Outcome() for _ in configs]
+
+    monkeypatch.setattr(type(exp), "chunk_size", chunk_size)
+    monkeypatch.setattr(type(exp), "run_chunk", train)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_chunk("ridge-path", {}, [], "sequential")
+        assert seen == {"chunk": 1}
+        opts = {o.name: o.parse(o.default, o.flag, exp.name) for o in exp.options}
+        assert execute(Store("threads.db"), RunRequest(exp, opts)).status == "finished"
+        assert seen == {"chunk": 1, "probe": 1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -31,7 +31,9 @@ def run_chunk(
     """Train one chunk of ``experiment``'s configurations; a module-level function, so Ray can ship it."""
     from decaylab.experiments import get_experiment
 
-    return get_experiment(experiment).run_chunk(opts, configs, engine, progress)
+    exp = get_experiment(experiment)
+    with exp.thread_limit():
+        return exp.run_chunk(opts, configs, engine, progress)
 
 
 def run_local(

@@ -105,7 +105,11 @@ def _execute(store: Store, request: RunRequest, engine: str, resume: str | None,
         store.set_status(run_id, "running")
 
     todo = store.pending(run_id)
-    size = request.chunk or exp.chunk_size(opts, len(todo), engine)
+    if request.chunk:
+        size = request.chunk
+    else:
+        with exp.thread_limit():  # a probe must measure the setting the chunks will run in
+            size = exp.chunk_size(opts, len(todo), engine)
     if request.backend == "ray" and todo:
         # at least two chunks per worker, so that the workers share the sweep
         size = min(size, max(1, math.ceil(len(todo) / (2 * (request.ray_cpus or 2)))))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,9 @@ class Experiment(ABC):
     description: ClassVar[str] = ""  # the claim and what the figures show, for ``--help``
     options: ClassVar[tuple[Option, ...]]
     engines: ClassVar[tuple[str, ...]] = ("sequential",)  # engines this experiment can train with
+    # torch/BLAS threads while its chunks train and its chunk size is probed (small models: one thread is
+    # fastest and never stalls on a busy machine); None leaves the process's setting. See thread_limit.
+    threads: ClassVar[int | None] = 1
 
     def check(self, opts: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Validate combinations of options; raise :class:`InvalidParameterError`."""
@@ -161,6 +165,12 @@ class Experiment(ABC):
     def chunk_size(self, opts: dict[str, Any], n_configs: int, engine: str) -> int:
         """How many configurations one call of :meth:`run_chunk` trains (the runner's default)."""
         return n_configs if engine == "batched" else 1
+
+    def thread_limit(self) -> AbstractContextManager[None]:
+        """The ``with`` block in which the runner and the backends call :meth:`chunk_size` and :meth:`run_chunk`."""
+        from decaylab.threads import limited_threads
+
+        return nullcontext() if self.threads is None else limited_threads(self.threads)
 
     @abstractmethod
     def table(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> Table:
@@ -192,6 +202,14 @@ def group_by(results: Iterable[ConfigResult], by: str | Callable[[dict[str, Any]
     groups: dict[Any, list[ConfigResult]] = {}
     for r in results:
         groups.setdefault(key(r.params), []).append(r)
+    return groups
+
+
+def positions_by(configs: Sequence[dict[str, Any]], name: str) -> dict[Any, list[int]]:
+    """Positions in ``configs`` grouped by the value of their parameter ``name``, in order of first appearance."""
+    groups: dict[Any, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(config[name], []).append(i)
     return groups
 
 

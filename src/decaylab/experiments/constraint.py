@@ -44,7 +44,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from decaylab.experiments.base import Experiment, Option, Table, float_grid, int_grid, nonneg_float, positive_int
+from decaylab.experiments.base import (
+    Experiment,
+    Option,
+    Table,
+    float_grid,
+    int_grid,
+    nonneg_float,
+    positions_by,
+    positive_int,
+)
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float, parameter_error
 
@@ -154,38 +163,33 @@ class Constraint(Experiment):
 
         from decaylab.closed_form import hessian_eigs, ridge, ridge_path
         from decaylab.engine import Hyper, run_chunk
-        from decaylab.threads import limited_threads
 
         task = self.task(opts)
         d = opts["dim"]
         outcomes: list[Outcome | None] = [None] * len(configs)
-        by_seed: dict[int, list[int]] = {}
-        for i, c in enumerate(configs):
-            by_seed.setdefault(c["seed"], []).append(i)
-        with limited_threads():
-            for seed, idx in by_seed.items():
-                data = task.data(seed)
-                X, y = data.X_train, data.y_train
-                lambdas = [configs[i]["lambd"] for i in idx]
-                coefs, intercepts = ridge_path(X, y, lambdas)  # D2L convention, one SVD
-                thetas = [float(torch.linalg.vector_norm(w)) for w in coefs]
-                w_ols, _ = ridge(X, y, 0.0)
-                theta_ols = float(torch.linalg.vector_norm(w_ols))
-                eigs = hessian_eigs(X)
-                hypers = [Hyper(seed=seed, lr=1.0 / eigs[1], radius=theta) for theta in thetas]
-                trained = run_chunk(task, hypers, engine)
-                if progress is not None:
-                    progress(len(idx) * opts["epochs"])
-                for k, (i, out) in enumerate(zip(idx, trained)):
-                    if out.weights is None:  # diverged: the engine's outcome says when
-                        outcomes[i] = out
-                        continue
-                    path = torch.tensor(out.weights, dtype=torch.float64)  # (epochs, d + 1): w after each epoch, then b
-                    dist = torch.linalg.vector_norm(path[:, :d] - coefs[k], dim=1)
-                    w, b = path[-1, :d], float(path[-1, d])
-                    outcomes[i] = self._outcome(
-                        X, y, lambdas[k], thetas[k], theta_ols, coefs[k], float(intercepts[k]), w, b, dist, eigs
-                    )
+        for seed, idx in positions_by(configs, "seed").items():
+            data = task.data(seed)
+            X, y = data.X_train, data.y_train
+            lambdas = [configs[i]["lambd"] for i in idx]
+            coefs, intercepts = ridge_path(X, y, lambdas)  # D2L convention, one SVD
+            thetas = [float(torch.linalg.vector_norm(w)) for w in coefs]
+            w_ols, _ = ridge(X, y, 0.0)
+            theta_ols = float(torch.linalg.vector_norm(w_ols))
+            eigs = hessian_eigs(X)
+            hypers = [Hyper(seed=seed, lr=1.0 / eigs[1], radius=theta) for theta in thetas]
+            trained = run_chunk(task, hypers, engine)
+            if progress is not None:
+                progress(len(idx) * opts["epochs"])
+            for k, (i, out) in enumerate(zip(idx, trained)):
+                if out.weights is None:  # diverged: the engine's outcome says when
+                    outcomes[i] = out
+                    continue
+                path = torch.tensor(out.weights, dtype=torch.float64)  # (epochs, d + 1): w after each epoch, then b
+                dist = torch.linalg.vector_norm(path[:, :d] - coefs[k], dim=1)
+                w, b = path[-1, :d], float(path[-1, d])
+                outcomes[i] = self._outcome(
+                    X, y, lambdas[k], thetas[k], theta_ols, coefs[k], float(intercepts[k]), w, b, dist, eigs
+                )
         return outcomes  # type: ignore[return-value]
 
     @staticmethod

@@ -228,12 +228,10 @@ class D2LLinear(Experiment):
         if opts["impl"] != "batched" or engine != "batched":
             return 1
         from decaylab.engine import plan_chunks
-        from decaylab.threads import limited_threads
 
         if not n_configs:
             return 1
-        with limited_threads():  # the probe measures the setting the chunks will run in (one thread)
-            return max(len(c) for c in plan_chunks(engine_task(opts), n_configs))
+        return max(len(c) for c in plan_chunks(engine_task(opts), n_configs))
 
     def run_chunk(
         self,
@@ -245,11 +243,8 @@ class D2LLinear(Experiment):
         if opts["impl"] == "batched":
             from decaylab import engine as training
 
-            from decaylab.threads import limited_threads
-
             hypers = [training.Hyper(seed=c["seed"], lr=opts["lr"], l2=c["lambd"]) for c in configs]
-            with limited_threads():  # (K, 200) @ (200, 5) products: one thread is fastest
-                outcomes = training.run_chunk(engine_task(opts), hypers, engine)
+            outcomes = training.run_chunk(engine_task(opts), hypers, engine)
             if progress:
                 progress(len(configs) * opts["epochs"])
             return outcomes

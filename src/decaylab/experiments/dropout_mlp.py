@@ -71,7 +71,6 @@ from decaylab.experiments.base import (
     positive_int,
 )
 from decaylab.results import ConfigResult, Outcome
-from decaylab.threads import limited_threads
 from decaylab.validation import check_choice, parameter_error
 
 __all__ = [
@@ -393,13 +392,12 @@ class DropoutMLP(Experiment):
 
         task = self.task(opts)
         hypers = [Hyper(seed=c["seed"], lr=opts["lr"], l2=c["wd"], dropout=tuple(c["p"])) for c in configs]
-        with limited_threads():
-            if opts["dropout_impl"] == "engine":
-                outcomes = run_chunk(task, hypers, engine)
-                if progress:
-                    progress(len(configs) * opts["epochs"])
-                return outcomes
-            return [train_focused(task, h, opts["dropout_impl"], progress) for h in hypers]
+        if opts["dropout_impl"] == "engine":
+            outcomes = run_chunk(task, hypers, engine)
+            if progress:
+                progress(len(configs) * opts["epochs"])
+            return outcomes
+        return [train_focused(task, h, opts["dropout_impl"], progress) for h in hypers]
 
     # -- what it shows
     def table(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> Table:

@@ -71,7 +71,6 @@ from decaylab.experiments.dropout_mlp import (
     training_options,
 )
 from decaylab.results import ConfigResult, Outcome
-from decaylab.threads import limited_threads
 from decaylab.validation import check_float
 
 __all__ = ["HIST_EDGES", "VARIANTS", "L2VsDecay", "adam_l2_probe", "effective_decay_stats", "pair_differences", "relative_difference"]
@@ -270,32 +269,31 @@ class L2VsDecay(Experiment):
         from decaylab.engine import Hyper, run_chunk
 
         outcomes: list[Outcome | None] = [None] * len(configs)
-        with limited_threads():
-            for family in ("sgd", "momentum", "adam"):
-                members = [i for i, c in enumerate(configs) if VARIANTS[c["variant"]][0] == family]
-                if not members:
-                    continue
-                task = self.task(opts, family)
-                lr = learning_rate(opts, family)
-                hypers = []
-                for i in members:
-                    c = configs[i]
-                    coupling = VARIANTS[c["variant"]][1]
-                    hypers.append(Hyper(seed=c["seed"], lr=lr, **{coupling: c["wd"]}))
-                for i, h, outcome in zip(members, hypers, run_chunk(task, hypers, engine)):
-                    if configs[i]["variant"] == "adam-l2":
-                        probed, stats = adam_l2_probe(task, h)
-                        outcome.curves["eff_decay_counts"] = stats.pop("counts")
-                        for k, counts in enumerate(stats.pop("counts_layers")):
-                            outcome.curves[f"eff_decay_counts_layer{k + 1}"] = counts
-                        for key in ("decile_sqrt_vhat", "decile_eff_decay", "decile_abs_w"):
-                            outcome.curves[key] = stats.pop(key)
-                        outcome.metrics.update(stats)
-                        diffs = [abs(x - y) for k in CURVES for x, y in zip(probed.curves[k], outcome.curves[k])]
-                        outcome.metrics["probe_max_diff"] = max(diffs) if diffs else math.nan
-                    outcomes[i] = outcome
-                if progress:
-                    progress(len(members) * opts["epochs"])
+        for family in ("sgd", "momentum", "adam"):
+            members = [i for i, c in enumerate(configs) if VARIANTS[c["variant"]][0] == family]
+            if not members:
+                continue
+            task = self.task(opts, family)
+            lr = learning_rate(opts, family)
+            hypers = []
+            for i in members:
+                c = configs[i]
+                coupling = VARIANTS[c["variant"]][1]
+                hypers.append(Hyper(seed=c["seed"], lr=lr, **{coupling: c["wd"]}))
+            for i, h, outcome in zip(members, hypers, run_chunk(task, hypers, engine)):
+                if configs[i]["variant"] == "adam-l2":
+                    probed, stats = adam_l2_probe(task, h)
+                    outcome.curves["eff_decay_counts"] = stats.pop("counts")
+                    for k, counts in enumerate(stats.pop("counts_layers")):
+                        outcome.curves[f"eff_decay_counts_layer{k + 1}"] = counts
+                    for key in ("decile_sqrt_vhat", "decile_eff_decay", "decile_abs_w"):
+                        outcome.curves[key] = stats.pop(key)
+                    outcome.metrics.update(stats)
+                    diffs = [abs(x - y) for k in CURVES for x, y in zip(probed.curves[k], outcome.curves[k])]
+                    outcome.metrics["probe_max_diff"] = max(diffs) if diffs else math.nan
+                outcomes[i] = outcome
+            if progress:
+                progress(len(members) * opts["epochs"])
         return outcomes  # type: ignore[return-value]
 
     # -- what it shows

@@ -210,14 +210,6 @@ class NoiseTikhonov(Experiment):
         engine: str,
         progress: Progress | None = None,
     ) -> list[Outcome]:
-        from decaylab.threads import limited_threads
-
-        with limited_threads():  # 5-feature model: one thread is fastest, and never stalls on a busy machine
-            return self._run(opts, configs, engine, progress)
-
-    def _run(
-        self, opts: dict[str, Any], configs: Sequence[dict[str, Any]], engine: str, progress: Progress | None
-    ) -> list[Outcome]:
         from decaylab.closed_form import ridge_path
         from decaylab.engine import Hyper, run_chunk
 

@@ -168,14 +168,11 @@ class RidgePath(Experiment):
         engine: str,
         progress: Progress | None = None,
     ) -> list[Outcome]:
-        from decaylab.threads import limited_threads
-
         outcomes = []
-        with limited_threads():
-            for config in configs:
-                outcomes.append(self._path(opts, config))
-                if progress is not None:
-                    progress(1)
+        for config in configs:
+            outcomes.append(self._path(opts, config))
+            if progress is not None:
+                progress(1)
         return outcomes
 
     @staticmethod

@@ -65,6 +65,7 @@ from decaylab.experiments.base import (
     int_grid,
     mean_or_nan,
     nonneg_float,
+    positions_by,
     positive_float,
     positive_int,
 )
@@ -224,12 +225,9 @@ class Scaling(Experiment):
         from decaylab.threads import limited_threads
 
         outcomes: list[Outcome | None] = [None] * len(configs)
-        by_m: dict[int, list[int]] = {}
-        for i, config in enumerate(configs):
-            by_m.setdefault(config["m"], []).append(i)
-        # small matrices: one thread is as fast, and never stalls on a busy machine
+        # weights decayed towards 0 for 1000 steps become denormal floats: flush them (thread limit: Experiment.threads)
         with limited_threads(flush_denormal=True):
-            for m, members in by_m.items():
+            for m, members in positions_by(configs, "m").items():
                 unique: dict[tuple[int, float], list[int]] = {}  # (seed, float32 l2) -> config positions
                 for i in members:
                     c = configs[i]

@@ -57,9 +57,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from decaylab.experiments.base import Experiment, Option, Table, float_grid, int_grid, nonneg_float, positive_int
+from decaylab.experiments.base import (
+    Experiment,
+    Option,
+    Table,
+    float_grid,
+    int_grid,
+    nonneg_float,
+    positions_by,
+    positive_int,
+)
 from decaylab.results import ConfigResult, Outcome
-from decaylab.threads import limited_threads
 from decaylab.validation import check_choice, check_float, parameter_error
 
 __all__ = [
@@ -301,29 +309,25 @@ class Sparsity(Experiment):
         rho = opts["l1_ratio"]
         task = self.task(opts)
         outcomes: list[Outcome | None] = [None] * len(configs)
-        by_seed: dict[int, list[int]] = {}
-        for i, c in enumerate(configs):
-            by_seed.setdefault(c["seed"], []).append(i)
-        with limited_threads():
-            for seed, idx in by_seed.items():
-                data = task.data(seed)
-                X, y = data.X_train, data.y_train
-                eigs = hessian_eigs(X)
-                hypers = []
-                for i in idx:
-                    l1, l2 = strengths(configs[i]["method"], configs[i]["lambd"], rho)
-                    hypers.append(Hyper(seed=seed, lr=1.0 / (eigs[1] + l2), l1=l1, l2=l2))  # η = 1/(L + l2)
-                trained = run_chunk(task, hypers, engine)
-                if progress is not None:
-                    progress(len(idx) * opts["epochs"])
-                refs = self._references(configs, idx, X, y, rho)
-                for i, out in zip(idx, trained):
-                    if out.weights is None:  # diverged: the engine's outcome says when
-                        outcomes[i] = out
-                        continue
-                    theta = out.weights[-1]  # (w_1, ..., w_dim, b): nn.Linear(dim, 1)'s weight, then its bias
-                    c = configs[i]
-                    outcomes[i] = _outcome(data, eigs, c["method"], c["lambd"], rho, theta[:-1], theta[-1], refs[i])
+        for seed, idx in positions_by(configs, "seed").items():
+            data = task.data(seed)
+            X, y = data.X_train, data.y_train
+            eigs = hessian_eigs(X)
+            hypers = []
+            for i in idx:
+                l1, l2 = strengths(configs[i]["method"], configs[i]["lambd"], rho)
+                hypers.append(Hyper(seed=seed, lr=1.0 / (eigs[1] + l2), l1=l1, l2=l2))  # η = 1/(L + l2)
+            trained = run_chunk(task, hypers, engine)
+            if progress is not None:
+                progress(len(idx) * opts["epochs"])
+            refs = self._references(configs, idx, X, y, rho)
+            for i, out in zip(idx, trained):
+                if out.weights is None:  # diverged: the engine's outcome says when
+                    outcomes[i] = out
+                    continue
+                theta = out.weights[-1]  # (w_1, ..., w_dim, b): nn.Linear(dim, 1)'s weight, then its bias
+                c = configs[i]
+                outcomes[i] = _outcome(data, eigs, c["method"], c["lambd"], rho, theta[:-1], theta[-1], refs[i])
         return outcomes  # type: ignore[return-value]
 
     @staticmethod
