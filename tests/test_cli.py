@@ -198,8 +198,31 @@ def test_foreign_store_is_refused_and_left_untouched(cli: Any, tmp_path: Path, k
     assert after == before  # same files, same bytes: no journal, no tables added
 
 
-def test_main_is_the_console_script() -> None:
-    assert cli_module.main(["--version"]) == 0
+def test_console_script_flushes_its_output_and_keeps_the_exit_code() -> None:
+    """`decaylab` is `cli.console`: `main`, a flush, `os._exit` (no interpreter teardown).
+
+    Piped output is block-buffered, so without the flush `os._exit` would lose it.
+    """
+    import os
+    import subprocess
+    import sys
+    import tomllib
+
+    from decaylab.experiments import list_experiments
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["decaylab"] == "decaylab.cli:console"
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    listing = subprocess.run(
+        [sys.executable, "-m", "decaylab.cli", "run", "--list"], capture_output=True, text=True, env=buffered
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == [e.name for e in list_experiments()]
+    bad = subprocess.run(
+        [sys.executable, "-m", "decaylab.cli", "run", "d2l-linear", "--lr", "0"], capture_output=True, text=True, env=buffered
+    )
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "--lr" in bad.stderr
 
 
 def test_listing_and_help_do_not_import_torch() -> None:
