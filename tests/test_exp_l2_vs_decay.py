@@ -14,7 +14,7 @@ from decaylab.engine import Hyper, run_chunk
 from decaylab.engine.semantics import epoch_batches, load_data
 from decaylab.engine.sequential import build_model
 from decaylab.experiments import get_experiment
-from decaylab.experiments.l2_vs_decay import HIST_EDGES, adam_l2_probe, effective_decay_stats
+from decaylab.experiments.l2_vs_decay import HIST_EDGES, adam_l2_effective_decay, effective_decay_stats
 from decaylab.results import ConfigResult
 from decaylab.rng import generator
 
@@ -46,7 +46,6 @@ def test_claims(small: Any) -> None:
     assert row["adam"]["w_norm_adam-l2"] < 0.9 * row["adam"]["w_norm_adamw"]
     eff = row["adam_l2_effective_decay"]
     assert eff["top_bottom_ratio"] < 0.01 and eff["eff_decay_decades"] > 2
-    assert eff["probe_max_diff"] < 1e-4  # the probe retraces the engine's Adam+L2 run
 
 
 def test_effective_decay_falls_with_the_second_moment(small: Any) -> None:
@@ -69,6 +68,41 @@ def test_effective_decay_stats_on_known_moments() -> None:
     assert stats["eff_decay_decades"] == pytest.approx(4 * 0.98, rel=0.02)
 
 
+def _torch_adam(task: Any, l2: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """A plain ``torch.optim.Adam`` loop over ``decaylab.param_groups`` (coupled ``weight_decay`` on the weights):
+    all weights, their v̂ (from Adam's own state), and both per weight matrix."""
+    model = build_model(task, Hyper(seed=seed, lr=1e-3))
+    opt = torch.optim.Adam(decaylab.param_groups(model, l2), lr=1e-3, betas=task.betas, eps=task.eps)
+    data, order = load_data(task, seed), generator(seed, "order")
+    for _ in range(task.epochs):
+        for idx in epoch_batches(data.n_train, task.batch_size, order):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(data.X_train[idx]), data.y_train[idx]).backward()
+            opt.step()
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    v_hats = [opt.state[w]["exp_avg_sq"] / (1 - task.betas[1] ** float(opt.state[w]["step"])) for w in weights]
+    matrices = [w.detach() for w in weights]
+    return torch.cat([w.reshape(-1) for w in matrices]), torch.cat([v.reshape(-1) for v in v_hats]), matrices, v_hats
+
+
+@pytest.mark.parametrize("engine", ["batched", "sequential"])
+def test_effective_decay_from_the_engine_state_equals_torch_adams(engine: str) -> None:
+    """The statistics the experiment reads from the engine's optimizer state, against torch.optim.Adam's own."""
+    opts = options(EXP, **SMALL)
+    task = EXP.task(opts, "adam")
+    hyper = Hyper(seed=1, lr=1e-3, l2=0.005)
+    (outcome,) = run_chunk(task, [hyper], engine)
+    got = adam_l2_effective_decay(task, hyper, outcome)
+    _, _, matrices, v_hats = _torch_adam(task, 0.005, seed=1)
+    want = effective_decay_stats(v_hats, matrices, 1e-3, 0.005, task.eps)
+    for key in ("eff_decay_median", "eff_decay_p01", "eff_decay_p99", "top_bottom_ratio", "frac_below_adamw"):
+        assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-6), key
+    np.testing.assert_allclose(got["decile_sqrt_vhat"], want["decile_sqrt_vhat"], rtol=1e-3)
+    np.testing.assert_allclose(got["decile_abs_w"], want["decile_abs_w"], rtol=1e-3)
+    # a histogram bin may gain or lose a weight sitting on its edge; no more than a handful
+    assert np.abs(np.subtract(got["counts"], want["counts"])).sum() <= 8
+
+
 def test_large_gradient_weights_keep_their_size_under_adam_l2() -> None:
     """The consequence, measured: Adam+L2 against plain Adam from the same start and batches.
 
@@ -77,30 +111,17 @@ def test_large_gradient_weights_keep_their_size_under_adam_l2() -> None:
     opts = options(EXP, **SMALL)
     task = EXP.task(opts, "adam")
     lam = 0.005
-    _, stats = adam_l2_probe(task, Hyper(seed=0, lr=1e-3, l2=lam))
-
-    def final_weights(l2: float) -> tuple[torch.Tensor, torch.Tensor]:
-        model = build_model(task, Hyper(seed=0, lr=1e-3))
-        opt = torch.optim.Adam(decaylab.param_groups(model, l2), lr=1e-3, betas=task.betas, eps=task.eps)
-        data, order = load_data(task, 0), generator(0, "order")
-        for _ in range(task.epochs):
-            for idx in epoch_batches(data.n_train, task.batch_size, order):
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(model(data.X_train[idx]), data.y_train[idx]).backward()
-                opt.step()
-        weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        v_hat = torch.cat([(opt.state[w]["exp_avg_sq"] / (1 - task.betas[1] ** float(opt.state[w]["step"]))).reshape(-1) for w in weights])
-        return torch.cat([w.detach().reshape(-1) for w in weights]), v_hat
-
-    w_l2, v_hat = final_weights(lam)
-    w_plain, _ = final_weights(0.0)
+    hyper = Hyper(seed=0, lr=1e-3, l2=lam)
+    stats = adam_l2_effective_decay(task, hyper, run_chunk(task, [hyper])[0])
+    w_l2, v_hat, _, _ = _torch_adam(task, lam)
+    w_plain, _, _, _ = _torch_adam(task, 0.0)
     order = torch.argsort(v_hat)
     deciles = torch.tensor_split(order, 10)
     kept = [float((w_l2[d].abs().median() / w_plain[d].abs().median())) for d in deciles]
     assert kept[0] < 0.3  # small-gradient weights: decayed hard
     assert kept[-1] > 0.8  # large-gradient weights: barely decayed
     assert kept[-1] > 3 * kept[0]
-    # the probe's own statistics agree: the same ordering of decay by v̂
+    # the experiment's own statistics agree: the same ordering of decay by v̂
     assert stats["decile_eff_decay"][0] > 10 * stats["decile_eff_decay"][-1]
 
 
@@ -136,16 +157,6 @@ def test_sgd_l2_and_decoupled_differ_only_by_rounding() -> None:
     assert (m_a - m_b).abs().max().item() > 1000 * gap32
 
 
-def test_probe_equals_the_engine_sequential_run() -> None:
-    opts = options(EXP, **SMALL)
-    task = EXP.task(opts, "adam")
-    hyper = Hyper(seed=1, lr=1e-3, l2=0.005)
-    probed, _ = adam_l2_probe(task, hyper)
-    engine = run_chunk(task, [hyper], "sequential")[0]
-    for key in ("train_loss", "test_loss", "w_norm", "test_acc"):
-        np.testing.assert_allclose(probed.curves[key], engine.curves[key], rtol=1e-6, atol=1e-7)
-
-
 def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:
     doc = cli_json("run", "l2-vs-decay", "--hidden", "16,16", "--epochs", "2", "--n-train", "40", "--n-test", "30",
                    "--seed", "0", "--out", str(tmp_path / "o"))
@@ -154,8 +165,9 @@ def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:
     row = doc["summary"]["by_wd"][0]
     assert row["wd"] == 0.005 and set(row) >= {"sgd", "momentum", "adam", "adam_l2_effective_decay", "claims"}
     assert row["adam_l2_effective_decay"]["adamw_decay"] == pytest.approx(5e-6)
-    probe = doc["configs"][4]
-    assert len(probe["curves"]["eff_decay_counts"]) == len(HIST_EDGES) - 1
+    adam_l2 = doc["configs"][4]
+    assert len(adam_l2["curves"]["eff_decay_counts"]) == len(HIST_EDGES) - 1
+    assert "weights" not in adam_l2 and "optimizer_state" not in adam_l2  # used up, not written out
     for name in ("norms.png", "effective_decay.png", "results.json"):
         assert (tmp_path / "o" / name).stat().st_size > 0
 

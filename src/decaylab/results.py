@@ -20,7 +20,8 @@ class Outcome:
     after it; JSON output writes NaN and infinity as ``null``. ``weights`` holds parameter vectors
     when the engine was asked to keep them (``Task.keep_weights``; layout there), else ``None``;
     ``averaged_weights`` the average of the iterates, one vector in that layout, when it was asked for
-    (``Task.average_from``), else ``None``.
+    (``Task.average_from``), else ``None``; ``optimizer_state`` the optimizer's buffers after the last
+    step, by ``torch.optim``'s names, when asked for (``Task.keep_optimizer_state``), else ``None``.
     """
 
     status: Status = "done"
@@ -30,6 +31,7 @@ class Outcome:
     error: str | None = None
     weights: list[list[float]] | None = None  # flat parameter vectors, the last after the final epoch
     averaged_weights: list[float] | None = None  # flat vector: the mean of the iterates (Task.average_from)
+    optimizer_state: dict[str, list[float]] | None = None  # name -> flat vector (Task.keep_optimizer_state)
 
 
 @dataclass
@@ -43,8 +45,8 @@ class ConfigResult(Outcome):
         return cls(params=dict(params), **asdict(outcome))
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves``, kept ``weights`` and
-        ``averaged_weights`` when there are any (NaN/inf → ``None``)."""
+        """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves``, kept ``weights``,
+        ``averaged_weights`` and ``optimizer_state`` when there are any (NaN/inf → ``None``)."""
         doc: dict[str, Any] = {
             "params": self.params,
             "status": self.status,
@@ -59,6 +61,8 @@ class ConfigResult(Outcome):
             doc["weights"] = json_safe(self.weights)
         if self.averaged_weights is not None:
             doc["averaged_weights"] = json_safe(self.averaged_weights)
+        if self.optimizer_state is not None:
+            doc["optimizer_state"] = json_safe(self.optimizer_state)
         return doc
 
     @classmethod
@@ -73,6 +77,7 @@ class ConfigResult(Outcome):
             error=doc.get("error"),
             weights=doc.get("weights"),
             averaged_weights=doc.get("averaged_weights"),
+            optimizer_state=doc.get("optimizer_state"),
         )
 
 

@@ -63,6 +63,10 @@ updated after every step from that epoch on as ``θ̄ ← θ̄ + (θ − θ̄)/n
 far, this one included; ``θ̄`` starts at 0), the arithmetic of ``AveragedModel``'s equal-weight
 average; it is cut into the same per-configuration layout at the end.
 
+**Optimizer state.** With ``task.keep_optimizer_state`` the buffers are cut after the last epoch
+into the same layout and named as ``torch.optim`` names them (the momentum buffer is
+``momentum_buffer``), with ``step = [t]``.
+
 **Divergence.** At each evaluation a configuration whose losses or parameters are not finite is
 marked diverged and frozen: its learning rate becomes 0 and its parameters and optimizer state are
 set to zero, so it stays finite and costs nothing to the others; its stack rows keep being computed
@@ -443,9 +447,9 @@ class BatchedRun:
                 P.mul_(self.decay_factor)  # θ·(1 − lr·decoupled)
             if task.optimizer == "sgd":
                 if task.momentum:
-                    buf = state.get("momentum")
+                    buf = state.get("momentum_buffer")
                     if buf is None:
-                        buf = state["momentum"] = g.detach().clone()
+                        buf = state["momentum_buffer"] = g.detach().clone()
                     else:
                         buf.mul_(task.momentum).add_(g)
                     g = buf
@@ -561,10 +565,18 @@ class BatchedRun:
         rows = history.transpose(0, 1).tolist()
         kept = torch.stack(self.kept, dim=1).tolist() if self.kept else None  # (K, kept epochs, n_params)
         averaged = self._flatten(self.averaged).tolist() if self.averaged is not None else None  # (K, n_params)
+        states = self.optimizer_states() if self.task.keep_optimizer_state else None
         outcomes: list[Outcome | None] = [None] * self.K
         for k, original in enumerate(self.perm):
             outcomes[original] = make_outcome(
-                self.task, rows[k], self.diverged_epoch[k], kept[k] if kept else None, averaged[k] if averaged else None
+                self.task, rows[k], self.diverged_epoch[k], kept[k] if kept else None,
+                averaged[k] if averaged else None, states[k] if states else None,
             )
         return outcomes  # type: ignore[return-value]
+
+    def optimizer_states(self) -> list[dict[str, list[float]]]:
+        """Per configuration, every optimizer buffer flattened like :meth:`parameter_vectors`, and ``step``."""
+        names = sorted({name for state in self.state for name in state})
+        flat = {name: self._flatten([state[name] for state in self.state]).tolist() for name in names}
+        return [{**{name: flat[name][k] for name in names}, "step": [float(self.t)]} for k in range(self.K)]
 

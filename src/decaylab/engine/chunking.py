@@ -84,6 +84,8 @@ def bytes_per_config(task: Task, n_train: int, n_test: int) -> int:
     n_params = sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
     copies = 4 + (1 if task.momentum else 0) + (3 if task.optimizer == "adam" else 0)  # θ, g, temporaries, state
     copies += {"none": 0, "final": 1, "epochs": task.epochs}[task.keep_weights]  # kept parameter vectors
+    if task.keep_optimizer_state:  # its buffers, flattened at the end
+        copies += (1 if task.momentum else 0) + (2 if task.optimizer == "adam" else 0)
     m = task.batch_size or n_train
     step_acts = 4 * m * sum(widths[1:]) + 2 * m * widths[0]  # Z, A, H, mask per layer; noisy input
     eval_acts = 3 * max(n_train, n_test) * max(widths[1:])

@@ -71,15 +71,22 @@ Polyak–Ruppert average ``(θ₁ + … + θ_N)/N`` of the ``N`` iterates of epo
 iterate converted exactly): a running mean of thousands of float32 iterates in float32 would drift
 by about √N float32 roundings. Averaging changes no other number.
 
+**Optimizer state kept** (``task.keep_optimizer_state``): after the last epoch, the optimizer's
+per-parameter buffers under ``torch.optim``'s names (``momentum_buffer``; ``exp_avg``, ``exp_avg_sq``),
+each flattened in the layout of ``θ``, and ``step = [t]``, the number of optimizer steps taken, into
+``Outcome.optimizer_state``.
+
 **Divergence.** If at an evaluation the training loss, the test loss (unless the test set is empty)
 or any parameter is not finite, the configuration is marked ``status="diverged"`` with
 ``diverged_epoch`` = that epoch (1-based), its training stops, its curves after that epoch (and so its
-final metrics) are NaN, and it keeps no parameters (``weights=None``, ``averaged_weights=None``).
+final metrics) are NaN, and it keeps no parameters (``weights=None``, ``averaged_weights=None``,
+``optimizer_state=None``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +101,7 @@ __all__ = [
     "dtype_of",
     "epoch_batches",
     "initial_parameters",
+    "layer_tensors",
     "load_data",
     "make_outcome",
     "soft_threshold_",
@@ -169,6 +177,17 @@ def initial_parameters(task: Task, seed: int) -> list[tuple[torch.Tensor, torch.
     return params
 
 
+def layer_tensors(task: Task, vector: Sequence[float] | torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Cut a flat vector in the layout of ``θ`` (kept weights, averages, optimizer buffers) into one
+    ``(W, b)`` per layer, ``W`` of shape ``(out, in)`` as ``nn.Linear.weight``, ``b`` of shape ``(out,)``."""
+    flat = torch.as_tensor(vector).reshape(-1)
+    sizes = [n for i, o in zip(task.layers[:-1], task.layers[1:]) for n in (o * i, o)]
+    if flat.numel() != sum(sizes):
+        raise parameter_error("vector", "layer_tensors", f"{sum(sizes)} numbers for layers {task.layers}", f"{flat.numel()} numbers")
+    parts = flat.split(sizes)
+    return [(parts[2 * l].view(o, i), parts[2 * l + 1]) for l, (i, o) in enumerate(zip(task.layers[:-1], task.layers[1:]))]
+
+
 def epoch_batches(n_train: int, batch_size: int | None, order: torch.Generator) -> list[torch.Tensor | None]:
     """The row indices of each minibatch of one epoch; ``[None]`` (all rows, in order) for full batch."""
     if batch_size is None:
@@ -188,13 +207,14 @@ def make_outcome(
     diverged_epoch: int | None,
     weights: list[list[float]] | None = None,
     averaged_weights: list[float] | None = None,
+    optimizer_state: dict[str, list[float]] | None = None,
 ) -> Outcome:
     """An :class:`Outcome` from one row of metric values per evaluated epoch (``task.eval_epochs``),
     each in ``task.metric_names`` order.
 
     Rows after ``diverged_epoch`` are replaced by NaN; the final metrics are the last row. ``weights``
-    (the kept parameter vectors) and ``averaged_weights`` (the iterate average) are dropped for a
-    configuration that diverged.
+    (the kept parameter vectors), ``averaged_weights`` (the iterate average) and ``optimizer_state``
+    are dropped for a configuration that diverged.
     """
     nan = float("nan")
     names = task.metric_names
@@ -207,6 +227,7 @@ def make_outcome(
     metrics = {name: curves[name][-1] for name in names}
     if diverged_epoch is None:
         return Outcome(
-            status="done", metrics=metrics, curves=curves, weights=weights, averaged_weights=averaged_weights
+            status="done", metrics=metrics, curves=curves, weights=weights, averaged_weights=averaged_weights,
+            optimizer_state=optimizer_state,
         )
     return Outcome(status="diverged", metrics=metrics, curves=curves, diverged_epoch=diverged_epoch)

@@ -18,7 +18,8 @@ The model's parameters are in ``task.dtype``; kept weights are
 ``torch.nn.utils.parameters_to_vector(model.parameters())``. The iterate average
 (``task.average_from``) is PyTorch's own: a ``torch.optim.swa_utils.AveragedModel`` (equal weights)
 of the ``nn.Linear`` layers, held in float64, whose ``update_parameters`` is called after every step
-from that epoch on.
+from that epoch on. The kept optimizer state (``task.keep_optimizer_state``) is the optimizer's own
+``state`` after the last step.
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ def train_one(task: Task, hyper: Hyper, data: Split | None = None) -> Outcome:
     averaged = AveragedModel(linears).to(torch.float64) if task.average_from is not None else None
     rows: list[list[float]] = []
     kept: list[list[float]] = []
+    steps = 0
     evaluated = set(task.eval_epochs)
     diverged = None
     for epoch in range(1, task.epochs + 1):
@@ -186,6 +188,7 @@ def train_one(task: Task, hyper: Hyper, data: Split | None = None) -> Outcome:
                 data_loss(task, model(x), y).backward()
                 _decay_before_step(task, hyper, decayed, both)
                 opt.step()
+                steps += 1
                 if hyper.l1:
                     with torch.no_grad():
                         for w in decayed:
@@ -203,7 +206,17 @@ def train_one(task: Task, hyper: Hyper, data: Split | None = None) -> Outcome:
         elif epoch in evaluated:
             rows.append([math.nan] * len(task.metric_names))
     average = parameters_to_vector(averaged.parameters()).tolist() if averaged is not None else None
-    return make_outcome(task, rows, diverged, kept if task.keep_weights != "none" else None, average)
+    state = _optimizer_state(opt, list(model.parameters()), steps) if task.keep_optimizer_state else None
+    return make_outcome(task, rows, diverged, kept if task.keep_weights != "none" else None, average, state)
+
+
+def _optimizer_state(opt: torch.optim.Optimizer, params: list[nn.Parameter], steps: int) -> dict[str, list[float]]:
+    """``opt``'s per-parameter buffers (those shaped like their parameter), each flattened over ``params``
+    in ``parameters_to_vector``'s layout; and ``step``: ``[steps]``."""
+    names = sorted({k for p in params for k, v in opt.state[p].items() if torch.is_tensor(v) and v.shape == p.shape})
+    state = {name: parameters_to_vector([opt.state[p][name] for p in params]).tolist() for name in names}
+    state["step"] = [float(steps)]
+    return state
 
 
 @torch.no_grad()

@@ -92,6 +92,13 @@ class Task:
     θ after every optimizer step from the first step of epoch ``e`` to the last (same layout as
     ``weights``; kept in float64; ``None`` for a configuration that diverged). ``average_from=1``
     averages every iterate; ``average_from=epochs`` those of the last epoch.
+
+    ``keep_optimizer_state=True`` makes every outcome carry, in ``Outcome.optimizer_state``, the
+    optimizer's state after the last step, named as ``torch.optim`` names it per parameter
+    (``'momentum_buffer'`` for SGD with momentum; ``'exp_avg'`` m and ``'exp_avg_sq'`` v for Adam/AdamW,
+    before bias correction), each a flat vector in the layout of ``weights``, and ``'step'``: ``[t]``,
+    the optimizer steps taken (``None`` for a configuration that diverged). Adam's bias-corrected
+    second moment, as its step uses it, is ``v̂ = exp_avg_sq / (1 − β₂ᵗ)``.
     """
 
     data: Callable[[int], Any]  # seed -> object with X_train, y_train, X_test, y_test
@@ -113,6 +120,7 @@ class Task:
     keep_weights: KeepWeights = "none"  # Outcome.weights: 'final' parameters, or after each of the 'epochs'
     eval_every: int = 1  # metrics (curves, divergence check) after every eval_every-th epoch and the last
     average_from: int | None = None  # Outcome.averaged_weights: mean of θ after every step from this epoch on
+    keep_optimizer_state: bool = False  # Outcome.optimizer_state: torch.optim's state after the last step
 
     def __post_init__(self) -> None:
         owner = "Task"
@@ -146,7 +154,7 @@ class Task:
                 allowed = f"None (no averaging) or an int in [1, epochs={self.epochs}]"
                 raise parameter_error("average_from", owner, allowed, self.average_from) from None
             object.__setattr__(self, "average_from", average_from)
-        for flag in ("dropout", "noise", "decay_bias"):
+        for flag in ("dropout", "noise", "decay_bias", "keep_optimizer_state"):
             if not isinstance(getattr(self, flag), bool):
                 raise parameter_error(flag, owner, "a bool", getattr(self, flag))
         self._check_combinations()

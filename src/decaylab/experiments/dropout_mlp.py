@@ -182,7 +182,7 @@ def mlp_task(opts: dict[str, Any], **settings: Any) -> Any:
     )
 
 
-# -- focused loops beside the engine (--dropout-impl decaylab|torch here, the Adam probe of l2-vs-decay) --
+# -- focused loops beside the engine (--dropout-impl decaylab|torch) --
 def train_epoch(model: Any, opt: Any, data: Any, batch_size: int | None, order: Any) -> None:
     """One epoch of ``opt`` on the minibatch mean cross-entropy, over the engine's batches (``order``: the
     seed's ``order`` generator)."""

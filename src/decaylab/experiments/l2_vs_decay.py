@@ -35,13 +35,11 @@ What the experiment shows, and why:
   weights with large gradient second moments ``v̂`` are barely decayed, weights with small ones are
   decayed hard. AdamW decays every weight by the same ``η_a λ``.
 
-The per-weight ``v̂`` lives in the optimizer's state, which the engine does not return; so the Adam+L2
-configurations are trained a second time by a small focused loop (:func:`adam_l2_probe`): the engine's
-model (:func:`decaylab.engine.sequential.build_model`), ``torch.optim.Adam`` over
-:func:`decaylab.param_groups` (coupled ``weight_decay=λ`` on the weights only), the engine's batches —
-the engine's ``sequential`` path, so its curves equal the engine's (reported as ``probe_max_diff``).
-At the end of training it reads ``exp_avg_sq`` and ``step`` of every weight matrix and records the
-distribution of ``η_a λ/(√v̂ + ε)`` (a log-binned histogram) and its median per decile of ``v̂``.
+The per-weight ``v̂`` is read from the optimizer state the engine returns after the last step
+(``Task.keep_optimizer_state``: ``v̂ = exp_avg_sq/(1 − β₂ᵗ)``, as Adam's step uses it), with the final
+weights, for every Adam+L2 configuration (:func:`adam_l2_effective_decay`); it records the
+distribution of ``η_a λ/(√v̂ + ε)`` over the weights (a log-binned histogram, per layer and in all) and
+its median per decile of ``v̂``.
 """
 
 from __future__ import annotations
@@ -65,15 +63,13 @@ from decaylab.experiments.dropout_mlp import (
     HIDDEN_OPTION,
     check_data,
     data_name,
-    evaluate,
     mlp_task,
-    train_epoch,
     training_options,
 )
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float
 
-__all__ = ["HIST_EDGES", "VARIANTS", "L2VsDecay", "adam_l2_probe", "effective_decay_stats", "pair_differences", "relative_difference"]
+__all__ = ["HIST_EDGES", "VARIANTS", "L2VsDecay", "adam_l2_effective_decay", "effective_decay_stats", "pair_differences", "relative_difference"]
 
 Progress = Callable[[int], None]
 
@@ -156,43 +152,21 @@ def effective_decay_stats(v_hats: Sequence[Any], weights: Sequence[Any], lr: flo
     }
 
 
-def adam_l2_probe(task: Any, hyper: Any) -> tuple[Outcome, dict[str, Any]]:
-    """Train one Adam+L2 configuration with ``torch.optim.Adam`` and read its per-weight ``v̂`` at the end.
+def adam_l2_effective_decay(task: Any, hyper: Any, outcome: Outcome) -> dict[str, Any]:
+    """:func:`effective_decay_stats` of an Adam+L2 configuration from its engine outcome.
 
-    The engine's sequential path, written out: same model, initial parameters, batches and evaluation.
-    Returns the outcome and :func:`effective_decay_stats` of the final state.
+    ``task`` must keep the final weights and the optimizer state (``keep_weights='final'``,
+    ``keep_optimizer_state=True``); only weight matrices count (the biases are not decayed).
     """
-    import torch
-    from torch import nn
+    from decaylab.engine.semantics import layer_tensors
 
-    import decaylab
-    from decaylab.engine.semantics import load_data, make_outcome
-    from decaylab.engine.sequential import build_model
-    from decaylab.rng import generator
-
-    data = load_data(task, hyper.seed)
-    model = build_model(task, hyper)
-    opt = torch.optim.Adam(decaylab.param_groups(model, hyper.l2), lr=hyper.lr, betas=task.betas, eps=task.eps)
-    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    order = generator(hyper.seed, "order")
-    rows: list[list[float]] = []
-    diverged = None
-    for epoch in range(1, task.epochs + 1):
-        if diverged is not None:
-            rows.append([math.nan] * len(task.metric_names))
-            continue
-        train_epoch(model, opt, data, task.batch_size, order)
-        row = evaluate(model, data)
-        rows.append(row)
-        if not (math.isfinite(row[0]) and math.isfinite(row[1])):
-            diverged = epoch
-    beta2 = task.betas[1]
-    v_hats = []
-    for w in weights:
-        state = opt.state[w]
-        v_hats.append(state["exp_avg_sq"] / (1 - beta2 ** float(state["step"])))  # v̂, as Adam's step uses it
-    stats = effective_decay_stats(v_hats, [w.detach() for w in weights], hyper.lr, hyper.l2, task.eps)
-    return make_outcome(task, rows, diverged), stats
+    state = outcome.optimizer_state
+    if outcome.weights is None or state is None:
+        raise ValueError("adam_l2_effective_decay needs the final weights and the optimizer state of the outcome")
+    correction = 1 - task.betas[1] ** state["step"][0]
+    v_hats = [W / correction for W, _ in layer_tensors(task, state["exp_avg_sq"])]
+    weights = [W for W, _ in layer_tensors(task, outcome.weights[-1])]
+    return effective_decay_stats(v_hats, weights, hyper.lr, hyper.l2, task.eps)
 
 
 def pair_differences(a: ConfigResult, b: ConfigResult) -> dict[str, float]:
@@ -254,13 +228,17 @@ class L2VsDecay(Experiment):
         ]
 
     def task(self, opts: dict[str, Any], family: str) -> Any:
+        """The family's training task; Adam's keeps its final weights and state, for the effective decay."""
+        adam = family == "adam"
         return mlp_task(
             opts,
-            optimizer="adam" if family == "adam" else "sgd",
+            optimizer="adam" if adam else "sgd",
             momentum=opts["momentum"] if family == "momentum" else 0.0,
             betas=BETAS,
             eps=EPS,
             init=opts["init"],
+            keep_weights="final" if adam else "none",
+            keep_optimizer_state=adam,
         )
 
     def run_chunk(
@@ -281,16 +259,15 @@ class L2VsDecay(Experiment):
                 coupling = VARIANTS[c["variant"]][1]
                 hypers.append(Hyper(seed=c["seed"], lr=lr, **{coupling: c["wd"]}))
             for i, h, outcome in zip(members, hypers, run_chunk(task, hypers, engine)):
-                if configs[i]["variant"] == "adam-l2":
-                    probed, stats = adam_l2_probe(task, h)
+                if configs[i]["variant"] == "adam-l2" and outcome.status == "done":
+                    stats = adam_l2_effective_decay(task, h, outcome)
                     outcome.curves["eff_decay_counts"] = stats.pop("counts")
                     for k, counts in enumerate(stats.pop("counts_layers")):
                         outcome.curves[f"eff_decay_counts_layer{k + 1}"] = counts
                     for key in ("decile_sqrt_vhat", "decile_eff_decay", "decile_abs_w"):
                         outcome.curves[key] = stats.pop(key)
                     outcome.metrics.update(stats)
-                    diffs = [abs(x - y) for k in CURVES for x, y in zip(probed.curves[k], outcome.curves[k])]
-                    outcome.metrics["probe_max_diff"] = max(diffs) if diffs else math.nan
+                outcome.weights = outcome.optimizer_state = None  # used up: not stored
                 outcomes[i] = outcome
             if progress:
                 progress(len(members) * opts["epochs"])
@@ -300,7 +277,7 @@ class L2VsDecay(Experiment):
     @staticmethod
     def decay_per_step(variant: str, wd: float, opts: dict[str, Any], metrics: dict[str, float]) -> float:
         """The fraction of a weight removed per step by the decay: ``lr·λ``; ``lr·λ/(1 − μ)`` for L2 through
-        momentum (steady state); for Adam+L2 the median over weights of ``lr·λ/(√v̂ + ε)`` (NaN if not probed)."""
+        momentum (steady state); for Adam+L2 the median over weights of ``lr·λ/(√v̂ + ε)`` (NaN if it diverged)."""
         family, coupling = VARIANTS[variant]
         lr = learning_rate(opts, family)
         if family == "momentum" and coupling == "l2":
@@ -353,11 +330,11 @@ class L2VsDecay(Experiment):
                     f"w_norm_{decoupled}": mean_norm[decoupled],
                     "w_norm_ratio_l2_over_decoupled": mean_norm[coupled] / mean_norm[decoupled],
                 }
-            probes = [by[(wd, "adam-l2", s)] for s in opts["seed"] if (wd, "adam-l2", s) in by]
-            if probes:
+            adam_l2 = [by[(wd, "adam-l2", s)] for s in opts["seed"] if (wd, "adam-l2", s) in by]
+            if adam_l2:
                 keys = ("eff_decay_median", "eff_decay_p01", "eff_decay_p99", "eff_decay_decades", "top_bottom_ratio",
-                        "frac_below_adamw", "probe_max_diff")
-                row["adam_l2_effective_decay"] = {k: mean_or_nan(p.metrics[k] for p in probes) for k in keys}
+                        "frac_below_adamw")
+                row["adam_l2_effective_decay"] = {k: mean_or_nan(r.metrics[k] for r in adam_l2) for k in keys}
                 row["adam_l2_effective_decay"]["adamw_decay"] = opts["lr_adam"] * wd
             row["claims"] = self._claims(row)
             rows.append(row)

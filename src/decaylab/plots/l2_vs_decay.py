@@ -86,18 +86,18 @@ def plot_effective_decay(results: Sequence[ConfigResult], opts: dict[str, Any], 
     """
     from decaylab.experiments.l2_vs_decay import HIST_EDGES
 
-    probes = [r for r in _by(results, wd).get("adam-l2", []) if "eff_decay_counts" in r.curves]
+    adam_l2 = [r for r in _by(results, wd).get("adam-l2", []) if "eff_decay_counts" in r.curves]
     edges = np.asarray(HIST_EDGES)
     n_layers = len(opts["hidden"]) + 1
     layer_counts = [
-        np.mean([r.curves.get(f"eff_decay_counts_layer{k}", np.zeros(len(edges) - 1)) for r in probes], axis=0)
+        np.mean([r.curves.get(f"eff_decay_counts_layer{k}", np.zeros(len(edges) - 1)) for r in adam_l2], axis=0)
         for k in range(1, n_layers + 1)
     ]
-    total = np.mean([r.curves["eff_decay_counts"] for r in probes], axis=0)
+    total = np.mean([r.curves["eff_decay_counts"] for r in adam_l2], axis=0)
     nz = np.nonzero(total)[0]
     lo, hi = (nz[0], nz[-1] + 1) if len(nz) else (0, len(total))
     adamw = opts["lr_adam"] * wd
-    med = float(np.mean([r.metrics["eff_decay_median"] for r in probes]))
+    med = float(np.mean([r.metrics["eff_decay_median"] for r in adam_l2]))
     fig, axes = new_figure(1, 2, width=5.0, height=3.7)
     left, right = axes[0]
     base = np.zeros(hi - lo)
@@ -117,8 +117,8 @@ def plot_effective_decay(results: Sequence[ConfigResult], opts: dict[str, Any], 
     left.set_title("Per-weight decay at the end of training (Adam + L2)")
     left.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
 
-    sq = np.nanmean([r.curves["decile_sqrt_vhat"] for r in probes], axis=0)
-    eff = np.nanmean([r.curves["decile_eff_decay"] for r in probes], axis=0)
+    sq = np.nanmean([r.curves["decile_sqrt_vhat"] for r in adam_l2], axis=0)
+    eff = np.nanmean([r.curves["decile_eff_decay"] for r in adam_l2], axis=0)
     right.plot(sq, eff, "o-", color="tab:blue", label="(d) Adam + L2: median per decile of v̂")
     right.axhline(med, color="k", lw=1, ls=":", label="AdamW matched to Adam + L2's median")
     right.axhline(adamw, color="tab:orange", lw=2, ls="--", label="(e) AdamW with the same λ: lr·λ")
@@ -128,12 +128,12 @@ def plot_effective_decay(results: Sequence[ConfigResult], opts: dict[str, Any], 
     right.set_yscale("log")
     right.set_xlabel("√v̂ (Adam's bias-corrected gradient RMS), decile median")
     right.set_ylabel("effective decay per step")
-    ratio = float(np.mean([r.metrics["top_bottom_ratio"] for r in probes]))
+    ratio = float(np.mean([r.metrics["top_bottom_ratio"] for r in adam_l2]))
     right.set_title(f"Large-gradient weights are barely decayed\n(decile 10 / decile 1 = {ratio:.2g})")
     right.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
     fig.suptitle(
         "Why Adam + L2 ≠ AdamW: Adam divides the L2 term λw by √v̂ + ε, like the gradient\n"
-        f"{_setting(opts, wd, len(probes))}",
+        f"{_setting(opts, wd, len(adam_l2))}",
         fontsize=9,
     )
     return save(fig, path)
