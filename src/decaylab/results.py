@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 __all__ = ["ConfigResult", "Outcome", "Status", "json_safe"]
@@ -42,7 +42,10 @@ class ConfigResult(Outcome):
 
     @classmethod
     def of(cls, params: dict[str, Any], outcome: Outcome) -> ConfigResult:
-        return cls(params=dict(params), **asdict(outcome))
+        """``outcome`` tied to ``params``; its metrics and curves dicts are copied, the value lists shared."""
+        values = {f.name: getattr(outcome, f.name) for f in fields(Outcome)}
+        values.update(metrics=dict(outcome.metrics), curves=dict(outcome.curves))
+        return cls(params=dict(params), **values)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves``, kept ``weights``,
