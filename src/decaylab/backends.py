@@ -56,9 +56,12 @@ def run_local(
 
 
 def _pinned(chunk_fn: Callable[..., list[Outcome]], threads: int, *args: Any) -> list[Outcome]:
-    """Run ``chunk_fn(*args)`` inside a Ray task with ``threads`` torch/BLAS threads."""
+    """Run ``chunk_fn(*args)`` inside a Ray task with ``threads`` torch/BLAS threads, in a worker that
+    keeps freed tensor memory (:mod:`decaylab.memory`)."""
+    from decaylab.memory import retain_freed_memory
     from decaylab.threads import limited_threads
 
+    retain_freed_memory()
     with limited_threads(threads):
         return chunk_fn(*args)
 

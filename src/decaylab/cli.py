@@ -361,8 +361,12 @@ def console() -> NoReturn:
     takes ~0.5 s on a 2-core machine: a sixth of a short run. Everything that matters is closed by then
     (the store, the figure worker, Ray), so the process flushes its output and leaves with
     :func:`os._exit`, as long-running services do at shutdown for the same reason. An exception that
-    escapes :func:`main` (a bug) takes the normal path, with its traceback.
+    escapes :func:`main` (a bug) takes the normal path, with its traceback. Before ``main`` the process
+    is set to keep freed tensor memory (:func:`decaylab.memory.retain_freed_memory`).
     """
+    from decaylab.memory import retain_freed_memory
+
+    retain_freed_memory()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
