@@ -223,6 +223,11 @@ def test_console_script_flushes_its_output_and_keeps_the_exit_code() -> None:
     )
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "--lr" in bad.stderr
+    if Path("/dev/full").exists():  # output that cannot be written is not a success
+        with open("/dev/full", "w") as full:
+            lost = subprocess.run([sys.executable, "-m", "decaylab.cli", "--version"], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, env=buffered)
+        assert lost.returncode == 120 and "could not write the output" in lost.stderr
 
 
 def test_listing_and_help_do_not_import_torch() -> None:

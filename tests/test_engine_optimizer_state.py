@@ -127,18 +127,20 @@ def test_state_survives_the_json_round_trip_and_is_validated() -> None:
         Task(data=regression, layers=(4, 1), keep_optimizer_state="yes")  # type: ignore[arg-type]
 
 
-def test_layer_tensors_cuts_the_parameters_to_vector_layout() -> None:
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layer_tensors_cuts_the_parameters_to_vector_layout(dtype: str) -> None:
     from torch.nn.utils import parameters_to_vector
 
     from decaylab.engine.semantics import layer_tensors
     from decaylab.engine.sequential import build_model
 
-    task = Task(data=blobs, layers=(5, 7, 4, 3), loss="cross_entropy", init="torch")
+    task = Task(data=blobs, layers=(5, 7, 4, 3), loss="cross_entropy", init="torch", dtype=dtype)
     model = build_model(task, Hyper(seed=3, lr=0.1))
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
     cut = layer_tensors(task, parameters_to_vector(model.parameters()).tolist())
     assert len(cut) == len(linears)
     for (W, b), linear in zip(cut, linears):
+        assert W.dtype == b.dtype == linear.weight.dtype  # the task's dtype: a float64 v̂ of 1e-46 stays nonzero
         assert torch.equal(W, linear.weight.detach()) and torch.equal(b, linear.bias.detach())
     with pytest.raises(InvalidParameterError, match="vector"):
         layer_tensors(task, [0.0] * 10)

@@ -89,7 +89,7 @@ def _torch_adam(task: Any, l2: float, seed: int = 0) -> tuple[torch.Tensor, torc
 def test_effective_decay_from_the_engine_state_equals_torch_adams(engine: str) -> None:
     """The statistics the experiment reads from the engine's optimizer state, against torch.optim.Adam's own."""
     opts = options(EXP, **SMALL)
-    task = EXP.task(opts, "adam")
+    task = EXP.task(opts, "adam", effective_decay=True)
     hyper = Hyper(seed=1, lr=1e-3, l2=0.005)
     (outcome,) = run_chunk(task, [hyper], engine)
     got = adam_l2_effective_decay(task, hyper, outcome)
@@ -109,7 +109,7 @@ def test_large_gradient_weights_keep_their_size_under_adam_l2() -> None:
     Weights in the bottom v̂ decile end far smaller than without L2; weights in the top decile barely change.
     """
     opts = options(EXP, **SMALL)
-    task = EXP.task(opts, "adam")
+    task = EXP.task(opts, "adam", effective_decay=True)
     lam = 0.005
     hyper = Hyper(seed=0, lr=1e-3, l2=lam)
     stats = adam_l2_effective_decay(task, hyper, run_chunk(task, [hyper])[0])
@@ -157,6 +157,16 @@ def test_sgd_l2_and_decoupled_differ_only_by_rounding() -> None:
     assert (m_a - m_b).abs().max().item() > 1000 * gap32
 
 
+def test_only_adam_l2_keeps_weights_and_state_and_hands_neither_on() -> None:
+    opts = options(EXP, hidden="16,16", epochs="2", n_train="40", n_test="30", seed="0")
+    assert EXP.task(opts, "adam").keep_optimizer_state is False  # AdamW's stack keeps nothing
+    assert EXP.task(opts, "adam", effective_decay=True).keep_optimizer_state is True
+    outcomes = EXP.run_chunk(opts, EXP.configs(opts), "batched")
+    assert all(o.weights is None and o.optimizer_state is None for o in outcomes)
+    (adam_l2,) = [o for o, c in zip(outcomes, EXP.configs(opts)) if c["variant"] == "adam-l2"]
+    assert "eff_decay_counts" in adam_l2.curves and "eff_decay_median" in adam_l2.metrics
+
+
 def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:
     doc = cli_json("run", "l2-vs-decay", "--hidden", "16,16", "--epochs", "2", "--n-train", "40", "--n-test", "30",
                    "--seed", "0", "--out", str(tmp_path / "o"))
@@ -167,7 +177,6 @@ def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:
     assert row["adam_l2_effective_decay"]["adamw_decay"] == pytest.approx(5e-6)
     adam_l2 = doc["configs"][4]
     assert len(adam_l2["curves"]["eff_decay_counts"]) == len(HIST_EDGES) - 1
-    assert "weights" not in adam_l2 and "optimizer_state" not in adam_l2  # used up, not written out
     for name in ("norms.png", "effective_decay.png", "results.json"):
         assert (tmp_path / "o" / name).stat().st_size > 0
 

@@ -68,3 +68,21 @@ def test_worker_reports_a_failed_figure(tmp_path: Path) -> None:
     worker.submit("d2l-linear", results, {}, tmp_path)  # options missing: plotting raises KeyError
     with pytest.raises(RuntimeError, match="drawing the figures failed: KeyError"):
         worker.collect()
+
+
+def test_close_terminates_a_worker_that_does_not_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decaylab command leaves with os._exit, which skips multiprocessing's clean-up: close() must not
+    leave a worker behind (one still warming up, say, holding the terminal's pipes)."""
+    import time
+
+    from decaylab.plots import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "_warm_up", lambda: time.sleep(60))  # forked with the worker
+    monkeypatch.setattr(worker_module, "CLOSE_TIMEOUT_S", 0.2)
+    worker = FigureWorker()
+    proc = worker._proc
+    if proc is None:
+        pytest.skip("no fork here: figures are drawn in-process")
+    start = time.monotonic()
+    worker.close()
+    assert not proc.is_alive() and time.monotonic() - start < 5

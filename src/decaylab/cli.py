@@ -27,6 +27,7 @@ from decaylab.validation import InvalidParameterError, check_int, parameter_erro
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_FLUSH_FAILED = 120  # the output could not be written at exit (CPython's own code for this)
 
 
 class UsageError(Exception):
@@ -371,8 +372,11 @@ def console() -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (``decaylab runs | head``) or a closed stream
+        except (BrokenPipeError, ValueError):  # the reader left (``decaylab runs | head``), or a closed stream
             pass
+        except OSError as exc:  # the output was lost (a full disk): not a success, as CPython would say too
+            os.write(2, f"decaylab: error: could not write the output: {exc}\n".encode())
+            os._exit(EXIT_FLUSH_FAILED)
     os._exit(code)
 
 

@@ -11,7 +11,8 @@ module gets the same effect from glibc itself, with ``mallopt``:
 * ``M_MMAP_THRESHOLD`` = 32 MiB (glibc's largest): blocks below it come from the heap, and are reused;
 * ``M_TRIM_THRESHOLD`` = 1 GiB: the heap top is given back to the kernel only when that much is free.
 
-The price is that up to 1 GiB of freed memory stays with the process until it ends. It is meant for
+The price is that freed memory stays with the process until it ends: up to about 1 GiB at the top of
+each malloc arena, and (as always with malloc) freed blocks below live ones. It is meant for
 processes that train (the ``decaylab`` command and its Ray workers), not for a library import: the
 engine never calls it by itself.
 """

@@ -78,20 +78,28 @@ def run_in_chunks(
     return outcomes  # type: ignore[return-value]
 
 
+PY_FLOAT_BYTES = 32  # a float in a list: its 8-byte slot and the 24-byte float object
+
+
 def bytes_per_config(task: Task, n_train: int, n_test: int) -> int:
-    """An upper estimate of the memory one configuration adds to a batched stack, in bytes."""
+    """An upper estimate of the memory one configuration adds to a batched stack, in bytes.
+
+    Parameter vectors handed back in the outcome (kept weights, the average, optimizer buffers) are
+    Python lists, ``PY_FLOAT_BYTES`` a number, on top of the tensors they are cut from.
+    """
     widths = task.layers
     n_params = sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
     copies = 4 + (1 if task.momentum else 0) + (3 if task.optimizer == "adam" else 0)  # θ, g, temporaries, state
-    copies += {"none": 0, "final": 1, "epochs": task.epochs}[task.keep_weights]  # kept parameter vectors
-    if task.keep_optimizer_state:  # its buffers, flattened at the end
-        copies += (1 if task.momentum else 0) + (2 if task.optimizer == "adam" else 0)
+    kept = {"none": 0, "final": 1, "epochs": task.epochs}[task.keep_weights]  # kept parameter vectors
+    buffers = (1 if task.momentum else 0) + (2 if task.optimizer == "adam" else 0) if task.keep_optimizer_state else 0
+    copies += kept + buffers  # as tensors, flattened at the end
+    returned = kept + buffers + (1 if task.average_from is not None else 0)  # as lists of Python floats
     m = task.batch_size or n_train
     step_acts = 4 * m * sum(widths[1:]) + 2 * m * widths[0]  # Z, A, H, mask per layer; noisy input
     eval_acts = 3 * max(n_train, n_test) * max(widths[1:])
     itemsize = torch.empty((), dtype=dtype_of(task)).element_size()
     averaged = 8 * n_params if task.average_from is not None else 0  # the float64 running mean
-    return itemsize * (copies * n_params + step_acts + eval_acts) + averaged
+    return itemsize * (copies * n_params + step_acts + eval_acts) + averaged + PY_FLOAT_BYTES * returned * n_params
 
 
 def plan_chunks(

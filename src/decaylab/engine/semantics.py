@@ -179,8 +179,9 @@ def initial_parameters(task: Task, seed: int) -> list[tuple[torch.Tensor, torch.
 
 def layer_tensors(task: Task, vector: Sequence[float] | torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Cut a flat vector in the layout of ``θ`` (kept weights, averages, optimizer buffers) into one
-    ``(W, b)`` per layer, ``W`` of shape ``(out, in)`` as ``nn.Linear.weight``, ``b`` of shape ``(out,)``."""
-    flat = torch.as_tensor(vector).reshape(-1)
+    ``(W, b)`` per layer, ``W`` of shape ``(out, in)`` as ``nn.Linear.weight``, ``b`` of shape ``(out,)``, in the
+    task's dtype."""
+    flat = torch.as_tensor(vector, dtype=dtype_of(task)).reshape(-1)
     sizes = [n for i, o in zip(task.layers[:-1], task.layers[1:]) for n in (o * i, o)]
     if flat.numel() != sum(sizes):
         raise parameter_error("vector", "layer_tensors", f"{sum(sizes)} numbers for layers {task.layers}", f"{flat.numel()} numbers")

@@ -227,18 +227,18 @@ class L2VsDecay(Experiment):
             for seed in opts["seed"]
         ]
 
-    def task(self, opts: dict[str, Any], family: str) -> Any:
-        """The family's training task; Adam's keeps its final weights and state, for the effective decay."""
-        adam = family == "adam"
+    def task(self, opts: dict[str, Any], family: str, effective_decay: bool = False) -> Any:
+        """The family's training task; with ``effective_decay`` (Adam+L2) it keeps the final weights and
+        the optimizer state, which :func:`adam_l2_effective_decay` reads."""
         return mlp_task(
             opts,
-            optimizer="adam" if adam else "sgd",
+            optimizer="adam" if family == "adam" else "sgd",
             momentum=opts["momentum"] if family == "momentum" else 0.0,
             betas=BETAS,
             eps=EPS,
             init=opts["init"],
-            keep_weights="final" if adam else "none",
-            keep_optimizer_state=adam,
+            keep_weights="final" if effective_decay else "none",
+            keep_optimizer_state=effective_decay,
         )
 
     def run_chunk(
@@ -247,11 +247,15 @@ class L2VsDecay(Experiment):
         from decaylab.engine import Hyper, run_chunk
 
         outcomes: list[Outcome | None] = [None] * len(configs)
-        for family in ("sgd", "momentum", "adam"):
-            members = [i for i, c in enumerate(configs) if VARIANTS[c["variant"]][0] == family]
+        # one stack per family; Adam+L2 apart from AdamW, since only it keeps its weights and optimizer state
+        for family, effective_decay in (("sgd", False), ("momentum", False), ("adam", False), ("adam", True)):
+            members = [
+                i for i, c in enumerate(configs)
+                if VARIANTS[c["variant"]][0] == family and (c["variant"] == "adam-l2") == effective_decay
+            ]
             if not members:
                 continue
-            task = self.task(opts, family)
+            task = self.task(opts, family, effective_decay)
             lr = learning_rate(opts, family)
             hypers = []
             for i in members:
@@ -259,7 +263,7 @@ class L2VsDecay(Experiment):
                 coupling = VARIANTS[c["variant"]][1]
                 hypers.append(Hyper(seed=c["seed"], lr=lr, **{coupling: c["wd"]}))
             for i, h, outcome in zip(members, hypers, run_chunk(task, hypers, engine)):
-                if configs[i]["variant"] == "adam-l2" and outcome.status == "done":
+                if effective_decay and outcome.status == "done":
                     stats = adam_l2_effective_decay(task, h, outcome)
                     outcome.curves["eff_decay_counts"] = stats.pop("counts")
                     for k, counts in enumerate(stats.pop("counts_layers")):
@@ -267,7 +271,7 @@ class L2VsDecay(Experiment):
                     for key in ("decile_sqrt_vhat", "decile_eff_decay", "decile_abs_w"):
                         outcome.curves[key] = stats.pop(key)
                     outcome.metrics.update(stats)
-                outcome.weights = outcome.optimizer_state = None  # used up: not stored
+                outcome.weights = outcome.optimizer_state = None  # used up: not handed on
                 outcomes[i] = outcome
             if progress:
                 progress(len(members) * opts["epochs"])

@@ -22,6 +22,8 @@ from decaylab.results import ConfigResult
 
 __all__ = ["FigureWorker"]
 
+CLOSE_TIMEOUT_S = 5.0  # close() waits this long for the worker to end, then terminates it
+
 
 def _warm_up() -> None:
     """Import pyplot and draw one throw-away figure: loads fonts and the Agg renderer."""
@@ -157,5 +159,8 @@ class FigureWorker:
             self._conn.close()
             self._conn = None
         if self._proc is not None:
-            self._proc.join(timeout=5)
+            self._proc.join(timeout=CLOSE_TIMEOUT_S)
+            if self._proc.is_alive():  # still warming up (a first font-cache build): nobody will read it
+                self._proc.terminate()
+                self._proc.join(timeout=CLOSE_TIMEOUT_S)
             self._proc = None
