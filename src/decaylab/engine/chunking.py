@@ -89,9 +89,10 @@ def bytes_per_config(task: Task, n_train: int, n_test: int) -> int:
     """
     widths = task.layers
     n_params = sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
-    copies = 4 + (1 if task.momentum else 0) + (3 if task.optimizer == "adam" else 0)  # θ, g, temporaries, state
+    state = (1 if task.momentum else 0) + (2 if task.optimizer == "adam" else 0)  # optimizer buffers
+    copies = 4 + state + (1 if task.optimizer == "adam" else 0)  # θ, g, temporaries, buffers, Adam's denominator
     kept = {"none": 0, "final": 1, "epochs": task.epochs}[task.keep_weights]  # kept parameter vectors
-    buffers = (1 if task.momentum else 0) + (2 if task.optimizer == "adam" else 0) if task.keep_optimizer_state else 0
+    buffers = state if task.keep_optimizer_state else 0
     copies += kept + buffers  # as tensors, flattened at the end
     returned = kept + buffers + (1 if task.average_from is not None else 0)  # as lists of Python floats
     m = task.batch_size or n_train
