@@ -14,6 +14,7 @@ from decaylab.engine import Hyper, run_chunk
 from decaylab.engine.semantics import epoch_batches, load_data
 from decaylab.engine.sequential import build_model
 from decaylab.experiments import get_experiment
+from decaylab.experiments.dropout_mlp import train_epoch
 from decaylab.experiments.l2_vs_decay import HIST_EDGES, adam_l2_effective_decay, effective_decay_stats
 from decaylab.results import ConfigResult
 from decaylab.rng import generator
@@ -75,10 +76,7 @@ def _torch_adam(task: Any, l2: float, seed: int = 0) -> tuple[torch.Tensor, torc
     opt = torch.optim.Adam(decaylab.param_groups(model, l2), lr=1e-3, betas=task.betas, eps=task.eps)
     data, order = load_data(task, seed), generator(seed, "order")
     for _ in range(task.epochs):
-        for idx in epoch_batches(data.n_train, task.batch_size, order):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(data.X_train[idx]), data.y_train[idx]).backward()
-            opt.step()
+        train_epoch(model, opt, data, task.batch_size, order)
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     v_hats = [opt.state[w]["exp_avg_sq"] / (1 - task.betas[1] ** float(opt.state[w]["step"])) for w in weights]
     matrices = [w.detach() for w in weights]
