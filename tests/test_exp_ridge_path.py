@@ -23,6 +23,7 @@ def diabetes() -> tuple[dict[str, Any], ConfigResult]:
     return opts, train(EXP, opts, "sequential")[0]
 
 
+@pytest.mark.claim
 def test_claim_ridgecv_chooses_the_same_lambda_and_coefficients(diabetes: Any) -> None:
     opts, r = diabetes
     m = r.metrics
@@ -35,6 +36,7 @@ def test_claim_ridgecv_chooses_the_same_lambda_and_coefficients(diabetes: Any) -
     assert all(EXP.summarize([r], opts)["claims"].values())
 
 
+@pytest.mark.claim
 def test_wrong_conversion_would_be_caught(diabetes: Any) -> None:
     """The check can fail: RidgeCV given alpha = λ (forgetting n) picks a different λ."""
     opts, r = diabetes

@@ -44,6 +44,7 @@ def small_run() -> tuple[dict[str, Any], list[ConfigResult], dict[str, Any]]:
     return opts, results, EXP.summarize(results, opts)
 
 
+@pytest.mark.claim
 def test_regularization_helps_at_small_m_and_less_so_at_large_m(small_run: Any) -> None:
     _, _, summary = small_run
     # the λ/2 grid starts at 2^-12, next to no regularization (the λ/(2m) grid's first point is not)
@@ -56,12 +57,14 @@ def test_regularization_helps_at_small_m_and_less_so_at_large_m(small_run: Any) 
     assert gain_large < gain_small / 2
 
 
+@pytest.mark.claim
 def test_best_penalty_on_the_mean_loss_falls_with_m(small_run: Any) -> None:
     _, _, summary = small_run
     small, large = summary["conventions"]["half"]["by_m"]
     assert large["best_l2"] < small["best_l2"] / 2
 
 
+@pytest.mark.claim
 def test_the_two_conventions_differ_by_exactly_one_power_of_m(small_run: Any) -> None:
     """λ_half = λ_mean/m: both conventions pick the same objective, so the slopes differ by −1 (up to the grid)."""
     _, _, summary = small_run
