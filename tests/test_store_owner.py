@@ -272,3 +272,24 @@ def test_a_stored_chunk_beats_too(tmp_path: Path) -> None:
     sql(tmp_path / "s.db", "UPDATE runs SET heartbeat = 0")
     store.save_results("r", [(0, ConfigResult(params={"lambd": 0.0}))])
     assert sql(tmp_path / "s.db", "SELECT heartbeat FROM runs")[0][0] > time.time() - 60
+
+
+def test_hot_journal_of_a_read_only_store_is_one_line_until_it_can_be_rolled_back(cli_json: Any, tmp_path: Path) -> None:
+    """A read-only open cannot roll a hot journal back: never judge the file through it; say what to do."""
+    from store_helpers import decaylab, unprivileged
+
+    cut = cli_json(*SWEEP, "--store", "s.db")
+    _cut(tmp_path / "s.db", keep_done={0, 1})
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_COMMIT, str(tmp_path / "s.db")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout.readline().strip() == "writing"
+    writer.send_signal(signal.SIGKILL)
+    writer.communicate(timeout=30)
+    (tmp_path / "s.db").chmod(0o444)
+    listed = decaylab("runs", "list", "--store", "s.db", prefix=unprivileged(), cwd=tmp_path)
+    one_line_error(listed.returncode, listed.stderr, "'s.db'", "killed while writing it", "make the file and its directory writable")
+    assert (tmp_path / "s.db-journal").stat().st_size > 0  # left for a writable open
+    (tmp_path / "s.db").chmod(0o644)
+    (listed,) = cli_json("runs", "list", "--store", "s.db")
+    assert listed["run_id"] == cut["run_id"] and listed["counts"] == {"done": 2, "pending": 4}
