@@ -2,8 +2,10 @@
 
 The store sees a run before any training starts (status ``running``, every configuration ``pending``),
 each finished chunk in one transaction, and the run's end (``finished``, or ``failed`` when a chunk
-failed for good). Ctrl-C marks the run ``interrupted``; a kill leaves it ``running``. Either way the
-finished configurations stay, and :func:`execute` with ``resume=RUN_ID`` trains only the rest.
+failed for good). Ctrl-C marks the run ``interrupted``; a kill leaves it ``running`` with a dead owner,
+which the store shows as ``interrupted``. Either way the finished configurations stay, and
+:func:`execute` with ``resume=RUN_ID`` trains only the rest once it holds the run's lease
+(:meth:`Store.claim`). While this process owns a run, the store keeps the run's heartbeat fresh.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from decaylab import __version__
 from decaylab.backends import ray_session, run_local, run_on_ray
+from decaylab.environment import collect as collect_environment
 from decaylab.experiments.base import Experiment
 from decaylab.results import ConfigResult, Outcome
 from decaylab.store import RunRecord, Store
@@ -94,11 +97,12 @@ def _execute(store: Store, request: RunRequest, engine: str, resume: str | None,
         configs = exp.configs(opts)
         seeds = sorted({str(c.get("seed")) for c in configs if "seed" in c})
         store.create_run(
-            run_id, exp.name, request.command, opts, request.raw_options, __version__, ",".join(seeds), configs
+            run_id, exp.name, request.command, opts, request.raw_options, __version__, ",".join(seeds), configs,
+            environment=collect_environment(),
         )
     else:
         run_id = resume
-        record = store.get_run(run_id)
+        record = store.claim(run_id, environment=collect_environment())  # refused while a live process trains it
         if record is None:
             raise parameter_error("RUN_ID", "decaylab resume", "the id of a run in the store", run_id)
         configs = [c.params for c in record.configs]
