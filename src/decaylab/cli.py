@@ -83,16 +83,24 @@ def _experiment_parser(name: str) -> tuple[Any, argparse.ArgumentParser]:
 
 def _parse_options(exp: Any, ns: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], set[str]]:
     """Parse every experiment option from its text (given or default); return values, texts, given names."""
+    import warnings
+
+    from decaylab.grid import GridNote
+
     opts, raw, given = {}, {}, set()
-    for opt in exp.options:
-        text = getattr(ns, opt.name)
-        if text is None:
-            text = opt.default
-        else:
-            given.add(opt.name)
-        raw[opt.name] = text
-        opts[opt.name] = opt.parse(text, opt.flag, exp.name)
-    exp.check(opts)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", GridNote)
+        for opt in exp.options:
+            text = getattr(ns, opt.name)
+            if text is None:
+                text = opt.default
+            else:
+                given.add(opt.name)
+            raw[opt.name] = text
+            opts[opt.name] = opt.parse(text, opt.flag, exp.name)
+    for note in notes:  # e.g. duplicated grid values merged
+        print(f"decaylab: note: {note.message}", file=sys.stderr)
+    exp.validate(opts)
     return opts, raw, given
 
 
@@ -255,8 +263,14 @@ def _stored_options(record: Any) -> tuple[Any, dict[str, Any]]:
     """A stored run's experiment and its options, parsed again from the text they were given as."""
     from decaylab.experiments import get_experiment
 
+    import warnings
+
+    from decaylab.grid import GridNote
+
     exp = get_experiment(record.experiment)
-    return exp, {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GridNote)  # noted when the run was created
+        return exp, {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
 
 
 def _resume(record: Any, ns: argparse.Namespace) -> int:

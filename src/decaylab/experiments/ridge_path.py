@@ -37,7 +37,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from decaylab.experiments.base import Experiment, Option, Table, choice, float_grid, int_grid, positive_int
+from decaylab.experiments.base import (
+    check_data_budget,
+    Experiment,
+    Option,
+    Table,
+    choice,
+    float_grid,
+    positive_int,
+    seed_grid,
+    status_text,
+)
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import parameter_error
 
@@ -145,10 +155,12 @@ class RidgePath(Experiment):
         Option("standardize", choice("yes", "no"), "yes", "z-score each feature first"),
         Option("n_train", positive_int, "100", "examples of --data synthetic", "N"),
         Option("dim", positive_int, "20", "features of --data synthetic", "D"),
-        Option("seed", int_grid(low=0), "0", "seed(s) of --data synthetic (a fixed data set takes one seed)", "SEEDS"),
+        Option("seed", seed_grid, "0", "seed(s) of --data synthetic (a fixed data set takes one seed)", "SEEDS"),
     )
 
     def check(self, opts: dict[str, Any]) -> None:
+        if opts["data"] == "synthetic":
+            check_data_budget(opts, self.name, ("n_train",), "dim", itemsize=8)
         if opts["data"] != "synthetic" and len(opts["seed"]) > 1:
             raise parameter_error(
                 "--seed", self.name, f"a single seed with --data {opts['data']} (the data are fixed)",
@@ -239,7 +251,7 @@ class RidgePath(Experiment):
         several = len(results) > 1
         for r in results:
             if r.status != "done":
-                rows.append([f"seed {r.params['seed']}: {r.status}"] + [None] * 7)
+                rows.append([f"seed {r.params['seed']}: {status_text(r)}"] + [None] * 7)
                 continue
             m, c = r.metrics, r.curves
             tag = f"seed {r.params['seed']}: " if several else ""
