@@ -195,7 +195,7 @@ def _cmd_list() -> int:
 
 
 def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Namespace, resume: str | None) -> int:
-    from decaylab.outputs import render_table, run_document, write_json
+    from decaylab.outputs import diverged_note, render_table, run_document, write_json
     from decaylab.plots.worker import FigureWorker
     from decaylab.runner import RunRequest, execute
 
@@ -229,6 +229,8 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
         figures.close()
     if not ns.json and not ns.quiet:
         print(f"run {record.run_id} ({record.status}) stored in {store.path}; wrote " + ", ".join(map(str, written)))
+    if note := diverged_note(record):  # a result, not a failure: the exit code stays 0
+        print(f"decaylab: note: {note}", file=sys.stderr)
     return EXIT_OK if record.status == "finished" else EXIT_FAILED
 
 

@@ -28,7 +28,7 @@ import math
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,6 +62,7 @@ __all__ = [
     "check_model_budget",
     "choice",
     "choice_list",
+    "diverged_rows",
     "float_grid",
     "group_by",
     "int_grid",
@@ -74,6 +75,7 @@ __all__ = [
     "positive_int",
     "seed_grid",
     "status_text",
+    "unfinished_note",
 ]
 
 Parser = Callable[[str, str, str], Any]  # (text, option name, owner) -> value
@@ -101,6 +103,7 @@ class Table:
     columns: list[str]
     rows: list[list[Any]]
     title: str = ""
+    notes: list[str] = field(default_factory=list)  # lines printed under the table
 
 
 # -- parsers -----------------------------------------------------------------------------------
@@ -312,9 +315,29 @@ class Experiment(ABC):
     def table(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> Table:
         """The table printed after the run."""
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
-        """Write the figures into ``out``; return their paths."""
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        """The files :meth:`draw` writes (a figure saying why is written under each name when nothing finished)."""
         return []
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+        """Write the figures of ``results`` — every one of them finished (status ``done``) — into ``out``."""
+        return []
+
+    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+        """Write the figures into ``out``; return their paths.
+
+        Only configurations that finished are drawn (a diverged one has no final numbers, and its curves stop);
+        the figures say how many did not and at which epochs. When none finished, each figure of
+        :meth:`figure_names` is one panel that says so instead of an empty plot.
+        """
+        from decaylab.plots import figure_note, nothing_finished
+
+        done = [r for r in results if r.status == "done"]
+        note = unfinished_note(results)
+        if not done:
+            return [nothing_finished(out / name, f"{self.name}: {name}", note) for name in self.figure_names(opts)]
+        with figure_note(f"{note}: not drawn" if note else ""):
+            return self.draw(done, opts, out)
 
     def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
         """Run-level numbers derived from all configurations (the experiment's claim)."""
@@ -323,6 +346,46 @@ class Experiment(ABC):
 
 def finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _epochs_text(epochs: list[int]) -> str:
+    lo, hi = min(epochs), max(epochs)
+    return f"epoch {lo}" if lo == hi else f"epochs {lo}–{hi}"
+
+
+def unfinished_note(results: Sequence[ConfigResult]) -> str:
+    """One line on the configurations that did not finish, '' when all did::
+
+        2 of 8 configurations diverged (at epochs 3–5); 1 failed
+    """
+    diverged = [r for r in results if r.status == "diverged"]
+    failed = sum(r.status == "failed" for r in results)
+    pending = sum(r.status == "pending" for r in results)
+    if not (diverged or failed or pending):
+        return ""
+    parts = []
+    if diverged:
+        epochs = [r.diverged_epoch for r in diverged if r.diverged_epoch is not None]
+        parts.append(f"{len(diverged)} diverged" + (f" (at {_epochs_text(epochs)})" if epochs else ""))
+    if failed:
+        parts.append(f"{failed} failed")
+    if pending:
+        parts.append(f"{pending} not trained")
+    return f"{parts[0].split(' ', 1)[0]} of {len(results)} configurations {parts[0].split(' ', 1)[1]}" + "".join(
+        f"; {p}" for p in parts[1:]
+    )
+
+
+def diverged_rows(results: Sequence[ConfigResult], limit: int = 10) -> list[str]:
+    """For tables that aggregate (no status column): one line per configuration that did not finish."""
+    lines = []
+    for r in results:
+        if r.status != "done":
+            params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
+            lines.append(f"{params}: {status_text(r)}")
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
+    return lines
 
 
 def status_text(result: ConfigResult) -> str:

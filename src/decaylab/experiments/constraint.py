@@ -283,7 +283,10 @@ class Constraint(Experiment):
             },
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["constraint.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.constraint import plot_constraint
 
         return [plot_constraint(results, opts, out / "constraint.png")]

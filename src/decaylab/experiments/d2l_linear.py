@@ -287,7 +287,10 @@ class D2LLinear(Experiment):
         by_lambda = mean_over_seeds(results, "lambd", ("w_norm", "train_loss", "test_loss"))
         return {"by_lambda": [{"lambd": lambd, **means} for lambd, means in by_lambda]}
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["curves.png", "norms.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.d2l_linear import plot_curves, plot_norms
 
         return [plot_curves(results, opts, out / "curves.png"), plot_norms(results, opts, out / "norms.png")]

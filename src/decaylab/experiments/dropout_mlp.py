@@ -468,7 +468,10 @@ class DropoutMLP(Experiment):
             "dropout_check": {"layers": check, "agree": all(c["agree"] for c in check)},
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["curves.png", "gap.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.dropout_mlp import plot_curves, plot_gap
 
         return [plot_curves(results, opts, out / "curves.png"), plot_gap(results, opts, out / "gap.png")]

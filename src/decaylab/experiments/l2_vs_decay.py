@@ -374,7 +374,10 @@ class L2VsDecay(Experiment):
         claims["holds"] = all(claims.values()) if claims else None
         return claims
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return [f"norms{'' if len(opts['wd']) == 1 else f'_wd={wd:g}'}.png" for wd in opts["wd"]]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         """``norms.png`` and ``effective_decay.png`` per λ (with several λ: ``norms_wd=0.01.png``, ...)."""
         from decaylab.plots.l2_vs_decay import plot_effective_decay, plot_norms
 

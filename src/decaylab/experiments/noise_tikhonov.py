@@ -331,7 +331,10 @@ class NoiseTikhonov(Experiment):
             "verdict": verdict,
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["coefficients.png", "distances.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.noise_tikhonov import plot_coefficients, plot_distances
 
         return [

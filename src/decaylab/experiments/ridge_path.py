@@ -321,7 +321,10 @@ class RidgePath(Experiment):
             },
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["ridge_path.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.ridge_path import plot_ridge_path
 
         done = [r for r in results if r.status == "done" and r.curves]

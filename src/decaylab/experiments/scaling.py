@@ -58,6 +58,7 @@ from typing import Any
 
 from decaylab.experiments.base import (
     check_model_budget,
+    diverged_rows,
     check_data_budget,
     MAX_WIDTH,
     Experiment,
@@ -308,6 +309,7 @@ class Scaling(Experiment):
                 f" 2-{'-'.join(map(str, opts['hidden']))}-1; validation loss averaged over {len(opts['seed'])} seed(s);"
                 f" slope = fit of log λ on log m. Verdict: {summary['verdict']}"
             ),
+            notes=diverged_rows(results),
         )
 
     def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
@@ -369,7 +371,10 @@ class Scaling(Experiment):
             "verdict": verdict,
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["curves.png", "best_lambda.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.scaling import plot_best_lambda, plot_curves
 
         summary = self.summarize(results, opts)

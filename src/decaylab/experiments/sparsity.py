@@ -59,6 +59,7 @@ from typing import Any
 
 from decaylab.experiments.base import (
     check_data_budget,
+    diverged_rows,
     Experiment,
     Option,
     Table,
@@ -394,6 +395,7 @@ class Sparsity(Experiment):
                 f" non-zeros{'' if n_seeds == 1 else f', mean over {n_seeds} seeds'}. λ of mean (ŷ−y)²/2 + λ‖w‖₁ (l1),"
                 f" + λ(ρ‖w‖₁ + (1−ρ)/2‖w‖²) (enet, ρ={opts['l1_ratio']:g}), + λ/2‖w‖² (l2)"
             ),
+            notes=diverged_rows(results),
         )
 
     def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
@@ -457,7 +459,10 @@ class Sparsity(Experiment):
             "max_error_bound": float(np.max([r.metrics["error_bound"] for r in done])) if done else None,
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["paths.png", "support.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.sparsity import plot_paths, plot_support
 
         return [plot_paths(results, opts, out / "paths.png"), plot_support(results, opts, out / "support.png")]
