@@ -187,7 +187,7 @@ def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:
     ("args", "expected"),
     [
         (("--momentum", "1"), "The '--momentum' parameter of l2-vs-decay must be a float in [0, 1). Got '1'."),
-        (("--wd", "0"), "The '--wd' parameter of l2-vs-decay must be a float in (0, inf). Got 0.0."),
+        (("--wd", "0"), "The '--wd' parameter of l2-vs-decay must be a float in (0, 1e+18]. Got 0.0."),
         (("--variants", "adamw,sgdw"), "The '--variants' parameter of l2-vs-decay must be one of {"),
     ],
 )

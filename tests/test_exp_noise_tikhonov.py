@@ -149,7 +149,7 @@ def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:
     ("argv", "message"),
     [
         (["--average", "1.5"], "The '--average' parameter of noise-tikhonov must be a float in (0, 1]. Got 1.5."),
-        (["--sigma", "-0.5"], "'--sigma' parameter of noise-tikhonov must be a float in [0, inf)"),
+        (["--sigma", "-0.5"], "'--sigma' parameter of noise-tikhonov must be a float in [0, 1e+18]"),
         (["--n-train", "5"], "'--n-train' parameter of noise-tikhonov must be an int > dim=5"),
     ],
 )

@@ -174,7 +174,7 @@ def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:
         (["--m", "1,16"], "'--m' parameter of scaling must be a list of whole numbers >= 2"),
         (["--m", "16,16"], "The '--m' parameter of scaling must be a list of distinct sizes. Got '16,16'."),
         (["--lr", "3"], "'--lr' parameter of scaling must be a float with lr·l2 < 2"),
-        (["--lambd-mean", "-1"], "'--lambd-mean' parameter of scaling must be a float in [0, inf)"),
+        (["--lambd-mean", "-1"], "'--lambd-mean' parameter of scaling must be a float in [0, 1e+18]"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(cli: Any, argv: list[str], message: str) -> None:

@@ -172,7 +172,7 @@ def test_cli_json(cli_json: Any, tmp_path: Path) -> None:
         (["--l1-ratio", "1"], "The '--l1-ratio' parameter of sparsity must be a float in (0, 1). Got '1'."),
         (["--methods", "l1,l3"], "The '--methods' parameter of sparsity must be a comma list of"),
         (["--dim", "5", "--n-nonzero", "6"], "The '--n-nonzero' parameter of sparsity must be an int in [1, dim=5]"),
-        (["--lambd", "0,1"], "The '--lambd' parameter of sparsity must be a float in (0, inf)"),
+        (["--lambd", "0,1"], "The '--lambd' parameter of sparsity must be a float in (0, 1e+18]"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(cli: Any, args: list[str], message: str) -> None:

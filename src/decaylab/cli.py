@@ -83,16 +83,24 @@ def _experiment_parser(name: str) -> tuple[Any, argparse.ArgumentParser]:
 
 def _parse_options(exp: Any, ns: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], set[str]]:
     """Parse every experiment option from its text (given or default); return values, texts, given names."""
+    import warnings
+
+    from decaylab.grid import GridNote
+
     opts, raw, given = {}, {}, set()
-    for opt in exp.options:
-        text = getattr(ns, opt.name)
-        if text is None:
-            text = opt.default
-        else:
-            given.add(opt.name)
-        raw[opt.name] = text
-        opts[opt.name] = opt.parse(text, opt.flag, exp.name)
-    exp.check(opts)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", GridNote)
+        for opt in exp.options:
+            text = getattr(ns, opt.name)
+            if text is None:
+                text = opt.default
+            else:
+                given.add(opt.name)
+            raw[opt.name] = text
+            opts[opt.name] = opt.parse(text, opt.flag, exp.name)
+    for note in notes:  # e.g. duplicated grid values merged
+        print(f"decaylab: note: {note.message}", file=sys.stderr)
+    exp.validate(opts)
     return opts, raw, given
 
 
@@ -188,7 +196,7 @@ def _cmd_list() -> int:
 
 
 def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Namespace, resume: str | None) -> int:
-    from decaylab.outputs import render_table, run_document, write_json
+    from decaylab.outputs import diverged_note, render_table, run_document, write_json
     from decaylab.plots.worker import FigureWorker
     from decaylab.runner import RunRequest, execute
 
@@ -222,6 +230,8 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
         figures.close()
     if not ns.json and not ns.quiet:
         print(f"run {record.run_id} ({record.status}) stored in {store.path}; wrote " + ", ".join(map(str, written)))
+    if note := diverged_note(record):  # a result, not a failure: the exit code stays 0
+        print(f"decaylab: note: {note}", file=sys.stderr)
     return EXIT_OK if record.status == "finished" else EXIT_FAILED
 
 
@@ -257,8 +267,14 @@ def _stored_options(record: Any) -> tuple[Any, dict[str, Any]]:
     (``resume`` trains again, so its input files must still be there)."""
     from decaylab.experiments import get_experiment
 
+    import warnings
+
+    from decaylab.grid import GridNote
+
     exp = get_experiment(record.experiment)
-    return exp, {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GridNote)  # noted when the run was created
+        return exp, {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
 
 
 def _shown_options(record: Any) -> tuple[Any, dict[str, Any]]:

@@ -65,21 +65,43 @@ def _back(a: np.ndarray | float, like_torch: bool) -> Any:
     return a
 
 
+def _check_finite(a: np.ndarray, name: str, owner: str) -> None:
+    """Refuse NaN or infinite entries, naming the first (``X[3, 1] = nan``)."""
+    bad = ~np.isfinite(a)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = f"{name}[{', '.join(map(str, index))}] = {a[index]}"
+        raise parameter_error(name, owner, f"an array of finite numbers ({int(bad.sum())} not finite, first {where})",
+                              f"{type(a).__name__} of shape {tuple(a.shape)}")
+
+
 def _prepare(X: Any, y: Any, owner: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``X`` (n, d) and ``y`` (n,) or (n, k) as float64 NumPy arrays; whether ``y`` was 1-D.
+
+    Raises:
+        InvalidParameterError: not arrays of numbers, wrong dimensions, no rows or no features, rows of ``y``
+            unlike ``X``'s, NaN or infinite entries.
+    """
     Xn = _to_numpy(X, "X", owner)
     yn = _to_numpy(y, "y", owner)
     if Xn.ndim != 2:
         raise parameter_error("X", owner, "a 2-D array (n_samples, n_features)", tuple(Xn.shape))
-    if yn.ndim not in (1, 2) or yn.shape[0] != Xn.shape[0]:
+    if Xn.shape[0] < 1 or Xn.shape[1] < 1:
+        raise parameter_error("X", owner, "a 2-D array with at least 1 sample and 1 feature", tuple(Xn.shape))
+    if yn.ndim not in (1, 2) or yn.shape[0] != Xn.shape[0] or yn.size == 0:
         raise parameter_error("y", owner, f"a 1-D or 2-D array with {Xn.shape[0]} rows like X", tuple(yn.shape))
+    _check_finite(Xn, "X", owner)
+    _check_finite(yn, "y", owner)
     return Xn, yn, yn.ndim == 1
 
 
 def _alphas(lambds: Any, n: int, convention: str, loss: str | None, owner: str) -> tuple[np.ndarray, np.ndarray]:
     check_choice(convention, "convention", owner, _L2)
+    if lambds is None:
+        raise parameter_error("lambds", owner, "a non-empty 1-D sequence of floats in [0, inf)", lambds)
     values = np.atleast_1d(_to_numpy(lambds, "lambds", owner))
-    if values.ndim != 1:
-        raise parameter_error("lambds", owner, "a 1-D sequence of floats in [0, inf)", tuple(values.shape))
+    if values.ndim != 1 or values.size == 0:
+        raise parameter_error("lambds", owner, "a non-empty 1-D sequence of floats in [0, inf)", tuple(values.shape))
     context = {} if loss is None else {"loss": loss}
     alphas = np.empty_like(values)
     for i, lam in enumerate(values):
@@ -131,6 +153,10 @@ def ridge(
 
     Returns ``coef`` of shape ``(d,)`` for a 1-D ``y`` and ``(k, d)`` for ``y`` of shape ``(n, k)``
     (scikit-learn's layout), and ``intercept`` (a scalar or ``(k,)``; 0 without ``fit_intercept``).
+
+    Raises:
+        InvalidParameterError: ``X`` not 2-D with ≥ 1 row and ≥ 1 column, ``y`` without X's rows, NaN or
+            infinite entries in either, λ not a finite float ≥ 0, an unknown or non-L2 ``convention``.
     """
     Xn, yn, flat = _prepare(X, y, "ridge")
     lam = check_float(lambd, "lambd", "ridge", low=0.0)
@@ -156,6 +182,9 @@ def ridge_path(
 
     Same objective and conventions as :func:`ridge`. Returns ``coefs`` of shape ``(L, d)`` (or
     ``(L, k, d)`` for 2-D ``y``) and ``intercepts`` of shape ``(L,)`` (or ``(L, k)``).
+
+    Raises:
+        InvalidParameterError: as :func:`ridge`, and ``lambds`` empty or not 1-D.
     """
     Xn, yn, flat = _prepare(X, y, "ridge_path")
     _, alphas = _alphas(lambds, Xn.shape[0], convention, loss, "ridge_path")
@@ -219,6 +248,9 @@ def ridge_gcv(
     * ``gcv = (1/n)‖r‖² / (1 − tr H/n)²`` (Golub, Heath & Wahba 1979).
 
     For 2-D ``y`` the errors are averaged over targets.
+
+    Raises:
+        InvalidParameterError: as :func:`ridge_path`.
     """
     Xn, yn, flat = _prepare(X, y, "ridge_gcv")
     lams, alphas = _alphas(lambds, Xn.shape[0], convention, loss, "ridge_gcv")

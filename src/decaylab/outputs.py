@@ -12,7 +12,7 @@ from decaylab.experiments.base import Table
 from decaylab.results import json_safe
 from decaylab.store import RunRecord
 
-__all__ = ["environment_lines", "format_cell", "render_table", "run_document", "runs_table", "write_json"]
+__all__ = ["diverged_note", "environment_lines", "format_cell", "render_table", "run_document", "runs_table", "write_json"]
 
 
 def run_document(record: RunRecord, summary: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +76,25 @@ def render_table(table: Table) -> Any:
         out.add_column(name, justify="right" if is_number else "left", no_wrap=True)
     for row in table.rows:
         out.add_row(*(format_cell(v) for v in row))
-    return Group(Text(table.title, style="bold"), out) if table.title else out
+    parts = ([Text(table.title, style="bold")] if table.title else []) + [out]
+    if table.notes:
+        parts.append(Text("did not finish:\n" + "\n".join(f"  {line}" for line in table.notes)))
+    return Group(*parts) if len(parts) > 1 else out
+
+
+def diverged_note(record: RunRecord) -> str | None:
+    """``"N of M configurations diverged"`` (with the epochs) when some did; printed once after a run.
+
+    A diverged configuration is a result, not a failure: the run still exits 0.
+    """
+    diverged = [c for c in record.configs if c.status == "diverged"]
+    if not diverged:
+        return None
+    epochs = sorted({c.diverged_epoch for c in diverged if c.diverged_epoch is not None})
+    when = ""
+    if epochs:
+        when = f" (at epoch {epochs[0]})" if len(epochs) == 1 else f" (at epochs {epochs[0]}–{epochs[-1]})"
+    return f"{len(diverged)} of {len(record.configs)} configurations diverged{when}"
 
 
 def runs_table(records: Sequence[RunRecord]) -> Table:

@@ -32,7 +32,7 @@ The full step-by-step semantics both engines follow are in :mod:`decaylab.engine
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -234,15 +234,28 @@ class Hyper:
         return self.dropout or (0.0,) * task.n_hidden
 
 
-def check_hypers(task: Task, hypers: Sequence[Hyper]) -> list[Hyper]:
-    """Check that every configuration fits ``task``; return them as a list.
+def check_hypers(task: Task, hypers: Sequence[Hyper], owner: str = "train") -> list[Hyper]:
+    """Check that ``task`` is a :class:`Task` and ``hypers`` a non-empty sequence of :class:`Hyper` that fit it;
+    return them as a list.
 
-    Raises :class:`~decaylab.validation.InvalidParameterError` naming the option to change.
+    Raises:
+        InvalidParameterError: naming the argument or the option to change — ``task`` not a ``Task``;
+            ``hypers`` a single ``Hyper`` (wrap it in a list), not a sequence, empty, or holding another type;
+            a ``Hyper``'s dropout or noise that the task does not have.
     """
+    if not isinstance(task, Task):
+        raise parameter_error("task", owner, "a decaylab.engine.Task", type(task).__name__)
+    allowed = "a non-empty list of Hyper, one per configuration"
+    if isinstance(hypers, Hyper):
+        raise parameter_error("hypers", owner, allowed + " (for one configuration: [hyper])", hypers)
+    if isinstance(hypers, (str, bytes, Mapping)) or not isinstance(hypers, Iterable):
+        raise parameter_error("hypers", owner, allowed, type(hypers).__name__)
     hypers = list(hypers)
-    for h in hypers:
+    if not hypers:
+        raise parameter_error("hypers", owner, allowed, hypers)
+    for i, h in enumerate(hypers):
         if not isinstance(h, Hyper):
-            raise parameter_error("hypers", "train", "a sequence of Hyper", h)
+            raise parameter_error("hypers", owner, f"{allowed} (item {i} is a {type(h).__name__})", h)
         if h.dropout and not task.dropout and any(h.dropout):
             raise parameter_error("dropout", "Hyper", "() unless Task.dropout=True", h.dropout)
         if h.dropout and len(h.dropout) != task.n_hidden:

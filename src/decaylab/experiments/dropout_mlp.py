@@ -56,12 +56,15 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.experiments.base import (
+    check_model_budget,
+    MAX_WIDTH,
     Experiment,
     Option,
     Table,
     check_batch_size,
     choice,
     choice_list,
+    epochs_int,
     float_grid,
     group_by,
     int_grid,
@@ -69,6 +72,8 @@ from decaylab.experiments.base import (
     path_or_empty,
     positive_float,
     positive_int,
+    seed_grid,
+    status_text,
 )
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_choice, parameter_error
@@ -97,7 +102,7 @@ INIT_STD = 0.01  # D2L: nn.init.normal_(m.weight, std=0.01)
 
 
 # -- the MLP on digits (or IDX files): options, data and Task, shared with l2-vs-decay ----------------
-HIDDEN_OPTION = Option("hidden", int_grid(low=1), "256,256", "hidden layer widths", "W,W")
+HIDDEN_OPTION = Option("hidden", int_grid(low=1, high=MAX_WIDTH, merge=False), "256,256", "hidden layer widths", "W,W")
 
 
 def training_options(
@@ -106,11 +111,11 @@ def training_options(
     """``--epochs --batch-size --n-train --n-test --seed --data-dir``, in this order; the defaults of
     ``--epochs`` and ``--seed`` and the help of ``--seed`` and ``--n-train`` are the experiment's."""
     return (
-        Option("epochs", positive_int, epochs, "training epochs", "N"),
+        Option("epochs", epochs_int, epochs, "training epochs", "N"),
         Option("batch_size", positive_int, "20", "minibatch size", "B"),
         Option("n_train", positive_int, "200", n_train_help, "N"),
         Option("n_test", positive_int, "500", "test examples per seed", "N"),
-        Option("seed", int_grid(low=0), seeds, seed_help, "SEEDS"),
+        Option("seed", seed_grid, seeds, seed_help, "SEEDS"),
         Option("data_dir", path_or_empty, "", "directory of MNIST/Fashion-MNIST IDX files; empty: scikit-learn digits", "DIR"),
     )
 
@@ -354,7 +359,7 @@ class DropoutMLP(Experiment):
     options = (
         Option("variants", choice_list(*VARIANTS), ",".join(VARIANTS), "variants to train: none, dropout, decay, both", "LIST"),
         Option("wd", float_grid(low=0.0), "0.002", "λ of the decay variants: mean CE + λ/2·Σ‖W‖² (grid)", "GRID"),
-        Option("dropout", float_grid(low=0.0, high=1.0), "0.2,0.5", "dropout p after each hidden layer (one per layer)", "P,P"),
+        Option("dropout", float_grid(low=0.0, high=1.0, merge=False), "0.2,0.5", "dropout p after each hidden layer (one per layer)", "P,P"),
         HIDDEN_OPTION,
         Option("lr", positive_float, "0.5", "SGD learning rate η (D2L's 0.5)", "ETA"),
         *training_options(
@@ -366,12 +371,20 @@ class DropoutMLP(Experiment):
         Option("dropout_impl", choice(*IMPLS), "engine", "dropout layers: the engine's, decaylab.Dropout or torch.nn.Dropout"),
     )
 
+    swept = ("variants", "wd", "seed")
+
+    def n_configs(self, opts: dict[str, Any]) -> int:
+        per_seed = sum(len(opts["wd"]) if v in ("decay", "both") else 1 for v in opts["variants"])
+        return per_seed * len(opts["seed"])
+
     def check(self, opts: dict[str, Any]) -> None:
         if len(opts["dropout"]) != len(opts["hidden"]):
             raise parameter_error(
                 "--dropout", self.name, f"{len(opts['hidden'])} probabilities, one per hidden layer", ",".join(map(str, opts["dropout"]))
             )
         check_data(opts, self.name)
+        d_in, n_classes = data_shape(opts)
+        check_model_budget((d_in, *opts["hidden"], n_classes), self.name)
 
     def configs(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
         zeros = [0.0] * len(opts["hidden"])
@@ -410,7 +423,7 @@ class DropoutMLP(Experiment):
             for r in group:
                 v = {k: end_mean(r, k, w) for k in keys}
                 rows.append([label, r.params["seed"], v["train_acc"], v["test_acc"], v["train_acc"] - v["test_acc"],
-                             v["train_loss"], v["test_loss"], v["test_loss"] - v["train_loss"], v["w_norm"], r.status])
+                             v["train_loss"], v["test_loss"], v["test_loss"] - v["train_loss"], v["w_norm"], status_text(r)])
             done = [r for r in group if r.status == "done"]
             if len(group) > 1 and done:
                 mean = {k: mean_or_nan(end_mean(r, k, w) for r in done) for k in keys}
@@ -463,7 +476,10 @@ class DropoutMLP(Experiment):
             "dropout_check": {"layers": check, "agree": all(c["agree"] for c in check)},
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["curves.png", "gap.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.dropout_mlp import plot_curves, plot_gap
 
         return [plot_curves(results, opts, out / "curves.png"), plot_gap(results, opts, out / "gap.png")]
