@@ -59,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "ridge": "decaylab.closed_form",
     "ridge_path": "decaylab.closed_form",
     "decay_timescale": "decaylab.closed_form",
+    "rotational_equilibrium": "decaylab.closed_form",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -78,7 +79,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from decaylab.closed_form import decay_timescale, ridge, ridge_path
+    from decaylab.closed_form import decay_timescale, ridge, ridge_path, rotational_equilibrium
     from decaylab.conventions import convert
     from decaylab.layers import Dropout, GaussianNoise
     from decaylab.penalties import elastic_net_penalty, l1_penalty, l2_penalty
