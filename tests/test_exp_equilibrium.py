@@ -178,7 +178,7 @@ def test_claims_hold(small: Any) -> None:
     claims, numbers = summary["claims"], summary["numbers"]
     assert summary["holds"] and all(claims.values()), summary["verdict"]
     assert numbers["a"]["max_rel_change_normalized_eps0"] < 1e-12 and numbers["a"]["min_rel_change_readout"] > 0.3
-    # (b), (c): well inside the allowed 1 ± 0.3 and 1 ± 0.25 (measured here within ~15 %)
+    # (b), (c): well inside the allowed 1 ± 0.3 (measured here within ~12 %, the same on AVX2 and default kernels)
     assert 0.8 < numbers["b"]["norm_ratio_min"] and numbers["b"]["norm_ratio_max"] < 1.2
     assert 0.85 < numbers["c"]["angle_ratio_min"] and numbers["c"]["angle_ratio_max"] < 1.2
     lo, hi = numbers["c"]["adamw_ratio_to_sqrt_2_eta_lambda"]
