@@ -443,7 +443,10 @@ class Equilibrium(Experiment):
         from decaylab.plots.equilibrium import plot_claims, plot_no_decay, plot_norms
 
         summary = self.summarize(results, opts)
-        paths = [plot_norms(results, opts, summary, out / "norms.png"), plot_claims(results, opts, summary, out / "claims.png")]
+        paths = []
+        if any(r.params["wd"] > 0 and r.status == "done" for r in results):  # λ = 0 only: no equilibrium to show
+            paths.append(plot_norms(results, opts, summary, out / "norms.png"))
+        paths.append(plot_claims(results, opts, summary, out / "claims.png"))
         if any(r.params["wd"] == 0 and r.status == "done" for r in results):
             paths.append(plot_no_decay(results, opts, out / "no_decay.png"))
         return paths
