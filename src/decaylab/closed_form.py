@@ -38,11 +38,13 @@ from decaylab.validation import check_choice, check_float, parameter_error
 __all__ = [
     "DecayTimescale",
     "RidgeGCV",
+    "RotationalEquilibrium",
     "decay_timescale",
     "hessian_eigs",
     "ridge",
     "ridge_gcv",
     "ridge_path",
+    "rotational_equilibrium",
     "weight_decay_for_timescale",
 ]
 
@@ -328,3 +330,95 @@ def hessian_eigs(X: Array) -> tuple[float, float]:
     A = torch.cat([X, torch.ones(n, 1, dtype=X.dtype)], dim=1)
     eig = torch.linalg.eigvalsh(A.T @ A / n)
     return float(eig[0]), float(eig[-1])
+
+
+# -- rotational equilibrium of scale-invariant weights (Kosson, Messmer & Jaggi 2024) ---------------
+EQUILIBRIUM_OPTIMIZERS = ("adamw", "sgdm")
+
+
+@dataclass(frozen=True)
+class RotationalEquilibrium:
+    r"""The steady state of a scale-invariant weight tensor ``w`` (``C`` elements) under weight decay.
+
+    ``norm`` is the equilibrium ``‖w‖₂`` (NaN for ``"sgdm"`` when the gradient size is not given),
+    ``angular_update`` the expected angle (radians) between ``w`` before and after one step,
+    ``timescale`` the steps ``τ`` of the decay's memory (the norm relaxes like ``e^{−2t/τ}`` in ‖w‖²
+    for AdamW, ``e^{−4t/τ}`` in ‖w‖⁴ for SGD with momentum). See :func:`rotational_equilibrium`.
+    """
+
+    optimizer: str
+    lr: float
+    weight_decay: float
+    norm: float
+    angular_update: float
+    timescale: float
+
+
+def rotational_equilibrium(
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    *,
+    n_elements: int | None = None,
+    grad_norm_sq: float | None = None,
+    momentum: float = 0.9,
+) -> RotationalEquilibrium:
+    r"""Equilibrium norm, angular update per step and timescale of a scale-invariant weight.
+
+    A weight ``w`` followed by a normalization is *scale-invariant*: the loss depends on ``w/‖w‖`` only,
+    so its gradient is orthogonal to ``w`` and scales as ``1/‖w‖``: ``∇L(w) = g̃/‖w‖`` with ``g̃`` the
+    gradient at the unit sphere. Decay shrinks ``‖w‖``; the orthogonal updates grow it. In the random-walk
+    model of Kosson et al. (minibatch gradients uncorrelated from step to step) the two balance at
+
+    ==========  ============================================  =========================================  ==============
+    optimizer   ``‖w‖*``                                      angular update per step                     ``τ`` (steps)
+    ==========  ============================================  =========================================  ==============
+    ``adamw``   :math:`\sqrt{\eta C / (2\lambda)}`            :math:`\sqrt{2\eta\lambda\,(1-\beta_1)/(1+\beta_1)}`  :math:`1/(\eta\lambda)`
+    ``sgdm``    :math:`(\eta\,E\lVert\tilde g\rVert^2 / (2\lambda(1-\alpha)))^{1/4}`  :math:`\sqrt{2\eta\lambda/(1+\alpha)}`  :math:`(1-\alpha)/(\eta\lambda)`
+    ==========  ============================================  =========================================  ==============
+
+    with ``η`` = ``lr``, ``λ`` = ``weight_decay``, ``C`` = ``n_elements``, ``E‖g̃‖²`` = ``grad_norm_sq`` (the
+    mean squared minibatch gradient norm times ``‖w‖²``), and ``momentum`` = β₁ of AdamW or α of SGD.
+    Conventions are PyTorch's: ``AdamW(lr=η, weight_decay=λ, betas=(β₁, ·))`` (``w ← (1 − ηλ)w − η·m̂/(√v̂+ε)``)
+    and ``SGD(lr=η, momentum=α, weight_decay=λ)`` (coupled: ``b ← αb + g + λw``, ``w ← w − ηb``).
+
+    Derivation (per step, to first order in ηλ): AdamW's update has about one unit of RMS per element,
+    and each gradient's total contribution, summed over the steps its momentum lasts, is ``η·g/√v``, so
+    ``‖w‖²`` gains ``η²C`` a step while decay removes ``2ηλ‖w‖²``; one step's own displacement is
+    ``η‖m̂/√v̂‖`` with ``E m̂² = (1−β₁)/(1+β₁)·E g²`` (an EMA of uncorrelated gradients). SGD with
+    momentum: each gradient eventually moves ``w`` by ``η g/(1−α)``, the decay by ``ηλ w/(1−α)``, and one
+    step by ``η b`` with ``E‖b‖² = E‖g‖²/(1−α²)``. The angular update ``‖Δw‖/‖w‖`` then follows.
+
+    With ``β₁ = 0`` AdamW's angular update is ``√(2ηλ)`` (the form often quoted); with the default
+    β₁ = 0.9 it is ``√(2ηλ/19) ≈ 0.23·√(2ηλ)``. λ = 0 has no equilibrium: ``norm`` is inf, the angular
+    update 0 and τ inf (the norm grows without bound and the rotation per step keeps falling).
+
+    Raises :class:`~decaylab.validation.InvalidParameterError` for an unknown optimizer, ``lr ≤ 0``,
+    ``weight_decay < 0``, ``momentum`` outside [0, 1), or ``n_elements`` missing for ``"adamw"``.
+
+    Reference: Kosson, Messmer & Jaggi, "Rotational Equilibrium: How Weight Decay Balances Learning
+    Across Neural Networks", ICML 2024 (arXiv 2305.17212), Table 1; van Laarhoven 2017 (the effective
+    learning rate ``η/‖w‖²`` of scale-invariant weights under SGD).
+    """
+    owner = "rotational_equilibrium"
+    check_choice(optimizer, "optimizer", owner, EQUILIBRIUM_OPTIMIZERS)
+    eta = check_float(lr, "lr", owner, low=0.0, low_open=True)
+    lam = check_float(weight_decay, "weight_decay", owner, low=0.0)
+    beta = check_float(momentum, "momentum", owner, low=0.0, high=1.0, high_open=True)
+    if optimizer == "adamw":
+        if n_elements is None:
+            raise parameter_error("n_elements", owner, "an int >= 1 (the weight's number of elements) for 'adamw'", None)
+        C = check_float(n_elements, "n_elements", owner, low=1.0)
+        if lam == 0:
+            return RotationalEquilibrium(optimizer, eta, lam, math.inf, 0.0, math.inf)
+        return RotationalEquilibrium(
+            optimizer, eta, lam, math.sqrt(eta * C / (2 * lam)),
+            math.sqrt(2 * eta * lam * (1 - beta) / (1 + beta)), 1.0 / (eta * lam),
+        )
+    g2 = math.nan if grad_norm_sq is None else check_float(grad_norm_sq, "grad_norm_sq", owner, low=0.0)
+    if lam == 0:
+        return RotationalEquilibrium(optimizer, eta, lam, math.inf, 0.0, math.inf)
+    norm = (eta * g2 / (2 * lam * (1 - beta))) ** 0.25
+    return RotationalEquilibrium(
+        optimizer, eta, lam, norm, math.sqrt(2 * eta * lam / (1 + beta)), (1 - beta) / (eta * lam)
+    )

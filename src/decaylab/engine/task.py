@@ -44,6 +44,7 @@ __all__ = [
     "INITS",
     "KEEP_WEIGHTS",
     "LOSSES",
+    "NORMS",
     "OPTIMIZERS",
     "Hyper",
     "Task",
@@ -56,6 +57,7 @@ OPTIMIZERS = ("sgd", "adam")
 INITS = ("normal", "torch")
 DTYPES = ("float32", "float64")
 KEEP_WEIGHTS = ("none", "final", "epochs")
+NORMS = ("none", "layer")
 
 Activation = Literal["relu", "tanh", "sigmoid", "identity"]
 Loss = Literal["half_mse", "cross_entropy", "bce"]
@@ -63,6 +65,7 @@ Optimizer = Literal["sgd", "adam"]
 Init = Literal["normal", "torch"]
 DType = Literal["float32", "float64"]
 KeepWeights = Literal["none", "final", "epochs"]
+Norm = Literal["none", "layer"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,13 @@ class Task:
     ``weights``; kept in float64; ``None`` for a configuration that diverged). ``average_from=1``
     averages every iterate; ``average_from=epochs`` those of the last epoch.
 
+    ``norm='layer'`` puts a layer normalization without a scale after every hidden layer's weights:
+    hidden layer ``l`` computes ``act(LN(h W_l) + b_l)`` with ``LN(z) = (z − mean(z))/sqrt(var(z) + ε)``
+    over the layer's features (``ε`` = :data:`~decaylab.engine.semantics.LAYER_NORM_EPS`), so its bias is
+    the normalization's shift β and its weights are scale-invariant: ``W_l → c·W_l`` leaves the network's
+    outputs unchanged up to ``ε``. The readout layer is not normalized. It is
+    ``nn.LayerNorm(elementwise_affine=False)`` on ``h W_l`` followed by adding ``b_l``.
+
     ``keep_optimizer_state=True`` makes every outcome carry, in ``Outcome.optimizer_state``, the
     optimizer's state after the last step, named as ``torch.optim`` names it per parameter
     (``'momentum_buffer'`` for SGD with momentum; ``'exp_avg'`` m and ``'exp_avg_sq'`` v for Adam/AdamW,
@@ -121,6 +131,7 @@ class Task:
     eval_every: int = 1  # metrics (curves, divergence check) after every eval_every-th epoch and the last
     average_from: int | None = None  # Outcome.averaged_weights: mean of θ after every step from this epoch on
     keep_optimizer_state: bool = False  # Outcome.optimizer_state: torch.optim's state after the last step
+    norm: Norm = "none"  # 'layer': hidden layer l computes act(LN(h W_l) + b_l), LN without scale (see above)
 
     def __post_init__(self) -> None:
         owner = "Task"
@@ -136,6 +147,7 @@ class Task:
         check_choice(self.init, "init", owner, INITS)
         check_choice(self.dtype, "dtype", owner, DTYPES)
         check_choice(self.keep_weights, "keep_weights", owner, KEEP_WEIGHTS)
+        check_choice(self.norm, "norm", owner, NORMS)
         object.__setattr__(self, "momentum", check_float(self.momentum, "momentum", owner, low=0, high=1, high_open=True))
         if len(tuple(self.betas)) != 2:
             raise parameter_error("betas", owner, "a pair of floats in [0, 1)", self.betas)
