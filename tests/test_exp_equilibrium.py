@@ -104,6 +104,7 @@ def _random_walk(optimizer: str, lr: float, wd: float, C: int = 1000, steps: int
                 angles.append(math.acos(min(1.0, float(prev @ w / (prev.norm() * w.norm())))))
     return float(w.detach().norm()), sum(angles) / len(angles), sum(g2) / len(g2)
 
+@pytest.mark.claim
 
 @pytest.mark.parametrize("lr,wd", [(0.01, 0.5), (0.003, 1.0)])
 def test_adamw_equilibrium_matches_a_random_walk(lr: float, wd: float) -> None:
@@ -114,6 +115,7 @@ def test_adamw_equilibrium_matches_a_random_walk(lr: float, wd: float) -> None:
     assert angle < 0.3 * math.sqrt(2 * lr * wd)  # the β₁-free √(2ηλ) is 4.4× too large with β₁ = 0.9
     assert eq.timescale == pytest.approx(1 / (lr * wd))
 
+@pytest.mark.claim
 
 @pytest.mark.parametrize("lr,wd", [(0.05, 0.01), (0.1, 0.005)])
 def test_sgdm_equilibrium_matches_a_random_walk(lr: float, wd: float) -> None:
@@ -172,6 +174,7 @@ def small() -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
     results = train(EXP, opts)
     return opts, results, EXP.summarize(results, opts)
 
+@pytest.mark.claim
 
 def test_claims_hold(small: Any) -> None:
     _, results, summary = small
