@@ -46,16 +46,21 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.experiments.base import (
+    MAX_WIDTH,
     Experiment,
     Option,
     Table,
     check_batch_size,
+    check_data_budget,
+    check_model_budget,
     choice_list,
+    epochs_int,
     float_grid,
     group_by,
     int_grid,
     mean_or_nan,
     positive_int,
+    seed_grid,
 )
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float, parameter_error
@@ -257,16 +262,24 @@ class Equilibrium(Experiment):
         Option("lr_sgdm", float_grid(low=0.0, low_open=True), "0.02,0.05", "SGD+momentum learning rates η (grid)", "GRID"),
         Option("wd_sgdm", float_grid(low=0.0), "0,0.005,0.01", "SGD+momentum weight_decay λ (grid)", "GRID"),
         Option("momentum", _momentum, "0.9", "SGD's momentum α and AdamW's β₁ (β₂ = 0.999, ε = 1e-8)", "MU"),
-        Option("hidden", int_grid(low=1), "32,32", "hidden layer widths (each followed by a LayerNorm)", "W,W"),
-        Option("epochs", positive_int, "25", "training epochs", "N"),
+        Option("hidden", int_grid(low=1, high=MAX_WIDTH, merge=False), "32,32", "hidden layer widths (each followed by a LayerNorm)", "W,W"),
+        Option("epochs", epochs_int, "25", "training epochs", "N"),
         Option("batch_size", positive_int, "32", "minibatch size", "B"),
         Option("n_train", positive_int, "4096", "training examples per seed (teacher data, 32 inputs, 10 classes)", "N"),
         Option("n_test", positive_int, "512", "test examples per seed", "N"),
-        Option("seed", int_grid(low=0), "0", "seed(s) to average over: teacher and data, initial weights, batch order", "SEEDS"),
+        Option("seed", seed_grid, "0", "seed(s) to average over: teacher and data, initial weights, batch order", "SEEDS"),
     )
+
+    swept = ("lr_adamw", "wd_adamw", "lr_sgdm", "wd_sgdm", "seed")  # n_configs: not a full product
 
     def check(self, opts: dict[str, Any]) -> None:
         check_batch_size(opts, self.name)
+        # the inputs are DIM = 32 wide, so an oversized data set is always blamed on --n-train or --n-test
+        check_data_budget({**opts, "dim": DIM}, self.name, ("n_train", "n_test"), "dim")
+        check_model_budget((DIM, *opts["hidden"], CLASSES), self.name)
+
+    def n_configs(self, opts: dict[str, Any]) -> int:
+        return len(opts["seed"]) * sum(len(opts[f"lr_{o}"]) * len(opts[f"wd_{o}"]) for o in opts["optimizers"])
 
     def configs(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
         return [
