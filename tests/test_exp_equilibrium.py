@@ -231,7 +231,9 @@ def test_cli_json_and_figures(cli_json: Any, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (("--wd-adamw", "-1"), "The '--wd-adamw' parameter of equilibrium must be a float in [0, inf). Got -1.0."),
+        (("--wd-adamw", "-1"), "The '--wd-adamw' parameter of equilibrium must be a float in [0, 1e+18]. Got -1.0."),
+        (("--hidden", "32,0"), "The '--hidden' parameter of equilibrium must be"),
+        (("--n-train", "1000000000", "--batch-size", "4"), "The '--n-train' parameter of equilibrium must be an int for which the data fit"),
         (("--momentum", "1"), "The '--momentum' parameter of equilibrium must be a float in [0, 1). Got '1'."),
         (("--optimizers", "adam"), "The '--optimizers' parameter of equilibrium must be one of {"),
         (("--batch-size", "5000"), "The '--batch-size' parameter of equilibrium must be an int in [1, n_train=4096]"),
