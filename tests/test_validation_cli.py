@@ -154,3 +154,7 @@ def test_a_repeated_training_set_size_is_merged(cli: Any, tmp_path: Path) -> Non
     assert code == 0, err
     assert err == "decaylab: note: --m '16,16,32': 1 duplicate value(s) (16) merged; 2 distinct value(s) are trained\n"
     assert sorted({c["params"]["m"] for c in json.loads(out)["configs"]}) == [16, 32]
+
+
+def test_refused_input_prints_the_error_alone_without_the_note(cli: Any, tmp_path: Path) -> None:
+    _refused(cli, tmp_path, "d2l-linear", ["--lambd", "1,1,2", "--batch-size", "21"], "'--batch-size'")
