@@ -32,9 +32,9 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     disk), after removing the temporary file.
     """
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    f, tmp = _open_temporary(target)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -45,6 +45,12 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
             os.unlink(tmp)
         raise
     _sync_directory(target.parent)
+
+
+def _open_temporary(target: Path) -> tuple[IO[bytes], str]:
+    """A new file beside ``target`` (``.NAME.XXXXXXXX.tmp``), open for binary writing, and its path."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    return os.fdopen(fd, "wb"), tmp
 
 
 def _umask() -> int:

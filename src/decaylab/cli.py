@@ -221,12 +221,21 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
         out = _writable_dir(Path(ns.out) if ns.out else Path("runs") / record.run_id, "--out")
         figures.submit(exp.name, record.configs, opts, out)  # drawn on the other core while this one writes
         doc = run_document(record, exp.summarize(record.configs, opts))
-        written = [write_json(doc, out / "results.json")]
+        lost: list[OSError] = []  # files that could not be written; the others still are
+        try:
+            written = [write_json(doc, out / "results.json")]
+        except OSError as exc:
+            written, lost = [], [exc]
         if ns.json:
             _print_json(doc)
         elif not ns.quiet:
             _console().print(render_table(exp.table(record.configs, opts)))
-        written = figures.collect() + written
+        try:
+            written = figures.collect() + written
+        except OSError as exc:
+            lost.append(exc)
+        if lost:
+            raise lost[0]
     except KeyboardInterrupt:
         _ignore_signals()  # the command is ending: a second Ctrl-C must not cut the clean-up short
         figures.terminate()

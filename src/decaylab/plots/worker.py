@@ -48,14 +48,16 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def _end_quietly(signum: int, frame: Any) -> None:
-    """The worker's SIGTERM handler: stop the helper, leave without a traceback."""
+    """SIGTERM in the worker or its helper: stop the helper (from the worker), then leave through
+    ``SystemExit``, so that a figure being written removes its temporary file on the way
+    (:func:`decaylab.atomic.atomic_write`) and nothing prints a traceback."""
     pid = _helper.get("pid")
     if pid:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGTERM)
         except OSError:
             pass
-    os._exit(128 + signum)
+    raise SystemExit(128 + signum)
 
 
 def _warm_up() -> None:
@@ -92,8 +94,9 @@ def _draw_on_two_cores(experiment: str, docs: list[dict[str, Any]], opts: dict[s
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     pid = os.fork()
     if pid == 0:  # the helper: write the odd figures, report an error on the pipe, never return
+        _helper.clear()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the worker's clean-up ends the helper
+        signal.signal(signal.SIGTERM, _end_quietly)  # the worker's clean-up ends the helper
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(read_end)
         code, message = 0, b""
@@ -103,8 +106,10 @@ def _draw_on_two_cores(experiment: str, docs: list[dict[str, Any]], opts: dict[s
         except BaseException as exc:
             code, message = 1, pickle.dumps(_portable(exc))
         finally:
-            os.write(write_end, message)
-            os._exit(code)
+            try:
+                os.write(write_end, message)
+            finally:  # whatever happens, the helper never returns into the worker's code
+                os._exit(code)
     _helper["pid"] = pid
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(write_end)
@@ -144,8 +149,13 @@ def _serve(conn: Connection, parent_end: Connection) -> None:
         return
     try:
         conn.send(("ok", _draw_on_two_cores(*message)))
+    except SystemExit:  # SIGTERM: the parent stopped waiting; multiprocessing exits with its code, quietly
+        raise
     except BaseException as exc:  # sent back, raised in the parent
-        conn.send(("error", _portable(exc)))
+        try:
+            conn.send(("error", _portable(exc)))
+        except OSError:  # the parent is gone
+            pass
     finally:
         conn.close()
 
