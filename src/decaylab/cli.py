@@ -213,6 +213,7 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     request = RunRequest(exp, opts, raw, command, getattr(ns, "engine", None), chunk, ns.backend, ns.address)
     show_progress = not ns.quiet and not ns.json and sys.stdout.isatty()
     figures = FigureWorker()  # loads matplotlib on the other core while this one trains
+    record = None
     try:
         try:
             record = execute(store, request, resume=resume, progress=_make_progress(show_progress), run_id=run_id)
@@ -243,19 +244,27 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     except RunFailed as exc:
         print(f"decaylab: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except UsageError:
+    except (UsageError, InvalidParameterError):  # bad input, found before the run was stored
         raise
     except OSError as exc:
-        status = record.status if "record" in locals() else "stored"
-        print(f"decaylab: error: run {run_id} is {status} in {store_path}, but its outputs could not be written: "
-              f"{_one_line(exc)}", file=sys.stderr)
+        if record is None:  # before the run was stored
+            print(f"decaylab: error: {_one_line(exc)} (no run was stored)", file=sys.stderr)
+        else:
+            print(
+                f"decaylab: error: run {run_id} is {record.status} in {store_path}, but its outputs could not be"
+                f" written: {_one_line(exc)}",
+                file=sys.stderr,
+            )
         return EXIT_FAILED
     except Exception as exc:
-        _set_status(store_path, run_id, "failed")
-        print(f"decaylab: error: run {run_id} failed: {_one_line(exc)}", file=sys.stderr)
+        if _set_status(store_path, run_id, "failed"):
+            print(f"decaylab: error: run {run_id} failed: {_one_line(exc)}", file=sys.stderr)
+        else:
+            print(f"decaylab: error: {_one_line(exc)} (no run was stored)", file=sys.stderr)
         return EXIT_FAILED
     finally:
         figures.close()
+    assert record is not None
     if not ns.json and not ns.quiet:
         print(f"run {record.run_id} ({record.status}) stored in {store_path}; wrote " + ", ".join(map(str, written)))
     return EXIT_OK if record.status == "finished" else EXIT_FAILED
