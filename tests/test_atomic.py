@@ -87,10 +87,9 @@ def test_a_written_file_is_whole_with_the_usual_mode(tmp_path: Path) -> None:
 def test_an_error_inside_the_block_keeps_the_old_file(tmp_path: Path) -> None:
     target = tmp_path / "a.txt"
     target.write_bytes(b"old")
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_write(target) as f:
-            f.write(b"half of the new")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_write(target) as f:
+        f.write(b"half of the new")
+        raise KeyboardInterrupt
     assert target.read_bytes() == b"old" and leftovers(tmp_path) == []
 
 

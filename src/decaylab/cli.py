@@ -286,21 +286,20 @@ def _ignore_signals() -> None:
             pass
 
 
-def _set_status(store_path: Path, run_id: str, status: str, only_if: tuple[str, ...] = ()) -> bool:
-    """Set the status of ``run_id`` if it is stored (and its status is in ``only_if``, when given);
-    return whether the run is stored. Never raises: it runs on the way out of an error."""
+def _set_status(store_path: Path, run_id: str, status: str) -> bool:
+    """Set the status of ``run_id`` if it is stored; return ``False`` only when the store says there is
+    no such run. Never raises: it runs on the way out of an error (a store that cannot be read or
+    written any more counts as holding the run)."""
     from decaylab.store import Store
 
     try:
         with Store(store_path) as store:
-            record = store.get_run(run_id)
-            if record is None:
+            if store.get_run(run_id) is None:
                 return False
-            if not only_if or record.status in only_if:
-                store.set_status(run_id, status)
-            return True
+            store.set_status(run_id, status)
     except Exception:
-        return False
+        pass
+    return True
 
 
 def _interrupted(store_path: Path, run_id: str) -> int:

@@ -130,12 +130,12 @@ def execute(
 
 
 def _mark(store: Store, run_id: str, status: str) -> None:
-    """Write the run's final status on the way out: a second signal neither cuts the write in half nor
-    replaces the exception being raised."""
+    """Write the run's final status on the way out, best effort: neither a second signal nor a store
+    that cannot be written any more (a full disk) replaces the exception being raised."""
     try:
         with signals_deferred():
             store.set_status(run_id, status)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception):
         pass
 
 
