@@ -109,3 +109,24 @@ def test_an_address_without_a_cluster_is_one_line_and_stores_nothing(tmp_path: P
         " or left out to start a local Ray. Got 'not-an-address'."
     ]
     assert [r.status for r in Store(store).list_runs()] == ["finished"]  # the earlier run, untouched; no new one
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_an_address_nobody_answers_fails_fast_in_one_line(tmp_path: Path, address: str) -> None:
+    """A port with no Ray behind it: refused before ray.init (which would retry it for minutes)."""
+    import subprocess
+    import time
+
+    from decaylab.store import Store
+
+    store = tmp_path / "s.db"
+    argv = ["run", "d2l-linear", "--epochs", "2", "--backend", "ray", "--address", address, "--store", str(store)]
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "decaylab.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < 30, "an address nobody answers must fail within 30 s"
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "decaylab: error: The '--address' parameter of decaylab run must be the address of a running Ray cluster,"
+        f" or left out to start a local Ray. Got '{address}'."
+    ]
+    assert Store(store).list_runs() == []

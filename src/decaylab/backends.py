@@ -7,16 +7,21 @@ finishes, in any order; the runner stores each chunk's results as soon as it arr
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from decaylab.interrupts import interrupt_received, reinstall, signals_deferred
 from decaylab.results import Outcome
 from decaylab.validation import parameter_error
 
 __all__ = ["THREADS_PER_TASK", "Finished", "ray_session", "run_chunk", "run_local", "run_on_ray"]
 
 THREADS_PER_TASK = 1  # each Ray task holds one CPU: one torch/BLAS thread, so tasks never oversubscribe a node
+CONNECT_TIMEOUT_S = 10.0  # a --address whose host:port accepts no TCP connection within this is refused
+_HOST_PORT = re.compile(r"^(?:ray://)?(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\d{1,5})$")
 
 Finished = tuple[list[int], "list[Outcome] | BaseException"]
 
@@ -44,14 +49,21 @@ def run_local(
     engine: str,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[Finished]:
-    """Train the chunks one after another in this process; a chunk that raises is yielded with its error."""
+    """Train the chunks one after another in this process; a chunk that raises is yielded with its error.
+
+    Ctrl-C is never a chunk's failure: a ``KeyboardInterrupt`` goes up as it is, and so does any error
+    that follows a Ctrl-C or SIGTERM (:func:`decaylab.interrupts.interrupt_received`), such as the
+    ``ImportError`` of a C extension whose first import the signal cut off.
+    """
     for chunk in chunks:
         try:
             outcomes: list[Outcome] | BaseException = run_chunk(
                 experiment, opts, [configs[i] for i in chunk], engine, progress
             )
-        except Exception as exc:  # recorded as failed; Ctrl-C still ends the run
-            outcomes = exc
+        except Exception as exc:
+            if interrupt_received() is not None:
+                raise KeyboardInterrupt(f"after an interrupt: {type(exc).__name__}: {exc}") from exc
+            outcomes = exc  # recorded as failed
         yield chunk, outcomes
 
 
@@ -72,7 +84,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
     Inside an existing session (``ray.is_initialized()``) it does nothing. Raises
     :class:`~decaylab.validation.InvalidParameterError` naming ``--backend`` when Ray is not installed
-    and ``--address`` when no cluster answers there.
+    and ``--address`` when no cluster answers there: an address of the form ``host:port`` (or
+    ``ray://host:port``) must accept a TCP connection within :data:`CONNECT_TIMEOUT_S` before
+    ``ray.init`` is called (``ray.init`` itself keeps retrying an address nobody answers for minutes).
+
+    ``ray.init`` replaces the process's SIGTERM handler with one that calls ``sys.exit``; the handlers
+    of :func:`decaylab.interrupts.signals_as_interrupt` are put back right after it. Ray is shut down on
+    every way out of the block (an error, Ctrl-C, SIGTERM), with both signals held back while it stops,
+    so that a local Ray's processes (``gcs_server``, ``raylet``, workers) end with the command.
     """
     try:
         import ray
@@ -83,6 +102,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
+    if address is not None:
+        _check_reachable(address)
     try:
         ray.init(
             address=address,
@@ -92,13 +113,33 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             configure_logging=False,
             runtime_env={"env_vars": {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}},
         )
-    except (ConnectionError, ValueError) as exc:
-        allowed = "the address of a running Ray cluster, or left out to start a local Ray"
-        raise parameter_error("--address", "decaylab run", allowed, address) from exc
+    except BaseException as exc:
+        with signals_deferred():
+            ray.shutdown()  # whatever the interrupted ray.init had started
+        if isinstance(exc, (ConnectionError, ValueError)):
+            allowed = "the address of a running Ray cluster, or left out to start a local Ray"
+            raise parameter_error("--address", "decaylab run", allowed, address) from exc
+        raise
     try:
+        reinstall()
         yield
     finally:
-        ray.shutdown()
+        with signals_deferred():
+            ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse a ``host:port`` address whose port accepts no TCP connection within :data:`CONNECT_TIMEOUT_S`."""
+    match = _HOST_PORT.match(address)
+    if match is None:  # "auto", "local", or a form ray.init judges itself
+        return
+    host, port = match["host"].strip("[]"), int(match["port"])
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except (OSError, OverflowError) as exc:  # refused, timed out, unknown host; a port above 65535
+        allowed = "the address of a running Ray cluster, or left out to start a local Ray"
+        raise parameter_error("--address", "decaylab run", allowed, address) from exc
 
 
 def run_on_ray(

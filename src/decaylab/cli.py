@@ -7,7 +7,8 @@
     decaylab runs show RUN_ID [--json]
 
 Bad input is one line on stderr naming the option, the value and what is allowed, and exit code 2.
-Exit codes: 0 success, 1 a run finished with failed configurations, 2 bad input, 130 interrupted.
+Exit codes: 0 success, 1 a run failed (or finished with failed configurations, or its outputs could not
+be written), 2 bad input, 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from decaylab import __version__
+from decaylab.interrupts import signals_as_interrupt
 from decaylab.validation import InvalidParameterError, check_int, parameter_error
 
 __all__ = ["main"]
@@ -196,43 +198,130 @@ def _cmd_list() -> int:
 
 
 def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Namespace, resume: str | None) -> int:
+    """Train (or resume) a run, then write its outputs; every way out is one exit code and, on error,
+    one line on stderr naming the run:
+
+    * Ctrl-C or SIGTERM, at any phase: the run (if it was stored by then) is ``interrupted``, exit 130;
+    * an error once the run is stored (:class:`~decaylab.runner.RunFailed`, or drawing/printing its
+      results): the run is ``failed``, exit 1;
+    * the outputs cannot be written (``OSError``: a full disk, a read-only directory): the run stays
+      as stored (its results are safe in the store), exit 1; no file is left half-written.
+    """
     from decaylab.outputs import diverged_note, render_table, run_document, write_json
     from decaylab.plots.worker import FigureWorker
-    from decaylab.runner import RunRequest, execute
+    from decaylab.runner import RunFailed, RunRequest, execute, new_run_id
 
     chunk = check_int(ns.chunk, "--chunk", "decaylab run", low=1) if ns.chunk is not None else None
     if ns.address and ns.backend != "ray":
         raise UsageError(str(parameter_error("--address", "decaylab run", "given with --backend ray", ns.address)))
     _check_out(ns.out)
     store = _open_store(ns.store, create=resume is None)
+    store_path = store.path
+    run_id = resume or new_run_id()
     command = shlex.join(["decaylab", *sys.argv[1:]]) if sys.argv else "decaylab"
     request = RunRequest(exp, opts, raw, command, getattr(ns, "engine", None), chunk, ns.backend, ns.address)
     show_progress = not ns.quiet and not ns.json and sys.stdout.isatty()
     figures = FigureWorker()  # loads matplotlib on the other core while this one trains
+    record = None
     try:
         try:
-            record = execute(store, request, resume=resume, progress=_make_progress(show_progress))
-        except KeyboardInterrupt:
-            print("decaylab: interrupted; finished configurations are stored (decaylab resume RUN_ID)", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            record = execute(store, request, resume=resume, progress=_make_progress(show_progress), run_id=run_id)
         finally:
             store.close()
         out = _writable_dir(Path(ns.out) if ns.out else Path("runs") / record.run_id, "--out")
         figures.submit(exp.name, record.configs, opts, out)  # drawn on the other core while this one writes
         doc = run_document(record, exp.summarize(record.configs, opts))
-        written = [write_json(doc, out / "results.json")]
+        lost: list[OSError] = []  # files that could not be written; the others still are
+        try:
+            written = [write_json(doc, out / "results.json")]
+        except OSError as exc:
+            written, lost = [], [exc]
         if ns.json:
             _print_json(doc)
         elif not ns.quiet:
             _console().print(render_table(exp.table(record.configs, opts)))
-        written = figures.collect() + written
+        try:
+            written = figures.collect() + written
+        except OSError as exc:
+            lost.append(exc)
+        if lost:
+            raise lost[0]
+    except KeyboardInterrupt:
+        _ignore_signals()  # the command is ending: a second Ctrl-C must not cut the clean-up short
+        figures.terminate()
+        return _interrupted(store_path, run_id)
+    except RunFailed as exc:
+        print(f"decaylab: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (UsageError, InvalidParameterError):  # bad input, found before the run was stored
+        raise
+    except OSError as exc:
+        if record is None:  # before the run was stored
+            print(f"decaylab: error: {_one_line(exc)} (no run was stored)", file=sys.stderr)
+        else:
+            print(
+                f"decaylab: error: run {run_id} is {record.status} in {store_path}, but its outputs could not be"
+                f" written: {_one_line(exc)}",
+                file=sys.stderr,
+            )
+        return EXIT_FAILED
+    except Exception as exc:
+        if _set_status(store_path, run_id, "failed"):
+            print(f"decaylab: error: run {run_id} failed: {_one_line(exc)}", file=sys.stderr)
+        else:
+            print(f"decaylab: error: {_one_line(exc)} (no run was stored)", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         figures.close()
+    assert record is not None
     if not ns.json and not ns.quiet:
-        print(f"run {record.run_id} ({record.status}) stored in {store.path}; wrote " + ", ".join(map(str, written)))
+        print(f"run {record.run_id} ({record.status}) stored in {store_path}; wrote " + ", ".join(map(str, written)))
     if note := diverged_note(record):  # a result, not a failure: the exit code stays 0
         print(f"decaylab: note: {note}", file=sys.stderr)
     return EXIT_OK if record.status == "finished" else EXIT_FAILED
+
+
+def _one_line(exc: BaseException) -> str:
+    from decaylab.runner import one_line
+
+    return one_line(exc)
+
+
+def _ignore_signals() -> None:
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            pass
+
+
+def _set_status(store_path: Path, run_id: str, status: str) -> bool:
+    """Set the status of ``run_id`` if it is stored; return ``False`` only when the store says there is
+    no such run. Never raises: it runs on the way out of an error (a store that cannot be read or
+    written any more counts as holding the run)."""
+    from decaylab.store import Store
+
+    try:
+        with Store(store_path) as store:
+            if store.get_run(run_id) is None:
+                return False
+            store.set_status(run_id, status)
+    except Exception:
+        pass
+    return True
+
+
+def _interrupted(store_path: Path, run_id: str) -> int:
+    """After Ctrl-C or SIGTERM: mark ``run_id`` ``interrupted`` if it is stored, say so in one line, 130."""
+    if _set_status(store_path, run_id, "interrupted"):
+        print(
+            f"decaylab: interrupted; finished configurations are stored (decaylab resume {run_id})", file=sys.stderr
+        )
+    else:
+        print("decaylab: interrupted before the run was stored; nothing to resume", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _cmd_run(argv: list[str]) -> int:
@@ -293,7 +382,16 @@ def _shown_options(record: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def _resume(record: Any, ns: argparse.Namespace) -> int:
+    """Train what ``record`` has left; a ``finished`` run is left as it is (exit 0), shown with ``--json``."""
     exp, opts = _stored_options(record)
+    if record.status == "finished":
+        if ns.json:
+            from decaylab.outputs import run_document
+
+            _print_json(run_document(record, exp.summarize(record.configs, opts)))
+        else:
+            print(f"run {record.run_id} is already finished; nothing to train (decaylab runs show {record.run_id})")
+        return EXIT_OK
     if not hasattr(ns, "engine"):
         ns.engine = None
     return _run(exp, opts, record.raw_options, ns, record.run_id)
@@ -384,15 +482,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"decaylab {__version__}")
         return EXIT_OK
     try:
-        command = commands.get(args[0])
-        if command is None:
-            raise UsageError(
-                str(parameter_error("COMMAND", "decaylab", "one of {'run', 'resume', 'runs'}", args[0]))
-            )
-        return command(args[1:])
+        with signals_as_interrupt():  # SIGTERM ends a command as Ctrl-C does
+            command = commands.get(args[0])
+            if command is None:
+                raise UsageError(
+                    str(parameter_error("COMMAND", "decaylab", "one of {'run', 'resume', 'runs'}", args[0]))
+                )
+            return command(args[1:])
     except (UsageError, InvalidParameterError) as exc:
         print(f"decaylab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before a run was stored (after it, _run says which run)
+        print("decaylab: interrupted before the run was stored; nothing to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except SystemExit as exc:  # argparse --help
         return int(exc.code or 0)
 
@@ -405,12 +507,14 @@ def console() -> NoReturn:
     (the store, the figure worker, Ray), so the process flushes its output and leaves with
     :func:`os._exit`, as long-running services do at shutdown for the same reason. An exception that
     escapes :func:`main` (a bug) takes the normal path, with its traceback. Before ``main`` the process
-    is set to keep freed tensor memory (:func:`decaylab.memory.retain_freed_memory`).
+    is set to keep freed tensor memory (:func:`decaylab.memory.retain_freed_memory`); after it, Ctrl-C
+    and SIGTERM are ignored while the output is flushed.
     """
     from decaylab.memory import retain_freed_memory
 
     retain_freed_memory()
     code = main()
+    _ignore_signals()  # done: a late Ctrl-C must not turn the flush below into a traceback
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

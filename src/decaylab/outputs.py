@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from decaylab.atomic import atomic_write
 from decaylab.experiments.base import Table
 from decaylab.results import json_safe
 from decaylab.store import RunRecord
@@ -48,7 +49,14 @@ def environment_lines(record: RunRecord) -> list[str]:
 
 
 def write_json(doc: Any, path: Path) -> Path:
-    path.write_text(json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n")
+    """Write ``doc`` as JSON (UTF-8, non-finite numbers as ``null``) to ``path``, atomically: ``path``
+    holds the whole new document or is left as it was (:func:`decaylab.atomic.atomic_write`).
+
+    Raises ``OSError`` (e.g. ``ENOSPC``) if the file cannot be written.
+    """
+    text = json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n"
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
     return path
 
 

@@ -49,8 +49,12 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 4.0, height: fl
 def save(fig: Any, path: Path) -> Path:
     """Write ``fig`` (PNG or SVG by the suffix) and close it; return ``path``.
 
-    Under :func:`rendering_share` only this process's share of the figures is written.
+    The file is written atomically (:func:`decaylab.atomic.atomic_write`): ``path`` is the whole new
+    figure or left as it was, never a truncated or empty image. Under :func:`rendering_share` only this
+    process's share of the figures is written. Raises ``OSError`` (e.g. ``ENOSPC``) if it cannot be.
     """
+    from decaylab.atomic import atomic_write
+
     plt = _pyplot()
     mine = _share["seen"] % _share["count"] == _share["index"]
     _share["seen"] += 1
@@ -59,7 +63,12 @@ def save(fig: Any, path: Path) -> Path:
             _add_note(fig, _note["text"])
         path.parent.mkdir(parents=True, exist_ok=True)
         _thin_log_minor_ticks(fig)
-        fig.savefig(path)  # layout and rasterizing: nearly all of a figure's cost
+        try:
+            with atomic_write(path) as f:
+                fig.savefig(f, format=path.suffix.lstrip(".").lower() or None)  # layout, rasterizing: the cost
+        finally:
+            plt.close(fig)
+        return path
     plt.close(fig)
     return path
 

@@ -6,12 +6,19 @@ the other core; the parent sends it the results when training ends and collects 
 The worker then renders the figures on both cores (the parent has little left to do): it forks a
 helper that writes every other figure, see :func:`decaylab.plots.rendering_share`.
 Where ``fork`` is not available (Windows, macOS' default), figures are drawn in-process.
+
+Signals: Ctrl-C reaches the whole process group, but only the parent decides what it means (it ends
+the run ``interrupted`` and stops the worker with :meth:`FigureWorker.terminate`), so the worker and
+its helper ignore SIGINT. SIGTERM ends the worker at once and quietly, its helper with it. Both
+signals are blocked from the fork until the worker's own handlers are in place, so no handler
+inherited from the parent ever runs in the worker.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 from multiprocessing.connection import Connection
@@ -23,6 +30,34 @@ from decaylab.results import ConfigResult
 __all__ = ["FigureWorker"]
 
 CLOSE_TIMEOUT_S = 5.0  # close() waits this long for the worker to end, then terminates it
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_helper: dict[str, int] = {}  # in the worker: the pid of the helper drawing beside it
+
+
+class _Unpicklable(RuntimeError):
+    """An error of the worker that could not be sent as it was; its text starts with the original type."""
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it can be pickled (an ``OSError`` keeps its errno), else :class:`_Unpicklable` with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return _Unpicklable(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _end_quietly(signum: int, frame: Any) -> None:
+    """SIGTERM in the worker or its helper: stop the helper (from the worker), then leave through
+    ``SystemExit``, so that a figure being written removes its temporary file on the way
+    (:func:`decaylab.atomic.atomic_write`) and nothing prints a traceback."""
+    pid = _helper.get("pid")
+    if pid:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    raise SystemExit(128 + signum)
 
 
 def _warm_up() -> None:
@@ -56,18 +91,27 @@ def _draw_on_two_cores(experiment: str, docs: list[dict[str, Any]], opts: dict[s
     from decaylab.plots import rendering_share
 
     read_end, write_end = os.pipe()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     pid = os.fork()
     if pid == 0:  # the helper: write the odd figures, report an error on the pipe, never return
+        _helper.clear()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
+        signal.signal(signal.SIGTERM, _end_quietly)  # the worker's clean-up ends the helper
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(read_end)
         code, message = 0, b""
         try:
             with rendering_share(1, 2):
                 _draw(experiment, docs, opts, out)
         except BaseException as exc:
-            code, message = 1, f"{type(exc).__name__}: {exc}".encode()
+            code, message = 1, pickle.dumps(_portable(exc))
         finally:
-            os.write(write_end, message)
-            os._exit(code)
+            try:
+                os.write(write_end, message)
+            finally:  # whatever happens, the helper never returns into the worker's code
+                os._exit(code)
+    _helper["pid"] = pid
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(write_end)
     try:
         with rendering_share(0, 2):
@@ -76,16 +120,23 @@ def _draw_on_two_cores(experiment: str, docs: list[dict[str, Any]], opts: dict[s
         with os.fdopen(read_end, "rb") as pipe:
             message = pipe.read()
         _, status = os.waitpid(pid, 0)
+        _helper.clear()
     if status != 0:
-        raise RuntimeError(message.decode(errors="replace") or f"the figure helper failed (wait status {status})")
+        try:
+            error = pickle.loads(message)
+        except Exception:
+            error = _Unpicklable(f"the figure helper failed (wait status {status})")
+        raise error
     return paths
 
 
 def _serve(conn: Connection, parent_end: Connection) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides what it means (see the module's doc).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_quietly)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # blocked by the parent around the fork
     # The parent's end came along with the fork: close it, so that the parent's death reads as EOF.
     parent_end.close()
-    # Ctrl-C reaches the whole process group; the parent decides what it means, the worker just ends.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _warm_up()
     except Exception:  # drawing for real will report the problem
@@ -98,8 +149,13 @@ def _serve(conn: Connection, parent_end: Connection) -> None:
         return
     try:
         conn.send(("ok", _draw_on_two_cores(*message)))
+    except SystemExit:  # SIGTERM: the parent stopped waiting; multiprocessing exits with its code, quietly
+        raise
     except BaseException as exc:  # sent back, raised in the parent
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        try:
+            conn.send(("error", _portable(exc)))
+        except OSError:  # the parent is gone
+            pass
     finally:
         conn.close()
 
@@ -118,7 +174,11 @@ class FigureWorker:
             self._proc = ctx.Process(
                 target=_serve, args=(child, self._conn), daemon=True, name="decaylab-figures"
             )
-            self._proc.start()
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # until the worker's handlers are set
+            try:
+                self._proc.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             child.close()
 
     def submit(self, experiment: str, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> None:
@@ -133,7 +193,11 @@ class FigureWorker:
             self.close()
 
     def collect(self) -> list[Path]:
-        """The paths of the submitted figures; raises ``RuntimeError`` if drawing failed."""
+        """The paths of the submitted figures.
+
+        Raises the worker's error if drawing failed: an ``OSError`` as it was (a full disk is
+        ``ENOSPC``), anything else as ``RuntimeError("drawing the figures failed: ...")``.
+        """
         if self._job is None:
             raise RuntimeError("collect() before submit()")
         job, self._job = self._job, None
@@ -146,8 +210,17 @@ class FigureWorker:
         finally:
             self.close()
         if status != "ok":
-            raise RuntimeError(f"drawing the figures failed: {payload}")
+            if isinstance(payload, OSError):
+                raise payload
+            detail = str(payload) if isinstance(payload, _Unpicklable) else f"{type(payload).__name__}: {payload}"
+            raise RuntimeError(f"drawing the figures failed: {detail}")
         return [Path(p) for p in payload]
+
+    def terminate(self) -> None:
+        """Stop the worker now, whatever it is doing (SIGTERM; it stops its helper too)."""
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.terminate()
+        self.close()
 
     def close(self) -> None:
         """Stop the worker (it exits at once if it was never asked to draw)."""
