@@ -21,7 +21,7 @@ import decaylab
 from decaylab.audit import audit
 from decaylab.cli import main
 from decaylab.policy import DecayPolicy, param_groups
-from decaylab.steps import DecoupledDecay, attach
+from decaylab.steps import CautiousDecay, DecoupledDecay, attach
 from decaylab.validation import InvalidParameterError
 
 
@@ -110,7 +110,24 @@ def _schedule_above() -> tuple:
     return m, opt, sched, {}
 
 
+def _twice_cautious() -> tuple:
+    m = mlp()
+    opt = torch.optim.AdamW(param_groups(m, 0.01), lr=1e-3)
+    attach(opt, CautiousDecay(0.05), model=m, allow_repeat=True)
+    return m, opt, None, {}
+
+
+def _corrected_above() -> tuple:
+    m = mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(2.0, 1 + t / 10))  # rises to 2× initial_lr
+    attach(opt, DecoupledDecay(0.01, "corrected"), model=m)  # γ_max = initial_lr = 0.01 < 0.02
+    return m, opt, sched, {"epochs": 2, "steps_per_epoch": 50}
+
+
 SETTINGS: dict[str, tuple[Setting, str, str]] = {
+    "twice-cautious": (_twice_cautious, "decay-twice", "error"),
+    "corrected-above": (_corrected_above, "schedule-above-reference", "warning"),
     "coupled": (_coupled, "coupled-decay-adaptive", "warning"),
     "excluded": (_excluded, "decay-excluded", "warning"),
     "embedding": (_embedding, "decay-embedding", "info"),

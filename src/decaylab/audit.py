@@ -38,6 +38,8 @@ import copy
 import inspect
 import json
 import math
+import sys
+import types
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -511,3 +513,15 @@ def explain_optimizer(optimizer: torch.optim.Optimizer) -> DecayTable:
                 reason="; ".join(reasons),
             ))
     return table
+
+
+class _CallableModule(types.ModuleType):
+    """``decaylab.audit`` is both this module and the function: importing the submodule (``import
+    decaylab.audit``, ``from decaylab.audit import ...``) makes the package attribute the module, so the
+    module itself is made callable as :func:`audit`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AuditReport:
+        return audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
