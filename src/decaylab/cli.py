@@ -5,6 +5,7 @@
     decaylab resume RUN_ID
     decaylab runs list [--json]
     decaylab runs show RUN_ID [--json]
+    decaylab audit FILE.py:FUNCTION [--json]   # findings about (model, optimizer[, scheduler]) with fixes
 
 Bad input is one line on stderr naming the option, the value and what is allowed, and exit code 2.
 Exit codes: 0 success, 1 a run finished with failed configurations, 2 bad input, 130 interrupted.
@@ -400,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = commands.get(args[0])
         if command is None:
             raise UsageError(
-                str(parameter_error("COMMAND", "decaylab", "one of {'run', 'resume', 'runs'}", args[0]))
+                str(parameter_error("COMMAND", "decaylab", "one of {" + ", ".join(map(repr, commands)) + "}", args[0]))
             )
         return command(args[1:])
     except (UsageError, InvalidParameterError) as exc:

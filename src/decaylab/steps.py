@@ -38,6 +38,7 @@ the groups' ``"param_names"`` (as set by :func:`decaylab.param_groups` or
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -572,8 +573,6 @@ def _own_decay_conflicts(handle: AttachHandle) -> str | None:
         which = [names[i] if names else f"#{i}" for i, p in enumerate(group["params"]) if id(p) in decayed]
         default = ""
         try:
-            import inspect
-
             if inspect.signature(type(opt)).parameters["weight_decay"].default == wd:
                 default = f", {type(opt).__name__}'s default"
         except (KeyError, TypeError, ValueError):
