@@ -142,10 +142,19 @@ SETTINGS: dict[str, tuple[Setting, str, str]] = {
 }
 
 
+class DDPLike(nn.Module):
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+
+@pytest.mark.parametrize("wrap", ["bare", "ddp+compile"])
 @pytest.mark.parametrize("name", list(SETTINGS))
-def test_each_finding_is_triggered_and_gone_once_its_printed_fix_has_run(name: str) -> None:
+def test_each_finding_is_triggered_and_gone_once_its_printed_fix_has_run(name: str, wrap: str) -> None:
     make, code, severity = SETTINGS[name]
     model, optimizer, scheduler, kwargs = make()
+    if wrap != "bare":  # names '_orig_mod.'/'module.': the findings and their fixes are the same
+        model = DDPLike(torch.compile(model))
     report = audit(model, optimizer, scheduler, **kwargs)
     found = [f for f in report if f.code == code]
     assert len(found) == 1, str(report)

@@ -107,7 +107,7 @@ class AuditReport(list[Finding]):
             lines.append(f"\nfix {i} ({f.code}):")
             lines.extend("    " + line for line in f.fix.splitlines())
         counts = {s: sum(f.severity == s for f in self) for s in SEVERITIES}
-        lines.append("\n" + ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items()))
+        lines.append("\n" + ", ".join(f"{n} {s}{'s' if n != 1 and s != 'info' else ''}" for s, n in counts.items()))
         return "\n".join(lines)
 
 
