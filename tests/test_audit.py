@@ -271,6 +271,6 @@ def test_cli_audit_runs_as_a_command(tmp_path: Path) -> None:
     script = tmp_path / "setup_file.py"
     script.write_text(SCRIPT)
     proc = subprocess.run([sys.executable, "-m", "decaylab.cli", "audit", f"{script}:coupled", "--json"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout)["findings"][0]["severity"] == "warning"

@@ -213,7 +213,7 @@ def test_a_tied_weight_is_decided_once_whatever_the_registration_order(make: Cal
     ]:
         plan = [e for e in decay_plan(model, policy) if e.param is tied]
         assert len(plan) == 1 and plan[0].multiplier == multiplier, (policy, plan)
-        assert set([plan[0].name, *plan[0].aliases]) == {"wte.weight", "lm_head.weight"}
+        assert {plan[0].name, *plan[0].aliases} == {"wte.weight", "lm_head.weight"}
     text = str(explain(model))
     assert ("wte.weight = lm_head.weight" in text) or ("lm_head.weight = wte.weight" in text)
     assert "tied with" in text

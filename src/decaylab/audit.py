@@ -41,7 +41,7 @@ import math
 import sys
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -50,7 +50,7 @@ from torch import nn
 
 from decaylab.policy import DecayPolicy, DecayTable, ExplainRow, decay_plan
 from decaylab.steps import attached
-from decaylab.validation import check_int, parameter_error
+from decaylab.validation import InvalidParameterError, check_int, parameter_error
 
 __all__ = ["AuditReport", "Finding", "audit", "explain_optimizer"]
 
@@ -146,7 +146,7 @@ def _ctor(optimizer: torch.optim.Optimizer, weight_decay: float, policy_code: st
     module = "torch.optim" if cls.__module__.startswith("torch.optim") else cls.__module__
     kwargs = []
     try:
-        signature = inspect.signature(cls).parameters
+        signature: Mapping[str, inspect.Parameter] = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         signature = {}
     for key, value in optimizer.defaults.items():
@@ -296,7 +296,7 @@ def _is_embedding(t: _Tensor) -> bool:
 
 def _check_ties(model_tensors: list[_Tensor], optimizer: torch.optim.Optimizer) -> Iterator[Finding]:
     def storage(p: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
-        return (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape))
+        return (p.untyped_storage().data_ptr(), int(p.storage_offset()), tuple(p.shape))
 
     by_storage: dict[tuple[int, int, tuple[int, ...]], list[_Tensor]] = {}
     for t in model_tensors:
@@ -405,7 +405,7 @@ def _check_schedule(optimizer: torch.optim.Optimizer, scheduler: Any, total: int
         for index, group in enumerate(optimizer.param_groups):
             try:
                 ref = reference_lr(dict(group), step.scaled_by, step.reference, type(step).__name__)  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001 - γ₀ = 0: the step itself raises with its message
+            except InvalidParameterError:  # γ₀ = 0: the step itself raises at the first step, with its message
                 continue
             if top[index] <= ref * (1 + 1e-9):
                 continue

@@ -57,7 +57,7 @@ import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -220,9 +220,13 @@ class DecayPolicy:
             use_model_no_weight_decay=False,
         )
 
+    def _pairs(self) -> tuple[tuple[str, float], ...]:
+        """``multipliers`` as the ``(pattern, m)`` pairs ``__post_init__`` made of it."""
+        return cast(tuple[tuple[str, float], ...], self.multipliers)
+
     def _pattern_sets(self) -> list[tuple[str, tuple[str, ...]]]:
-        return [("exclude", self.exclude), ("include", self.include),  # type: ignore[list-item]
-                ("multipliers", tuple(p for p, _ in self.multipliers))]  # type: ignore[misc]
+        return [("exclude", cast(tuple[str, ...], self.exclude)), ("include", cast(tuple[str, ...], self.include)),
+                ("multipliers", tuple(p for p, _ in self._pairs()))]
 
 
 class PlanEntry(NamedTuple):
@@ -330,17 +334,17 @@ def _classify(item: _Item, policy: DecayPolicy, declared: _Declared) -> tuple[fl
         if policy.exclude_1d and param.dim() < 2:
             return 0.0, f"{param.dim()}-D tensor"
         base = "decayed"
-    pattern = _first_match(names, (p for p, _ in policy.multipliers))
+    pattern = _first_match(names, (p for p, _ in policy._pairs()))
     if pattern is None:
         return 1.0, base
-    multiplier = dict(policy.multipliers)[pattern]
+    multiplier = dict(policy._pairs())[pattern]
     if multiplier == 0:
         return 0.0, f"multiplier 0 (pattern {pattern!r})"
     return multiplier, f"{base}, ×{multiplier:g} (pattern {pattern!r})"
 
 
 def _module_items(model: nn.Module) -> tuple[list[_Item], str]:
-    inner, prefix = unwrap(model)
+    _, prefix = unwrap(model)
     owners: dict[int, list[nn.Module]] = {}
     for _, module in model.named_modules(remove_duplicate=False):
         for _, p in module.named_parameters(recurse=False):

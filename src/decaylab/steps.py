@@ -115,7 +115,7 @@ class StepContext:
 
     def __init__(self) -> None:
         self.units: dict[int, tuple[str, int]] = {}  # id(weight) -> ("transposed", groups)
-        self.scratch: dict[int, Any] = {}
+        self.scratch: dict[tuple[int, int], Any] = {}  # (id(step), id(group)) -> data
 
 
 class Step:
