@@ -125,7 +125,21 @@ def _corrected_above() -> tuple:
     return m, opt, sched, {"epochs": 2, "steps_per_epoch": 50}
 
 
+class Gated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 4)
+        self.gate = nn.Parameter(torch.ones(4))  # a hand-written 1-D weight
+
+
+def _one_d_weight() -> tuple:
+    m = Gated()
+    return m, torch.optim.AdamW(param_groups(m, 0.1), lr=1e-3), None, {}
+
+
 SETTINGS: dict[str, tuple[Setting, str, str]] = {
+    "one-d-weight": (_one_d_weight, "weight-1d-not-decayed", "info"),
     "twice-cautious": (_twice_cautious, "decay-twice", "error"),
     "corrected-above": (_corrected_above, "schedule-above-reference", "warning"),
     "coupled": (_coupled, "coupled-decay-adaptive", "warning"),
@@ -164,7 +178,8 @@ def test_each_finding_is_triggered_and_gone_once_its_printed_fix_has_run(name: s
     assert code in str(report) and finding.fix.splitlines()[0] in str(report)
     namespace = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "torch": torch, "decaylab": decaylab}
     exec(finding.fix, namespace)  # noqa: S102 - the fix exactly as printed
-    after = audit(namespace["model"], namespace["optimizer"], namespace["scheduler"], **kwargs)
+    after = audit(namespace["model"], namespace["optimizer"], namespace["scheduler"], policy=namespace.get("policy"),
+                  **kwargs)
     assert code not in after.codes(), str(after)
 
 
@@ -191,12 +206,13 @@ def test_the_timescale_finding_gives_the_lambda_that_puts_tau_inside() -> None:
 
 def test_explain_accepts_an_optimizer_and_shows_its_own_decay_and_the_attached_steps() -> None:
     m = mlp()
-    opt = torch.optim.Adam(param_groups(m, 0.0), lr=1e-3)
+    opt = torch.optim.Adam(param_groups(m, 0.0, with_names=False), lr=1e-3)
     attach(opt, DecoupledDecay(0.05), model=m)
     table = decaylab.explain(opt)
     rows = {r.name: r for r in table}
     assert rows["0.weight"].weight_decay == pytest.approx(0.05) and "DecoupledDecay" in rows["0.weight"].reason
     assert rows["0.bias"].weight_decay == 0
+    assert [r.name for r in table] == [n for n, _ in m.named_parameters()]  # names from the model attached
     adamw = torch.optim.AdamW(m.parameters(), lr=1e-3)
     text = str(decaylab.explain(adamw))
     assert "AdamW weight_decay=0.01 (decoupled, ×lr)" in text

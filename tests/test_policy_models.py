@@ -273,6 +273,13 @@ class FSDPUnit(nn.Module):  # the shape of FSDP's / checkpointing's per-block wr
         self._fsdp_wrapped_module = module
 
 
+def test_lstm_and_attention_biases_are_biases_by_name_even_when_1d_tensors_may_decay() -> None:
+    plan = {e.name: e for e in decay_plan(Recurrent(), DecayPolicy(exclude_1d=False))}
+    for name in ("lstm.bias_ih_l0", "lstm.bias_hh_l0_reverse", "mha.in_proj_bias", "mha.bias_k", "mha.out_proj.bias"):
+        assert plan[name].multiplier == 0 and plan[name].reason == "bias", name
+    assert plan["lstm.weight_ih_l0"].multiplier == 1
+
+
 def test_fsdp_and_checkpoint_wrappers_inside_the_model_are_left_out_of_names() -> None:
     model = Swin()
     model.blocks[1] = FSDPUnit(model.blocks[1])

@@ -21,6 +21,10 @@ Findings (severity):
 * ``no-group`` (error): a trainable parameter of the model is in no parameter group (never trained).
 * ``weight-excluded`` (warning): a weight of two or more dimensions that the policy decays gets no
   decay while others do (e.g. groups built by a name test that caught it).
+* ``weight-1d-not-decayed`` (info): a 1-D tensor that is neither a bias nor in a norm layer nor declared
+  (a hand-written scale or gate, e.g. ``nn.Parameter(torch.ones(d))``) never decays, only because of the
+  shape rule, while others do. Its fix defines ``policy`` (``DecayPolicy(include=...)``): audit again
+  with ``policy=policy``.
 * ``timescale`` (warning, needs ``epochs`` and ``steps_per_epoch``): the EMA timescale of decoupled
   decay, τ_iter = 1/(η·λ) iterations, i.e. τ_epoch = B/(η·λ·N) = 1/(η·λ·steps_per_epoch) epochs
   (Wang & Aitchison 2024), is outside ``[1, epochs]``; the fix sets the λ that puts τ_epoch at √epochs.
@@ -277,6 +281,17 @@ def _check_groups(model_tensors: list[_Tensor], optimizer: torch.optim.Optimizer
                       "trainable parameters of the model are in no parameter group: the optimizer never updates them",
                       "\n".join(lines))
     someone = any(t.decayed for t in model_tensors)
+    shape_only = [t for t in model_tensors if someone and not t.decayed and t.group is not None
+                  and t.reason == "1-D tensor"]
+    if shape_only:
+        lam = _main_lambda(model_tensors)
+        names = tuple(dict.fromkeys(t.name for t in shape_only))
+        yield Finding(
+            "weight-1d-not-decayed", "info", names,
+            "1-D tensors that are neither biases nor norm-layer parameters nor declared never decay, only because "
+            "of the shape rule; if they are weights (a learnable scale or gate), include them",
+            f"policy = decaylab.DecayPolicy(include={names!r})\n" + _ctor(optimizer, lam, "policy"),
+        )
     spared = [t for t in model_tensors if someone and not t.decayed and t.group is not None and t.param.dim() >= 2
               and t.policy_m > 0 and not _is_embedding(t)]
     if spared:
@@ -487,6 +502,11 @@ def explain_optimizer(optimizer: torch.optim.Optimizer) -> DecayTable:
         raise parameter_error("optimizer", "explain", "a torch.optim.Optimizer", optimizer)
     parts: dict[int, list[str]] = {}
     totals: dict[int, float] = {}
+    known: dict[int, str] = {}  # names from the model given to attach, when the groups carry none
+    for handle in attached(optimizer):
+        if handle.model is not None:
+            for entry in decay_plan(handle.model, DecayPolicy.decay_all(), classify_frozen=True, owner="explain"):
+                known.setdefault(id(entry.param), entry.name)
     for handle in attached(optimizer):
         multipliers = handle.multipliers()
         for step in handle.steps:
@@ -508,7 +528,7 @@ def explain_optimizer(optimizer: torch.optim.Optimizer) -> DecayTable:
             reasons += parts.get(id(p), [])
             total = wd + totals.get(id(p), 0.0)
             table.append(ExplainRow(
-                name=names[j] if j < len(names) else f"<group {index} #{j}>", shape=tuple(p.shape),
+                name=names[j] if j < len(names) else known.get(id(p), f"<group {index} #{j}>"), shape=tuple(p.shape),
                 count=p.numel(), multiplier=1.0 if total > 0 else 0.0, weight_decay=total,
                 reason="; ".join(reasons),
             ))
