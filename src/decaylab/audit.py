@@ -285,12 +285,12 @@ def _check_groups(model_tensors: list[_Tensor], optimizer: torch.optim.Optimizer
                   and t.reason == "1-D tensor"]
     if shape_only:
         lam = _main_lambda(model_tensors)
-        names = tuple(dict.fromkeys(t.name for t in shape_only))
+        one_d = tuple(dict.fromkeys(t.name for t in shape_only))
         yield Finding(
-            "weight-1d-not-decayed", "info", names,
+            "weight-1d-not-decayed", "info", one_d,
             "1-D tensors that are neither biases nor norm-layer parameters nor declared never decay, only because "
             "of the shape rule; if they are weights (a learnable scale or gate), include them",
-            f"policy = decaylab.DecayPolicy(include={names!r})\n" + _ctor(optimizer, lam, "policy"),
+            f"policy = decaylab.DecayPolicy(include={one_d!r})\n" + _ctor(optimizer, lam, "policy"),
         )
     spared = [t for t in model_tensors if someone and not t.decayed and t.group is not None and t.param.dim() >= 2
               and t.policy_m > 0 and not _is_embedding(t)]
