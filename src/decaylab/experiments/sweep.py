@@ -115,7 +115,9 @@ class ModuleSweep(Experiment):
             raise parameter_error("--nesterov", "decaylab sweep", "false unless --optimizer sgd with --momentum > 0", "true")
         if opts["momentum"] and opts["optimizer"] != "sgd":
             raise parameter_error("--momentum", "decaylab sweep", "0 unless --optimizer sgd", opts["momentum"])
-        task = self.task(opts)
+        from decaylab.sweep import load_setup, module_task
+
+        task = module_task(load_setup(opts["target"]), {**opts, "batch_size": None})
         if opts["batch_size"] > task.n_train:
             raise parameter_error("--batch-size", "decaylab sweep", f"an int in [1, n_train={task.n_train}]", opts["batch_size"])
         opts["select"] = check_select(opts["select"], task.metric_names)
