@@ -132,7 +132,7 @@ def test_w_norm_is_the_norm_of_the_decayed_tensors() -> None:
         opt.zero_grad()
         task.loss(model(X[perm[a : a + 32]]), y[perm[a : a + 32]]).backward()
         opt.step()
-    weights = [model[0].weight, model[2].weight]  # biases are not decayed: not in the norm
+    weights = [model[0].weight.detach(), model[2].weight.detach()]  # biases are not decayed: not in the norm
     assert out.curves["w_norm"][0] == pytest.approx(math.sqrt(sum(float(w.pow(2).sum()) for w in weights)), rel=REL)
 
 

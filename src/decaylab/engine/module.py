@@ -517,6 +517,8 @@ class ModuleStack:
         self.dropout = [generator(s, "dropout") for s in self.seeds]
         self.shapes: dict[tuple[int, ...], list[tuple[tuple[int, ...], torch.dtype]]] = {}
         self.diverged_epoch: list[int | None] = [None] * self.K
+        per_row = activations_per_row(copies[0], task.train[0], largest=True)
+        self.eval_rows = max(32, min(task.eval_batch_size, EVAL_BLOCK_FLOATS // max(1, self.K * per_row)))
 
     # -- the functional model
     def _call(self, params: dict, buffers: dict, masks: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -527,15 +529,23 @@ class ModuleStack:
 
     def _forward(self, x: torch.Tensor, x_dim: int | None, masks: list[torch.Tensor]) -> torch.Tensor:
         from torch.func import vmap
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
+        fastpath = torch.backends.mha.get_fastpath_enabled()
         try:
-            return vmap(self._call, in_dims=(0, 0, 0, x_dim), randomness="error")(self.params, self.buffers, masks, x)
+            # attention as matrix products: vmap has no batching rule for the fused CPU kernels (nn.MultiheadAttention's
+            # eval-mode fast path, flash attention), it would loop over the K configurations
+            torch.backends.mha.set_fastpath_enabled(False)
+            with sdpa_kernel([SDPBackend.MATH]):
+                return vmap(self._call, in_dims=(0, 0, 0, x_dim), randomness="error")(self.params, self.buffers, masks, x)
         except InvalidParameterError:
             raise
         except Exception as exc:
             raise parameter_error(
                 "model", OWNER, "a model the batched engine can train" + SEQUENTIAL_HINT, _first_line(exc)
             ) from None
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
 
     def _losses(self, fn: Callable, out: torch.Tensor, y: torch.Tensor, y_dim: int | None) -> torch.Tensor:
         from torch.func import vmap
@@ -596,7 +606,7 @@ class ModuleStack:
             n = int(data[0].shape[0])
             fns = {"loss": self.task.loss, **self.task.metrics}
             total = {key: torch.zeros(self.K, dtype=torch.float64) for key in fns}
-            for X, y in _batches(*data, self.task.eval_batch_size):
+            for X, y in _batches(*data, self.eval_rows):
                 out = self._forward(X, None, [])
                 for key, fn in fns.items():
                     total[key] += self._losses(fn, out, y, None).to(torch.float64) * int(X.shape[0])
@@ -673,7 +683,33 @@ def train_module(
 # ----------------------------------------------------------------------------- chunk planning
 DEFAULT_MODULE_MEMORY_BUDGET = 1 << 30
 PROBE_SECONDS = 0.5
+PROBE_FRACTION = 0.02  # of the sweep's training time, estimated from one configuration's step
 _GAIN = 1.05
+
+
+EVAL_BLOCK_FLOATS = 1 << 20  # evaluation runs in row blocks of about this many numbers in the largest module output
+
+
+def activations_per_row(model: nn.Module, X: torch.Tensor, rows: int = 8, largest: bool = False) -> int:
+    """The numbers the modules' outputs hold per input row, all together (or the ``largest`` one), measured by
+    forward hooks on a copy, on ``rows`` rows, without gradients."""
+    acts = 0
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        nonlocal acts
+        if isinstance(out, torch.Tensor):
+            acts = max(acts, out.numel()) if largest else acts + out.numel()
+
+    probe = copy.deepcopy(model)
+    handles = [m.register_forward_hook(hook) for m in probe.modules()]
+    n = min(rows, int(X.shape[0]))
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            probe(X[:n])
+    finally:
+        for h in handles:
+            h.remove()
+    return max(1, acts // n)
 
 
 def bytes_per_module_config(task: ModuleTask, model: nn.Module) -> int:
@@ -683,23 +719,8 @@ def bytes_per_module_config(task: ModuleTask, model: nn.Module) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     n_buffers = sum(b.numel() for b in model.buffers())
     state = (1 if task.momentum else 0) + (0 if task.optimizer == "sgd" else 2)
-    acts = 0
-
-    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-        nonlocal acts
-        if isinstance(out, torch.Tensor):
-            acts += out.numel()
-
     rows = task.batch_size or task.n_train
-    probe = copy.deepcopy(model)
-    handles = [m.register_forward_hook(hook) for m in probe.modules()]
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            probe(task.train[0][: min(rows, 64)])
-    finally:
-        for h in handles:
-            h.remove()
-    per_row = acts / min(rows, 64)
+    per_row = activations_per_row(model, task.train[0])
     eval_rows = min(task.eval_batch_size, max(task.n_train, int(task.val[0].shape[0]) if task.val is not None else 0))
     itemsize = next(model.parameters()).element_size()
     return int(itemsize * ((4 + state) * n_params + n_buffers + 3 * per_row * (rows + eval_rows)))
@@ -737,21 +758,25 @@ def plan_module_chunks(
     seed = next(iter(models))
     start = time.perf_counter()
     rates: dict[int, float] = {}
-    size, stalls = 1, 0
+    size, stalls, budget = 1, 0, probe_seconds
+    rows = min(task.batch_size or task.n_train, task.n_train)
+    config_steps = n_configs * task.epochs * -(-task.n_train // rows)
     while True:
         stack = ModuleStack(task, [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * size, {seed: model})
-        idx = [torch.arange(min(task.batch_size or task.n_train, task.n_train))]
+        idx = [torch.arange(rows)]
         stack.train_step(idx)
         best = math.inf
-        for _ in range(2):
+        for _ in range(1 if size == 1 else 2):
             t0 = time.perf_counter()
             stack.train_step(idx)
             best = min(best, time.perf_counter() - t0)
+        if size == 1:  # at most PROBE_FRACTION of the sweep's time, estimated one configuration at a time
+            budget = min(probe_seconds, PROBE_FRACTION * best * config_steps)
         rate = size / best
         stalls = stalls + 1 if rates and rate < max(rates.values()) * _GAIN else 0
         rates[size] = rate
         nxt = min(cap, 2 * size)
-        if nxt == size or stalls >= 2 or time.perf_counter() - start + 4 * best * nxt / size > probe_seconds:
+        if nxt == size or stalls >= 2 or time.perf_counter() - start + 4 * best * nxt / size > budget:
             break
         size = nxt
     top = max(rates.values())
