@@ -30,16 +30,17 @@ def reference(task: ModuleTask, h: Hyper) -> list[tuple[float, float]]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(h.seed, "init"))
         model = task.model(h.seed)
+    policy = task.policy
     if task.optimizer == "adamw":
-        opt = torch.optim.AdamW(decaylab.param_groups(model, h.decoupled), lr=h.lr)
+        opt = torch.optim.AdamW(decaylab.param_groups(model, h.decoupled, policy), lr=h.lr)
     elif task.optimizer == "adam":
-        opt = torch.optim.Adam(decaylab.param_groups(model, h.l2), lr=h.lr)
+        opt = torch.optim.Adam(decaylab.param_groups(model, h.l2, policy), lr=h.lr)
     else:
-        opt = torch.optim.SGD(decaylab.param_groups(model, h.l2), lr=h.lr, momentum=task.momentum, nesterov=task.nesterov)
+        opt = torch.optim.SGD(decaylab.param_groups(model, h.l2, policy), lr=h.lr, momentum=task.momentum, nesterov=task.nesterov)
     if h.decoupled and task.optimizer != "adamw":
-        decaylab.attach(opt, decaylab.DecoupledDecay(h.decoupled), model=model)
+        decaylab.attach(opt, decaylab.DecoupledDecay(h.decoupled), model=model, policy=policy)
     if h.l1:
-        decaylab.attach(opt, decaylab.L1Prox(h.l1), model=model)
+        decaylab.attach(opt, decaylab.L1Prox(h.l1), model=model, policy=policy)
     order = generator(h.seed, "order")
     (X, y), (Xv, yv) = task.train, task.val
     curves = []
@@ -208,3 +209,14 @@ def test_dropout_masks_are_the_seed_s_dropout_stream() -> None:
         model.eval()
         with torch.no_grad():
             assert got.curves["val_loss"][epoch] == pytest.approx(task.loss(model(Xv), yv).item(), rel=REL)
+
+
+def test_the_decay_policy_and_its_multipliers_are_param_groups_own() -> None:
+    """Biases decayed, the last layer's weight at half λ, the first layer's bias excluded by name."""
+    policy = decaylab.DecayPolicy(exclude_bias=False, exclude_1d=False, exclude="0.bias", multipliers={"2.*": 0.5})
+    task = ModuleTask(**setup("mlp"), optimizer="sgd", momentum=0.9, batch_size=32, epochs=2, policy=policy)
+    hypers = [Hyper(seed=0, lr=0.05, l2=0.05), Hyper(seed=0, lr=0.05, decoupled=0.5), Hyper(seed=1, lr=0.05, l1=1e-2)]
+    assert_matches(train_module(task, hypers, chunk=3), [reference(task, h) for h in hypers])
+    default = ModuleTask(**setup("mlp"), optimizer="sgd", momentum=0.9, batch_size=32, epochs=2)
+    other = train_module(default, hypers[:1], chunk=1)[0]
+    assert other.curves["val_loss"][-1] != pytest.approx(train_module(task, hypers[:1], chunk=1)[0].curves["val_loss"][-1], rel=1e-4)

@@ -49,6 +49,8 @@ _EXPORTS: dict[str, str] = {
     "ridge": "decaylab.closed_form",
     "ridge_path": "decaylab.closed_form",
     "decay_timescale": "decaylab.closed_form",
+    # λ sweeps over any nn.Module (the module decaylab.sweep is callable: decaylab.sweep(setup, lambd=...))
+    "sweep": "decaylab.sweep",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -58,7 +60,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'decaylab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if module == f"decaylab.{name}" else getattr(imported, name)  # decaylab.sweep: a callable module
     globals()[name] = value
     return value
 
@@ -74,4 +77,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from decaylab.penalties import elastic_net_penalty, l1_penalty, l2_penalty
     from decaylab.policy import DecayPolicy, explain, param_groups
     from decaylab.steps import DecoupledDecay, L1Prox, MaxNorm, attach
+    from decaylab.sweep import sweep
     from decaylab.validation import InvalidParameterError

@@ -52,7 +52,10 @@ bookkeeping, which dominates for small models (measured: see ``benchmarks/README
 
 written with the same elementary operations, in the same order, as ``torch.optim``'s single-tensor
 kernels (Adam's bias corrections in float64 as Python floats, like ``torch.optim.Adam``); ``ρ`` is
-the configuration's ``radius``.
+the configuration's ``radius``. Everything but the projection is
+:class:`decaylab.engine.updates.StackedUpdate`, the one implementation shared with the any-module
+engine (:mod:`decaylab.engine.module`). Which tensors decay is asked of :mod:`decaylab.policy`
+(:func:`decay_multipliers`): the weights, and the biases too with ``task.decay_bias``.
 
 **Kept weights.** With ``task.keep_weights`` the stack is copied after every epoch (``'epochs'``) or
 after the last (``'final'``) and cut into one ``parameters_to_vector`` layout per configuration:

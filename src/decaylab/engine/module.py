@@ -682,7 +682,8 @@ def train_module(
 
 # ----------------------------------------------------------------------------- chunk planning
 DEFAULT_MODULE_MEMORY_BUDGET = 1 << 30
-PROBE_SECONDS = 0.5
+PROBE_SECONDS = 1.0
+PROBE_MIN_SECONDS = 0.3  # the probe may always take this long (a compute-bound model stops after size 1 anyway)
 PROBE_FRACTION = 0.02  # of the sweep's training time, estimated from one configuration's step
 _GAIN = 1.05
 
@@ -741,7 +742,8 @@ def plan_module_chunks(
     :func:`bytes_per_module_config`, and the configurations·steps per second of a stack of sizes 1, 2,
     4, … are measured on the first minibatch (a warm-up step, then the best of two), within
     ``probe_seconds`` and until two doublings gained less than 5 %; the smallest size within 5 % of the
-    best wins — for a compute-bound model 1, so batching is never slower than one at a time.
+    best wins — for a compute-bound model 1, so batching is never slower than one at a time. Times are the
+    process's CPU time, so that other processes on a shared machine do not decide the chunk.
     """
     from decaylab.engine.chunking import _balanced
 
@@ -756,7 +758,7 @@ def plan_module_chunks(
     if cap == 1:
         return _balanced(n_configs, 1)
     seed = next(iter(models))
-    start = time.perf_counter()
+    start = time.process_time()
     rates: dict[int, float] = {}
     size, stalls, budget = 1, 0, probe_seconds
     rows = min(task.batch_size or task.n_train, task.n_train)
@@ -767,16 +769,16 @@ def plan_module_chunks(
         stack.train_step(idx)
         best = math.inf
         for _ in range(1 if size == 1 else 2):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             stack.train_step(idx)
-            best = min(best, time.perf_counter() - t0)
-        if size == 1:  # at most PROBE_FRACTION of the sweep's time, estimated one configuration at a time
-            budget = min(probe_seconds, PROBE_FRACTION * best * config_steps)
+            best = min(best, time.process_time() - t0)
+        if size == 1:  # PROBE_FRACTION of the sweep's time, estimated one configuration at a time, within [min, max]
+            budget = max(min(probe_seconds, PROBE_MIN_SECONDS), min(probe_seconds, PROBE_FRACTION * best * config_steps))
         rate = size / best
         stalls = stalls + 1 if rates and rate < max(rates.values()) * _GAIN else 0
         rates[size] = rate
         nxt = min(cap, 2 * size)
-        if nxt == size or stalls >= 2 or time.perf_counter() - start + 4 * best * nxt / size > budget:
+        if nxt == size or stalls >= 2 or time.process_time() - start + 4 * best * nxt / size > budget:
             break
         size = nxt
     top = max(rates.values())
