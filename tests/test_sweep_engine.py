@@ -220,3 +220,16 @@ def test_the_decay_policy_and_its_multipliers_are_param_groups_own() -> None:
     default = ModuleTask(**setup("mlp"), optimizer="sgd", momentum=0.9, batch_size=32, epochs=2)
     other = train_module(default, hypers[:1], chunk=1)[0]
     assert other.curves["val_loss"][-1] != pytest.approx(train_module(task, hypers[:1], chunk=1)[0].curves["val_loss"][-1], rel=1e-4)
+
+
+def test_frozen_parameters_stay_as_they_are() -> None:
+    from torch import nn
+
+    def model(seed: int) -> nn.Module:
+        net = nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+        net[0].requires_grad_(False)
+        return net
+
+    task = ModuleTask(**{**setup("mlp"), "model": model}, optimizer="sgd", momentum=0.9, batch_size=32, epochs=2)
+    hypers = [Hyper(seed=0, lr=0.05, l2=0.1), Hyper(seed=1, lr=0.05, decoupled=0.5)]
+    assert_matches(train_module(task, hypers, chunk=2), [reference(task, h) for h in hypers])

@@ -498,8 +498,9 @@ class ModuleStack:
         self.gidx = torch.tensor([self.seeds.index(h.seed) for h in self.hypers])
         copies = [models[h.seed] for h in self.hypers]
         params, buffers = stack_module_state(copies)  # (K, ...) copies, in named_parameters() order
-        self.names = list(params)
-        self.params = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+        trainable = {n for n, p in copies[0].named_parameters() if p.requires_grad}  # frozen ones are never updated
+        self.names = [n for n in params if n in trainable]
+        self.params = {n: p.detach().clone().requires_grad_(n in trainable) for n, p in params.items()}
         self.buffers = {n: b.clone() for n, b in buffers.items()}
         self.draws = _Draws()
         self.base = copy.deepcopy(copies[0])
@@ -508,7 +509,7 @@ class ModuleStack:
         self.multipliers = [multipliers.get(n, 0.0) for n in self.names]
         hs = self.hypers
         self.updater = StackedUpdate(
-            list(self.params.values()),
+            [self.params[n] for n in self.names],
             self.multipliers,
             task.settings,
             Coefficients(lr=[h.lr for h in hs], l2=[h.l2 for h in hs], decoupled=[h.decoupled for h in hs], l1=[h.l1 for h in hs]),
@@ -590,7 +591,7 @@ class ModuleStack:
         with torch.enable_grad():
             out = self._forward(x, x_dim, masks)
             total = self._losses(self.task.loss, out, y, y_dim).sum()  # independent: ∂total/∂θ_k = ∂L_k/∂θ_k
-            grads = list(torch.autograd.grad(total, list(self.params.values())))
+            grads = list(torch.autograd.grad(total, [self.params[n] for n in self.names]))
         with torch.no_grad():
             self.updater.step(grads)
 
@@ -612,7 +613,7 @@ class ModuleStack:
                     total[key] += self._losses(fn, out, y, None).to(torch.float64) * int(X.shape[0])
             for key, value in total.items():
                 cols[f"{split}_{key}"] = value / n
-        decayed = [P for P, m in zip(self.params.values(), self.multipliers) if m > 0]
+        decayed = [self.params[n] for n, m in zip(self.names, self.multipliers) if m > 0]
         sq = sum((P.detach().double() ** 2).reshape(self.K, -1).sum(dim=1) for P in decayed)
         cols["w_norm"] = torch.sqrt(sq) if decayed else torch.zeros(self.K, dtype=torch.float64)
         self.base.train()
