@@ -529,6 +529,12 @@ class ModuleStack:
         return functional_call(self.base, (params, buffers), (x,))
 
     def _forward(self, x: torch.Tensor, x_dim: int | None, masks: list[torch.Tensor]) -> torch.Tensor:
+        if self.K == 1:  # one configuration: its rows of the stack as an ordinary model (no vmap, plain kernels)
+            one = lambda d: {n: t[0] for n, t in d.items()}  # noqa: E731 - views: updates reach the stack
+            return self._call(one(self.params), one(self.buffers), [m[0] for m in masks], x if x_dim is None else x[0]).unsqueeze(0)
+        return self._vmapped(x, x_dim, masks)
+
+    def _vmapped(self, x: torch.Tensor, x_dim: int | None, masks: list[torch.Tensor]) -> torch.Tensor:
         from torch.func import vmap
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
