@@ -78,6 +78,7 @@ class ModuleSweep(Experiment):
         " best marked) and curves.png (curves of a few λ)."
     )
     engines = ("sequential", "batched")
+    swept = ("lambd", "decoupled", "l1", "lr", "seed")  # their grids multiply into the configurations
     options = (
         Option("target", _target, "", "the setup function, FILE.py:FUNCTION", "FILE.py:FUNCTION"),
         Option("lambd", float_grid(low=0.0), "0", "coupled λ: g ← g + λθ (torch.optim weight_decay of SGD/Adam)", "GRID"),
