@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     img_train, img_val = digits()
     tok_train, tok_val = tokens()
     flat_train, flat_val = digits(image=False)
-    common = dict(loss=F.cross_entropy, metrics={"acc": accuracy}, optimizer="sgd", momentum=0.9, epochs=args.epochs)
+    common = {"loss": F.cross_entropy, "metrics": {"acc": accuracy}, "optimizer": "sgd", "momentum": 0.9, "epochs": args.epochs}
     cases = {
         "cnn": ("digits CNN Conv-ReLU-Pool×2 + Linear, 16 λ, SGD momentum, batch 64", cnn, img_train, img_val, 0.05, 64, lambdas, 3.0),
         "cnn_bn": ("digits CNN with BatchNorm, 16 λ, SGD momentum, batch 64", cnn_bn, img_train, img_val, 0.05, 64, lambdas, 2.5),
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         MARK_BEGIN,
         "## Module sweeps: `benchmarks/sweep_module.py` (provisional)",
         "",
-        f"`PYTHONPATH=src python benchmarks/sweep_module.py --threads {args.threads} --epochs {args.epochs}` — "
+        (f"`PYTHONPATH=src python benchmarks/sweep_module.py --threads {args.threads} --epochs {args.epochs}` — "
         "`decaylab.engine.module` (batched with `torch.func`, chunk planner and probe included) against a plain "
         "PyTorch loop training the same configurations one after another (`torch.optim.SGD` over "
         "`decaylab.param_groups`, the same per-epoch evaluation), best of "
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "developers' jobs while this ran: the timings are provisional**. `% of peak`: FLOPs counted by "
         "`torch.utils.flop_counter` over the measured time, against a 2048² `torch.mm` at the same thread count "
         f"(measured after each case; {max(r.peak for r in rows) / 1e9:.1f} GFLOP/s at best). One thread: CPU seconds of "
-        f"the process; two: wall-clock seconds. Total {time.perf_counter() - start:.0f} s.",
+        f"the process; two: wall-clock seconds. Total {time.perf_counter() - start:.0f} s."),
         "",
         table(rows),
         MARK_END,
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     if not args.no_write:
         text = README.read_text() if README.exists() else ""
-        pattern = re.compile(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), re.S)
+        pattern = re.compile(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), re.DOTALL)
         text = pattern.sub(lambda _: report, text) if pattern.search(text) else text.rstrip() + "\n\n" + report + "\n"
         README.write_text(text)
         print(f"written to {README}")

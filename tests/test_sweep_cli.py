@@ -88,8 +88,8 @@ BAD = {
     "not a module": ("def model(seed):\n    return 3\n", "model", "torch.nn.Module"),
     "architectures differ": ("def model(seed):\n    return nn.Sequential(nn.Linear(64, 16 + seed), nn.ReLU(), nn.Linear(16 + seed, 10))\n",
                              "model", "same architecture for every seed"),
-    "loss not scalar": ("def model(seed):\n    return nn.Sequential(nn.Linear(64, 10))\n"
-                        "_loss = lambda out, t: F.cross_entropy(out, t, reduction='none')\n", "loss", "scalar"),
+    "loss not scalar": (("def model(seed):\n    return nn.Sequential(nn.Linear(64, 10))\n"
+                         "_loss = lambda out, t: F.cross_entropy(out, t, reduction='none')\n"), "loss", "scalar"),
     "wrong data shape": ("def model(seed):\n    return nn.Sequential(nn.Linear(63, 10))\n", "train", "inputs the model accepts"),
     "layer not batchable": ("def model(seed):\n    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Dropout2d(0.2), nn.Flatten(), nn.Linear(64, 10))\n",
                             "model", "--engine sequential"),
@@ -108,7 +108,7 @@ def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, cli: Any) -
     assert f"'{name}'" in err and words in err
     assert not Path("decaylab.db").exists() or not Store(Path("decaylab.db")).list_runs()  # nothing was stored
     if case == "layer not batchable":  # the suggestion works
-        code, out, err = cli("sweep", f"{write(tmp_path, body)}:setup", *ARGS, "--quiet", "--engine", "sequential")
+        code, _, err = cli("sweep", f"{write(tmp_path, body)}:setup", *ARGS, "--quiet", "--engine", "sequential")
         assert code == 0, err
 
 
@@ -161,7 +161,7 @@ def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_js
     assert run.status == "running" and 2 <= run.counts().get("done", 0) < 6
     (tmp_path / "elsewhere").mkdir()
     resumed = subprocess.run([sys.executable, "-m", "decaylab.cli", "resume", run.run_id, "--store", str(store), "--json"],
-                             capture_output=True, text=True, cwd=tmp_path / "elsewhere", timeout=600)
+                             capture_output=True, text=True, cwd=tmp_path / "elsewhere", timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stderr
     whole = cli_json("sweep", target, *ARGS, "--chunk", "1", "--quiet")
     got = json.loads(resumed.stdout)

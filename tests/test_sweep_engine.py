@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 import torch
+from sweep_models import setup
 
 import decaylab
 from decaylab.engine.module import ModuleTask, train_module
 from decaylab.engine.task import Hyper
 from decaylab.rng import generator, stream_seed
-from sweep_models import setup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -76,7 +76,7 @@ def load_setup(target: str, owner: str = "decaylab sweep") -> Mapping[str, Any]:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any error of user code becomes one line
             raise parameter_error("FILE.py:FUNCTION", owner, "a file that imports without error", f"{target}: {type(exc).__name__}: {exc}") from None
         fn = getattr(module, func, None)
         if not callable(fn):
@@ -323,7 +323,7 @@ def sweep(
     from decaylab.engine.module import train_module
     from decaylab.threads import limited_threads
 
-    nonneg = lambda v, n, o: check_float(v, n, o, low=0.0)  # noqa: E731
+    nonneg = lambda v, n, o: check_float(v, n, o, low=0.0)
     opts = {
         "lambd": _grid(lambd, "lambd", nonneg),
         "decoupled": _grid(decoupled, "decoupled", nonneg),

@@ -72,7 +72,13 @@ from decaylab.engine.task import Hyper
 from decaylab.engine.updates import Coefficients, OptimizerSettings, StackedUpdate
 from decaylab.results import Outcome
 from decaylab.rng import generator, stream_seed
-from decaylab.validation import InvalidParameterError, check_choice, check_float, check_int, parameter_error
+from decaylab.validation import (
+    InvalidParameterError,
+    check_choice,
+    check_float,
+    check_int,
+    parameter_error,
+)
 
 __all__ = [
     "MODULE_ENGINES",
@@ -346,12 +352,12 @@ def check_module_task(task: ModuleTask, seeds: Sequence[int], engine: str = "bat
         try:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 out = model(X)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any error of user code becomes one line
             raise parameter_error(split, OWNER, "inputs the model accepts", f"inputs of shape {tuple(data[0].shape)}: {_first_line(exc)}") from None
         for what, fn in (("loss", task.loss), *((f"metrics[{n!r}]", f) for n, f in task.metrics.items())):
             try:
                 value = fn(out, y)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any error of user code becomes one line
                 raise parameter_error(
                     split, OWNER, f"targets that {what} accepts with the model's output",
                     f"output {tuple(out.shape)}, targets {tuple(data[1].shape)}: {_first_line(exc)}",
@@ -530,7 +536,7 @@ class ModuleStack:
 
     def _forward(self, x: torch.Tensor, x_dim: int | None, masks: list[torch.Tensor]) -> torch.Tensor:
         if self.K == 1:  # one configuration: its rows of the stack as an ordinary model (no vmap, plain kernels)
-            one = lambda d: {n: t[0] for n, t in d.items()}  # noqa: E731 - views: updates reach the stack
+            one = lambda d: {n: t[0] for n, t in d.items()}
             return self._call(one(self.params), one(self.buffers), [m[0] for m in masks], x if x_dim is None else x[0]).unsqueeze(0)
         return self._vmapped(x, x_dim, masks)
 
@@ -547,7 +553,7 @@ class ModuleStack:
                 return vmap(self._call, in_dims=(0, 0, 0, x_dim), randomness="error")(self.params, self.buffers, masks, x)
         except InvalidParameterError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any error of user code becomes one line
             raise parameter_error(
                 "model", OWNER, "a model the batched engine can train" + SEQUENTIAL_HINT, _first_line(exc)
             ) from None

@@ -20,7 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from decaylab.experiments.base import Experiment, Option, Table, choice, float_grid, int_grid, positive_int
+from decaylab.experiments.base import (
+    Experiment,
+    Option,
+    Table,
+    choice,
+    float_grid,
+    int_grid,
+    positive_int,
+)
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float, parameter_error
 
