@@ -233,3 +233,16 @@ def test_frozen_parameters_stay_as_they_are() -> None:
     task = ModuleTask(**{**setup("mlp"), "model": model}, optimizer="sgd", momentum=0.9, batch_size=32, epochs=2)
     hypers = [Hyper(seed=0, lr=0.05, l2=0.1), Hyper(seed=1, lr=0.05, decoupled=0.5)]
     assert_matches(train_module(task, hypers, chunk=2), [reference(task, h) for h in hypers])
+
+
+def test_planned_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """chunk=None: the planner's stacks, or — when it finds no gain and torch.optim measures faster — the
+    sequential engine; either way the reference's numbers."""
+    import decaylab.engine.module as module
+
+    task, hypers = case("mlp-momentum-decoupled")
+    refs = [reference(task, h) for h in hypers]
+    assert_matches(train_module(task, hypers), refs)
+    monkeypatch.setattr(module, "plan_module_chunks", lambda task, n, chunk=None, **kw: [range(i, i + 1) for i in range(n)])
+    monkeypatch.setattr(module, "_alone_is_faster", lambda task, models: True)
+    assert_matches(train_module(task, hypers), refs)

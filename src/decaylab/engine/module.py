@@ -664,16 +664,44 @@ class ModuleStack:
         return outcomes  # type: ignore[return-value]
 
 
+def _alone_is_faster(task: ModuleTask, models: Mapping[int, nn.Module]) -> bool:
+    """Whether a ``torch.optim`` step of one configuration (the sequential engine's) takes less CPU time than a
+    stack of one: asked when the planner found no gain in stacking (a compute-bound model), so that the batched
+    engine is never slower than one configuration at a time. One warm-up and one timed step of each."""
+    seed = next(iter(models))
+    rows = min(task.batch_size or task.n_train, task.n_train)
+    X, y = task.train[0][:rows], task.train[1][:rows]
+    model = copy.deepcopy(models[seed])
+    opt = _optimizer(task, Hyper(seed=seed, lr=1e-9, l2=1e-4 if task.optimizer != "adamw" else 0.0), model, False)
+    stack = ModuleStack(task, [Hyper(seed=seed, lr=1e-9)], {seed: models[seed]})
+    times = []
+    for step in (lambda: (opt.zero_grad(), task.loss(model(X), y).backward(), opt.step()),
+                 lambda: stack.train_step([torch.arange(rows)])):
+        with torch.random.fork_rng(devices=[]):
+            step()
+            t0 = time.process_time()
+            step()
+            times.append(time.process_time() - t0)
+    return times[0] < times[1]
+
+
 def train_module_batched(
     task: ModuleTask, hypers: Sequence[Hyper], chunk: int | None = None, progress: Progress | None = None
 ) -> list[Outcome]:
-    """Train ``hypers`` in stacks of ``chunk`` configurations (``None``: :func:`plan_module_chunks`)."""
+    """Train ``hypers`` in stacks of ``chunk`` configurations.
+
+    ``chunk=None``: :func:`plan_module_chunks` chooses; when it finds no gain in stacking and a plain
+    ``torch.optim`` step measures faster than a stack of one, the configurations are trained one at a time
+    by :func:`train_module_sequential` (equal results within float32 rounding).
+    """
     hypers = check_module_hypers(task, hypers)
     if not hypers:
         return []
     order = sorted(range(len(hypers)), key=lambda i: hypers[i].seed)
     models = check_module_task(task, [h.seed for h in hypers])
     sizes = plan_module_chunks(task, len(hypers), chunk, models=models)
+    if chunk is None and max(len(r) for r in sizes) == 1 and _alone_is_faster(task, models):
+        return train_module_sequential(task, hypers, progress)  # the same numbers, within float32 rounding
     outcomes: list[Outcome | None] = [None] * len(hypers)
     for part in sizes:
         idx = [order[i] for i in part]
