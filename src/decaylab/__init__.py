@@ -67,6 +67,8 @@ _EXPORTS: dict[str, str] = {
     "audit": "decaylab.audit",
     "Finding": "decaylab.audit",
     "AuditReport": "decaylab.audit",
+    # λ sweeps over any nn.Module (the module decaylab.sweep is callable: decaylab.sweep(setup, lambd=...))
+    "sweep": "decaylab.sweep",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -76,7 +78,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'decaylab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if module == f"decaylab.{name}" else getattr(imported, name)  # decaylab.sweep: a callable module
     globals()[name] = value
     return value
 
@@ -104,4 +107,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         WDScheduler,
     )
     from decaylab.steps import CautiousDecay, DecoupledDecay, L1Prox, MaxNorm, attach, attached
+    from decaylab.sweep import sweep
     from decaylab.validation import InvalidParameterError

@@ -2,6 +2,7 @@
 
     decaylab run --list
     decaylab run EXPERIMENT [options]        # e.g. decaylab run d2l-linear --lambd 0:10:64
+    decaylab sweep FILE.py:FUNCTION [options]  # λ sweeps over your own nn.Module
     decaylab resume RUN_ID
     decaylab runs list [--json]
     decaylab runs show RUN_ID [--json]
@@ -527,10 +528,37 @@ def _cmd_audit(argv: list[str]) -> int:
     return EXIT_OK if report.clean else EXIT_FAILED
 
 
+def _cmd_sweep(argv: list[str]) -> int:
+    """``decaylab sweep FILE.py:FUNCTION [options]``: λ sweeps over the user's own module (:mod:`decaylab.experiments.sweep`)."""
+    from decaylab.experiments import get_experiment
+    from decaylab.experiments.sweep import BOOL_OPTIONS
+
+    exp = get_experiment("sweep")
+    parser = _Parser(
+        prog="decaylab sweep", description=f"{exp.summary}\n\n{exp.description}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("target", metavar="FILE.py:FUNCTION", help="the function that returns the model, data and loss")
+    group = parser.add_argument_group("sweep options (grids: 'a,b,c', 'start:stop:num', 'log:start:stop:num')")
+    for opt in exp.options[1:]:
+        if opt.name in BOOL_OPTIONS:
+            group.add_argument(opt.flag, dest=opt.name, action="store_const", const="true", help=opt.help)
+        else:
+            group.add_argument(opt.flag, dest=opt.name, metavar=opt.metavar, help=f"{opt.help} (default: {opt.default})")
+    common = parser.add_argument_group("run options")
+    common.add_argument("--engine", choices=exp.engines, help=f"how configurations are trained (default: {exp.engines[-1]})")
+    _output_options(common)
+    ns = parser.parse_args(argv)
+    opts, raw, _ = _parse_options(exp, ns)
+    exp.check_engine(opts, ns.engine or exp.engines[-1])
+    raw["select"], raw["target"] = opts["select"], opts["target"]  # as checked: the absolute path, for resume
+    return _run(exp, opts, raw, ns, None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; ``main(["run", "d2l-linear"])`` runs in-process and returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": _cmd_run, "resume": _cmd_resume, "runs": _cmd_runs, "audit": _cmd_audit}
+    commands = {"run": _cmd_run, "resume": _cmd_resume, "runs": _cmd_runs, "sweep": _cmd_sweep, "audit": _cmd_audit}
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.strip())
         return EXIT_OK
