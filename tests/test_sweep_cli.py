@@ -161,7 +161,7 @@ def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_js
         if proc.poll() is None:
             proc.kill()
     (run,) = Store(store).list_runs()
-    assert run.status == "running" and 2 <= run.counts().get("done", 0) < 6
+    assert run.status == "interrupted" and 2 <= run.counts().get("done", 0) < 6  # killed: its dead owner shows it interrupted
     (tmp_path / "elsewhere").mkdir()
     resumed = subprocess.run([sys.executable, "-m", "decaylab.cli", "resume", run.run_id, "--store", str(store), "--json"],
                              capture_output=True, text=True, cwd=tmp_path / "elsewhere", timeout=600, check=False)

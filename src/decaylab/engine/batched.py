@@ -140,7 +140,8 @@ def decay_multipliers(task: Task) -> list[float]:
 
     pairs = [(f"layers.{l}.weight", torch.empty(o, i, device="meta")) for l, (i, o) in enumerate(zip(task.layers[:-1], task.layers[1:]))]
     pairs += [(f"layers.{l}.bias", torch.empty(o, device="meta")) for l, o in enumerate(task.layers[1:])]
-    policy = DecayPolicy(exclude_bias=False, exclude_1d=False) if task.decay_bias else DecayPolicy()
+    # the MLP has no norm-layer parameters (Task(norm="layer") is scale-free, its shift is the layer's bias)
+    policy = DecayPolicy(exclude_bias=False, exclude_1d=False, exclude_norm=False) if task.decay_bias else DecayPolicy()
     return [entry.multiplier for entry in decay_plan(pairs, policy, owner="Task")]
 
 
