@@ -33,6 +33,7 @@ def test_data_follow_the_seed() -> None:
     assert not torch.equal(d2l_linear_data(1).X_train, data.X_train)
 
 
+@pytest.mark.claim
 def test_without_decay_the_model_overfits() -> None:
     seed = 0
     out = run(train_scratch, 0.0, seed)
@@ -49,6 +50,7 @@ def test_without_decay_the_model_overfits() -> None:
     assert null_norm == pytest.approx(np.sqrt(180), rel=0.15)
 
 
+@pytest.mark.claim
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_decay_regularizes(seed: int) -> None:
     plain = run(train_scratch, 0.0, seed)
@@ -65,6 +67,7 @@ def test_scratch_and_concise_follow_the_same_trajectory(lambd: float) -> None:
         np.testing.assert_allclose(a.curves[key], b.curves[key], rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.claim
 def test_the_batched_engine_follows_the_scratch_trajectories() -> None:
     from decaylab.engine import Hyper, run_chunk
     from decaylab.experiments.d2l_linear import engine_task

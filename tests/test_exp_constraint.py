@@ -27,6 +27,7 @@ def opts_with(**over: str) -> dict[str, Any]:
     return {o.name: o.parse(texts[o.name], o.flag, EXP.name) for o in EXP.options}
 
 
+@pytest.mark.claim
 def test_claim_projected_gd_equals_ridge_and_theta_decreases() -> None:
     opts = opts_with(lambd="0.003,0.05,0.5,5,50", epochs="600", seed="0,1")
     configs = EXP.configs(opts)
@@ -44,6 +45,7 @@ def test_claim_projected_gd_equals_ridge_and_theta_decreases() -> None:
         assert summary["by_seed"][seed]["theta_decreasing"]
 
 
+@pytest.mark.claim
 def test_without_the_projection_the_claim_fails() -> None:
     """The check can fail: the same descent with a radius far above θ(λ) ends at OLS, not at ridge."""
     opts = opts_with(epochs="600")

@@ -23,19 +23,26 @@ TINY = ("--hidden", "16,16", "--epochs", "2", "--n-train", "40", "--n-test", "30
 pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: see decaylab.threads
 
 
+@pytest.mark.claim
 def test_claim_dropout_and_decay_narrow_the_gap() -> None:
-    """The default setting, shortened (70 epochs, 200 test digits), over the default seeds 0, 1, 2."""
-    opts = options(EXP, epochs="70", n_test="200")
+    """The default setting at η = 0.2 and λ = 0.005, shortened (70 epochs, 200 test digits), seeds 0, 1, 2.
+
+    At D2L's η = 0.5 the trajectory is chaotic: float32 kernels of another instruction set (AVX2 vs AVX-512)
+    end it elsewhere, by as much as one seed from another. At η = 0.2 it is not (the summary agrees to 1e-3
+    between ATEN_CPU_CAPABILITY=default and avx2), and every margin below is ≥ 5× larger than that drift.
+    """
+    opts = options(EXP, epochs="70", n_test="200", lr="0.2", wd="0.005")
     results = train(EXP, opts)
     summary = EXP.summarize(results, opts)
     claim = summary["claim"]
     assert claim["holds"], claim
-    assert set(claim["smaller"]) == {"dropout", "decay λ=0.002", "both λ=0.002"}
+    assert set(claim["smaller"]) == {"dropout", "decay λ=0.005", "both λ=0.005"}
     rows = {r["label"]: r for r in summary["by_variant"]}
-    assert rows["none"]["train_acc"] > 0.99 and rows["none"]["gap"] > 0.05  # it over-fits
-    for label in claim["smaller"]:  # a mechanism that did nothing would give exactly the gap of "none"
-        assert rows[label]["gap"] < rows["none"]["gap"] - 0.005
-    assert rows["decay λ=0.002"]["w_norm"] < 0.85 * rows["none"]["w_norm"]  # decay shrinks the weights
+    assert rows["none"]["train_acc"] > 0.98 and rows["none"]["gap"] > 0.05  # it over-fits
+    for label in claim["smaller"]:  # measured: 0.31 / 0.31 / 0.27 against 0.41 without regularization
+        assert rows[label]["ce_gap"] < 0.85 * rows["none"]["ce_gap"], (label, rows[label]["ce_gap"])
+    assert rows["decay λ=0.005"]["w_norm"] < 0.92 * rows["none"]["w_norm"]  # decay shrinks the weights (0.85×)
+    assert rows["both λ=0.005"]["w_norm"] < 0.92 * rows["dropout"]["w_norm"]  # with dropout too (0.84×)
 
 
 def test_decaylab_dropout_follows_the_engine_and_torch_dropout_draws_other_masks() -> None:

@@ -35,6 +35,7 @@ def small() -> tuple[dict[str, Any], list[ConfigResult], dict[str, Any]]:
     return opts, results, EXP.summarize(results, opts)
 
 
+@pytest.mark.claim
 def test_claims(small: Any) -> None:
     _, _, summary = small
     row = summary["by_wd"][0]
@@ -49,6 +50,7 @@ def test_claims(small: Any) -> None:
     assert eff["top_bottom_ratio"] < 0.01 and eff["eff_decay_decades"] > 2
 
 
+@pytest.mark.claim
 def test_effective_decay_falls_with_the_second_moment(small: Any) -> None:
     _, results, _ = small
     for r in (r for r in results if r.params["variant"] == "adam-l2"):
@@ -101,6 +103,7 @@ def test_effective_decay_from_the_engine_state_equals_torch_adams(engine: str) -
     assert np.abs(np.subtract(got["counts"], want["counts"])).sum() <= 8
 
 
+@pytest.mark.claim
 def test_large_gradient_weights_keep_their_size_under_adam_l2() -> None:
     """The consequence, measured: Adam+L2 against plain Adam from the same start and batches.
 
@@ -143,6 +146,7 @@ def _library_run(coupled: bool, dtype: torch.dtype, momentum: float = 0.0, steps
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+@pytest.mark.claim
 def test_sgd_l2_and_decoupled_differ_only_by_rounding() -> None:
     """In float64 the trajectories agree to 1e-12; in float32 they differ at the level of its rounding."""
     a64, b64 = _library_run(True, torch.float64), _library_run(False, torch.float64)
@@ -183,7 +187,7 @@ def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:
     ("args", "expected"),
     [
         (("--momentum", "1"), "The '--momentum' parameter of l2-vs-decay must be a float in [0, 1). Got '1'."),
-        (("--wd", "0"), "The '--wd' parameter of l2-vs-decay must be a float in (0, inf). Got 0.0."),
+        (("--wd", "0"), "The '--wd' parameter of l2-vs-decay must be a float in (0, 1e+18]. Got 0.0."),
         (("--variants", "adamw,sgdw"), "The '--variants' parameter of l2-vs-decay must be one of {"),
     ],
 )

@@ -44,6 +44,7 @@ def small_run() -> tuple[dict[str, Any], list[ConfigResult], dict[str, Any]]:
     return opts, results, EXP.summarize(results, opts)
 
 
+@pytest.mark.claim
 def test_regularization_helps_at_small_m_and_less_so_at_large_m(small_run: Any) -> None:
     _, _, summary = small_run
     # the λ/2 grid starts at 2^-12, next to no regularization (the λ/(2m) grid's first point is not)
@@ -56,12 +57,14 @@ def test_regularization_helps_at_small_m_and_less_so_at_large_m(small_run: Any) 
     assert gain_large < gain_small / 2
 
 
+@pytest.mark.claim
 def test_best_penalty_on_the_mean_loss_falls_with_m(small_run: Any) -> None:
     _, _, summary = small_run
     small, large = summary["conventions"]["half"]["by_m"]
     assert large["best_l2"] < small["best_l2"] / 2
 
 
+@pytest.mark.claim
 def test_the_two_conventions_differ_by_exactly_one_power_of_m(small_run: Any) -> None:
     """λ_half = λ_mean/m: both conventions pick the same objective, so the slopes differ by −1 (up to the grid)."""
     _, _, summary = small_run
@@ -171,7 +174,7 @@ def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:
         (["--m", "1,16"], "'--m' parameter of scaling must be a list of whole numbers >= 2"),
         (["--m", "16,16"], "The '--m' parameter of scaling must be a list of distinct sizes. Got '16,16'."),
         (["--lr", "3"], "'--lr' parameter of scaling must be a float with lr·l2 < 2"),
-        (["--lambd-mean", "-1"], "'--lambd-mean' parameter of scaling must be a float in [0, inf)"),
+        (["--lambd-mean", "-1"], "'--lambd-mean' parameter of scaling must be a float in [0, 1e+18]"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(cli: Any, argv: list[str], message: str) -> None:

@@ -47,6 +47,7 @@ def test_data_have_the_stated_sparse_truth() -> None:
     assert not torch.equal(sparse_linear_data(4, 50, 20, 30, 5).true_w, data.true_w)
 
 
+@pytest.mark.claim
 def test_claim_l1_selects_the_support_l2_keeps_every_coefficient(small_run: Any) -> None:
     opts, results = small_run
     summary = EXP.summarize(results, opts)
@@ -62,6 +63,7 @@ def test_claim_l1_selects_the_support_l2_keeps_every_coefficient(small_run: Any)
     assert all(summary["claims"].values())
 
 
+@pytest.mark.claim
 def test_l1_and_enet_paths_equal_sklearn(small_run: Any) -> None:
     """Tolerance 1e-8: both sides certify their own error (‖G‖/μ, see the module docstring) and the two
     bounds must cover the difference; 1e-8 is far below any coefficient or λ step and far above the
@@ -133,6 +135,7 @@ def test_library_path_reaches_the_engines_iterate() -> None:
         assert ((w == 0) == (np.array(out.curves["coef"]) == 0)).all()
 
 
+@pytest.mark.claim
 def test_float32_engine_reaches_the_same_solution() -> None:
     """The same Task in the engine's default float32 ends where float64 does, to float32 accuracy."""
     from decaylab.engine import Hyper, run_chunk
@@ -169,7 +172,7 @@ def test_cli_json(cli_json: Any, tmp_path: Path) -> None:
         (["--l1-ratio", "1"], "The '--l1-ratio' parameter of sparsity must be a float in (0, 1). Got '1'."),
         (["--methods", "l1,l3"], "The '--methods' parameter of sparsity must be a comma list of"),
         (["--dim", "5", "--n-nonzero", "6"], "The '--n-nonzero' parameter of sparsity must be an int in [1, dim=5]"),
-        (["--lambd", "0,1"], "The '--lambd' parameter of sparsity must be a float in (0, inf)"),
+        (["--lambd", "0,1"], "The '--lambd' parameter of sparsity must be a float in (0, 1e+18]"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(cli: Any, args: list[str], message: str) -> None:

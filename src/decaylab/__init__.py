@@ -38,6 +38,16 @@ _EXPORTS: dict[str, str] = {
     "L1Prox": "decaylab.steps",
     "MaxNorm": "decaylab.steps",
     "Step": "decaylab.steps",
+    # weight-decay schedulers (torch.optim.lr_scheduler's interface)
+    "WDScheduler": "decaylab.schedules",
+    "ConstantWD": "decaylab.schedules",
+    "LinearWarmupWD": "decaylab.schedules",
+    "CosineWD": "decaylab.schedules",
+    "StepWD": "decaylab.schedules",
+    "WarmupStableDecayWD": "decaylab.schedules",
+    "LambdaWD": "decaylab.schedules",
+    "SequentialWD": "decaylab.schedules",
+    "ChainedWD": "decaylab.schedules",
     # layers
     "Dropout": "decaylab.layers",
     "GaussianNoise": "decaylab.layers",
@@ -49,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "ridge": "decaylab.closed_form",
     "ridge_path": "decaylab.closed_form",
     "decay_timescale": "decaylab.closed_form",
+    "rotational_equilibrium": "decaylab.closed_form",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -68,10 +79,21 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from decaylab.closed_form import decay_timescale, ridge, ridge_path
+    from decaylab.closed_form import decay_timescale, ridge, ridge_path, rotational_equilibrium
     from decaylab.conventions import convert
     from decaylab.layers import Dropout, GaussianNoise
     from decaylab.penalties import elastic_net_penalty, l1_penalty, l2_penalty
     from decaylab.policy import DecayPolicy, explain, param_groups
+    from decaylab.schedules import (
+        ChainedWD,
+        ConstantWD,
+        CosineWD,
+        LambdaWD,
+        LinearWarmupWD,
+        SequentialWD,
+        StepWD,
+        WarmupStableDecayWD,
+        WDScheduler,
+    )
     from decaylab.steps import DecoupledDecay, L1Prox, MaxNorm, attach
     from decaylab.validation import InvalidParameterError

@@ -85,26 +85,35 @@ def _experiment_parser(name: str) -> tuple[Any, argparse.ArgumentParser]:
 
 def _parse_options(exp: Any, ns: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], set[str]]:
     """Parse every experiment option from its text (given or default); return values, texts, given names."""
+    import warnings
+
+    from decaylab.grid import GridNote
+
     opts, raw, given = {}, {}, set()
-    for opt in exp.options:
-        text = getattr(ns, opt.name)
-        if text is None:
-            text = opt.default
-        else:
-            given.add(opt.name)
-        raw[opt.name] = text
-        opts[opt.name] = opt.parse(text, opt.flag, exp.name)
-    exp.check(opts)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", GridNote)
+        for opt in exp.options:
+            text = getattr(ns, opt.name)
+            if text is None:
+                text = opt.default
+            else:
+                given.add(opt.name)
+            raw[opt.name] = text
+            opts[opt.name] = opt.parse(text, opt.flag, exp.name)
+    for note in notes:  # e.g. duplicated grid values merged
+        print(f"decaylab: note: {note.message}", file=sys.stderr)
+    exp.validate(opts)
     return opts, raw, given
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _open_store(path: str | None) -> Any:
+def _open_store(path: str | None, owner: str = "decaylab", *, create: bool = True, readonly: bool = False) -> Any:
+    """The store at ``--store`` (or the default); reading commands pass ``create=False, readonly=True``."""
     from decaylab.store import Store, StoreError, default_store_path
 
     target = Path(path) if path else default_store_path()
     try:
-        return Store(target)
+        return Store(target, create=create, readonly=readonly, owner=owner)
     except StoreError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -198,7 +207,7 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     * the outputs cannot be written (``OSError``: a full disk, a read-only directory): the run stays
       as stored (its results are safe in the store), exit 1; no file is left half-written.
     """
-    from decaylab.outputs import render_table, run_document, write_json
+    from decaylab.outputs import diverged_note, render_table, run_document, write_json
     from decaylab.plots.worker import FigureWorker
     from decaylab.runner import RunFailed, RunRequest, execute, new_run_id
 
@@ -206,7 +215,7 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     if ns.address and ns.backend != "ray":
         raise UsageError(str(parameter_error("--address", "decaylab run", "given with --backend ray", ns.address)))
     _check_out(ns.out)
-    store = _open_store(ns.store)
+    store = _open_store(ns.store, create=resume is None)
     store_path = store.path
     run_id = resume or new_run_id()
     command = shlex.join(["decaylab", *sys.argv[1:]]) if sys.argv else "decaylab"
@@ -267,6 +276,8 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     assert record is not None
     if not ns.json and not ns.quiet:
         print(f"run {record.run_id} ({record.status}) stored in {store_path}; wrote " + ", ".join(map(str, written)))
+    if note := diverged_note(record):  # a result, not a failure: the exit code stays 0
+        print(f"decaylab: note: {note}", file=sys.stderr)
     return EXIT_OK if record.status == "finished" else EXIT_FAILED
 
 
@@ -323,7 +334,7 @@ def _cmd_run(argv: list[str]) -> int:
     ns = parser.parse_args(argv[1:])
     opts, raw, given = _parse_options(exp, ns)
     if ns.resume:
-        store = _open_store(ns.store)
+        store = _open_store(ns.store, create=False)
         try:
             record = store.get_run(ns.resume)
         finally:
@@ -341,11 +352,33 @@ def _cmd_run(argv: list[str]) -> int:
 
 
 def _stored_options(record: Any) -> tuple[Any, dict[str, Any]]:
-    """A stored run's experiment and its options, parsed again from the text they were given as."""
+    """A stored run's experiment and its options, parsed again from the text they were given as
+    (``resume`` trains again, so its input files must still be there)."""
+    from decaylab.experiments import get_experiment
+
+    import warnings
+
+    from decaylab.grid import GridNote
+
+    exp = get_experiment(record.experiment)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GridNote)  # noted when the run was created
+        return exp, {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
+
+
+def _shown_options(record: Any) -> tuple[Any, dict[str, Any]]:
+    """A stored run's experiment and its options as stored (parsed when it ran): ``runs show`` needs no
+    input file. An option the run's decaylab did not have yet takes its default."""
     from decaylab.experiments import get_experiment
 
     exp = get_experiment(record.experiment)
-    return exp, {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
+    opts = {}
+    for o in exp.options:
+        if o.name in record.options:
+            opts[o.name] = record.options[o.name]
+        else:
+            opts[o.name] = o.parse(o.default, o.flag, exp.name)
+    return exp, opts
 
 
 def _resume(record: Any, ns: argparse.Namespace) -> int:
@@ -370,13 +403,18 @@ def _cmd_resume(argv: list[str]) -> int:
     parser.add_argument("--engine", choices=("sequential", "batched"))
     _output_options(parser)
     ns = parser.parse_args(argv)
-    store = _open_store(ns.store)
+    store = _open_store(ns.store, "decaylab resume", create=False)
     try:
         record = store.get_run(ns.run_id)
     finally:
         store.close()
     if record is None:
         raise UsageError(str(parameter_error("RUN_ID", "decaylab resume", "the id of a run in the store", ns.run_id)))
+    if record.status == "running":  # its owner is alive; the store's claim decides for good (no race)
+        raise UsageError(
+            str(parameter_error("RUN_ID", "decaylab resume", "a run no live process is training", ns.run_id))
+            + f" Process {record.owner_pid} on {record.owner_host} is training it."
+        )
     return _resume(record, ns)
 
 
@@ -390,7 +428,7 @@ def _cmd_runs(argv: list[str]) -> int:
     show.add_argument("run_id", metavar="RUN_ID")
     _store_options(show)
     ns = parser.parse_args(argv)
-    store = _open_store(ns.store)
+    store = _open_store(ns.store, f"decaylab runs {ns.action}", create=False, readonly=True)
     try:
         if ns.action == "list":
             records = store.list_runs()
@@ -418,13 +456,17 @@ def _cmd_runs(argv: list[str]) -> int:
         store.close()
     if record is None:
         raise UsageError(str(parameter_error("RUN_ID", "decaylab runs show", "the id of a run in the store", ns.run_id)))
-    exp, opts = _stored_options(record)
+    exp, opts = _shown_options(record)
     if ns.json:
         _print_json(run_document(record, exp.summarize(record.configs, opts)))
     else:
+        from decaylab.outputs import environment_lines
+
         console = _console()
         console.print(f"run {record.run_id}: {record.experiment}, {record.status}, decaylab {record.version}")
-        console.print(f"command: {record.command}")
+        console.print(f"command: {record.command}", markup=False)
+        for line in environment_lines(record):
+            console.print(line, markup=False, highlight=False)
         console.print(render_table(exp.table(record.configs, opts)))
     return EXIT_OK
 

@@ -38,11 +38,13 @@ from decaylab.validation import check_choice, check_float, parameter_error
 __all__ = [
     "DecayTimescale",
     "RidgeGCV",
+    "RotationalEquilibrium",
     "decay_timescale",
     "hessian_eigs",
     "ridge",
     "ridge_gcv",
     "ridge_path",
+    "rotational_equilibrium",
     "weight_decay_for_timescale",
 ]
 
@@ -65,21 +67,43 @@ def _back(a: np.ndarray | float, like_torch: bool) -> Any:
     return a
 
 
+def _check_finite(a: np.ndarray, name: str, owner: str) -> None:
+    """Refuse NaN or infinite entries, naming the first (``X[3, 1] = nan``)."""
+    bad = ~np.isfinite(a)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = f"{name}[{', '.join(map(str, index))}] = {a[index]}"
+        raise parameter_error(name, owner, f"an array of finite numbers ({int(bad.sum())} not finite, first {where})",
+                              f"{type(a).__name__} of shape {tuple(a.shape)}")
+
+
 def _prepare(X: Any, y: Any, owner: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``X`` (n, d) and ``y`` (n,) or (n, k) as float64 NumPy arrays; whether ``y`` was 1-D.
+
+    Raises:
+        InvalidParameterError: not arrays of numbers, wrong dimensions, no rows or no features, rows of ``y``
+            unlike ``X``'s, NaN or infinite entries.
+    """
     Xn = _to_numpy(X, "X", owner)
     yn = _to_numpy(y, "y", owner)
     if Xn.ndim != 2:
         raise parameter_error("X", owner, "a 2-D array (n_samples, n_features)", tuple(Xn.shape))
-    if yn.ndim not in (1, 2) or yn.shape[0] != Xn.shape[0]:
+    if Xn.shape[0] < 1 or Xn.shape[1] < 1:
+        raise parameter_error("X", owner, "a 2-D array with at least 1 sample and 1 feature", tuple(Xn.shape))
+    if yn.ndim not in (1, 2) or yn.shape[0] != Xn.shape[0] or yn.size == 0:
         raise parameter_error("y", owner, f"a 1-D or 2-D array with {Xn.shape[0]} rows like X", tuple(yn.shape))
+    _check_finite(Xn, "X", owner)
+    _check_finite(yn, "y", owner)
     return Xn, yn, yn.ndim == 1
 
 
 def _alphas(lambds: Any, n: int, convention: str, loss: str | None, owner: str) -> tuple[np.ndarray, np.ndarray]:
     check_choice(convention, "convention", owner, _L2)
+    if lambds is None:
+        raise parameter_error("lambds", owner, "a non-empty 1-D sequence of floats in [0, inf)", lambds)
     values = np.atleast_1d(_to_numpy(lambds, "lambds", owner))
-    if values.ndim != 1:
-        raise parameter_error("lambds", owner, "a 1-D sequence of floats in [0, inf)", tuple(values.shape))
+    if values.ndim != 1 or values.size == 0:
+        raise parameter_error("lambds", owner, "a non-empty 1-D sequence of floats in [0, inf)", tuple(values.shape))
     context = {} if loss is None else {"loss": loss}
     alphas = np.empty_like(values)
     for i, lam in enumerate(values):
@@ -131,6 +155,10 @@ def ridge(
 
     Returns ``coef`` of shape ``(d,)`` for a 1-D ``y`` and ``(k, d)`` for ``y`` of shape ``(n, k)``
     (scikit-learn's layout), and ``intercept`` (a scalar or ``(k,)``; 0 without ``fit_intercept``).
+
+    Raises:
+        InvalidParameterError: ``X`` not 2-D with ≥ 1 row and ≥ 1 column, ``y`` without X's rows, NaN or
+            infinite entries in either, λ not a finite float ≥ 0, an unknown or non-L2 ``convention``.
     """
     Xn, yn, flat = _prepare(X, y, "ridge")
     lam = check_float(lambd, "lambd", "ridge", low=0.0)
@@ -156,6 +184,9 @@ def ridge_path(
 
     Same objective and conventions as :func:`ridge`. Returns ``coefs`` of shape ``(L, d)`` (or
     ``(L, k, d)`` for 2-D ``y``) and ``intercepts`` of shape ``(L,)`` (or ``(L, k)``).
+
+    Raises:
+        InvalidParameterError: as :func:`ridge`, and ``lambds`` empty or not 1-D.
     """
     Xn, yn, flat = _prepare(X, y, "ridge_path")
     _, alphas = _alphas(lambds, Xn.shape[0], convention, loss, "ridge_path")
@@ -219,6 +250,9 @@ def ridge_gcv(
     * ``gcv = (1/n)‖r‖² / (1 − tr H/n)²`` (Golub, Heath & Wahba 1979).
 
     For 2-D ``y`` the errors are averaged over targets.
+
+    Raises:
+        InvalidParameterError: as :func:`ridge_path`.
     """
     Xn, yn, flat = _prepare(X, y, "ridge_gcv")
     lams, alphas = _alphas(lambds, Xn.shape[0], convention, loss, "ridge_gcv")
@@ -296,3 +330,95 @@ def hessian_eigs(X: Array) -> tuple[float, float]:
     A = torch.cat([X, torch.ones(n, 1, dtype=X.dtype)], dim=1)
     eig = torch.linalg.eigvalsh(A.T @ A / n)
     return float(eig[0]), float(eig[-1])
+
+
+# -- rotational equilibrium of scale-invariant weights (Kosson, Messmer & Jaggi 2024) ---------------
+EQUILIBRIUM_OPTIMIZERS = ("adamw", "sgdm")
+
+
+@dataclass(frozen=True)
+class RotationalEquilibrium:
+    r"""The steady state of a scale-invariant weight tensor ``w`` (``C`` elements) under weight decay.
+
+    ``norm`` is the equilibrium ``‖w‖₂`` (NaN for ``"sgdm"`` when the gradient size is not given),
+    ``angular_update`` the expected angle (radians) between ``w`` before and after one step,
+    ``timescale`` the steps ``τ`` of the decay's memory (the norm relaxes like ``e^{−2t/τ}`` in ‖w‖²
+    for AdamW, ``e^{−4t/τ}`` in ‖w‖⁴ for SGD with momentum). See :func:`rotational_equilibrium`.
+    """
+
+    optimizer: str
+    lr: float
+    weight_decay: float
+    norm: float
+    angular_update: float
+    timescale: float
+
+
+def rotational_equilibrium(
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    *,
+    n_elements: int | None = None,
+    grad_norm_sq: float | None = None,
+    momentum: float = 0.9,
+) -> RotationalEquilibrium:
+    r"""Equilibrium norm, angular update per step and timescale of a scale-invariant weight.
+
+    A weight ``w`` followed by a normalization is *scale-invariant*: the loss depends on ``w/‖w‖`` only,
+    so its gradient is orthogonal to ``w`` and scales as ``1/‖w‖``: ``∇L(w) = g̃/‖w‖`` with ``g̃`` the
+    gradient at the unit sphere. Decay shrinks ``‖w‖``; the orthogonal updates grow it. In the random-walk
+    model of Kosson et al. (minibatch gradients uncorrelated from step to step) the two balance at
+
+    ==========  ============================================  =========================================  ==============
+    optimizer   ``‖w‖*``                                      angular update per step                     ``τ`` (steps)
+    ==========  ============================================  =========================================  ==============
+    ``adamw``   :math:`\sqrt{\eta C / (2\lambda)}`            :math:`\sqrt{2\eta\lambda\,(1-\beta_1)/(1+\beta_1)}`  :math:`1/(\eta\lambda)`
+    ``sgdm``    :math:`(\eta\,E\lVert\tilde g\rVert^2 / (2\lambda(1-\alpha)))^{1/4}`  :math:`\sqrt{2\eta\lambda/(1+\alpha)}`  :math:`(1-\alpha)/(\eta\lambda)`
+    ==========  ============================================  =========================================  ==============
+
+    with ``η`` = ``lr``, ``λ`` = ``weight_decay``, ``C`` = ``n_elements``, ``E‖g̃‖²`` = ``grad_norm_sq`` (the
+    mean squared minibatch gradient norm times ``‖w‖²``), and ``momentum`` = β₁ of AdamW or α of SGD.
+    Conventions are PyTorch's: ``AdamW(lr=η, weight_decay=λ, betas=(β₁, ·))`` (``w ← (1 − ηλ)w − η·m̂/(√v̂+ε)``)
+    and ``SGD(lr=η, momentum=α, weight_decay=λ)`` (coupled: ``b ← αb + g + λw``, ``w ← w − ηb``).
+
+    Derivation (per step, to first order in ηλ): AdamW's update has about one unit of RMS per element,
+    and each gradient's total contribution, summed over the steps its momentum lasts, is ``η·g/√v``, so
+    ``‖w‖²`` gains ``η²C`` a step while decay removes ``2ηλ‖w‖²``; one step's own displacement is
+    ``η‖m̂/√v̂‖`` with ``E m̂² = (1−β₁)/(1+β₁)·E g²`` (an EMA of uncorrelated gradients). SGD with
+    momentum: each gradient eventually moves ``w`` by ``η g/(1−α)``, the decay by ``ηλ w/(1−α)``, and one
+    step by ``η b`` with ``E‖b‖² = E‖g‖²/(1−α²)``. The angular update ``‖Δw‖/‖w‖`` then follows.
+
+    With ``β₁ = 0`` AdamW's angular update is ``√(2ηλ)`` (the form often quoted); with the default
+    β₁ = 0.9 it is ``√(2ηλ/19) ≈ 0.23·√(2ηλ)``. λ = 0 has no equilibrium: ``norm`` is inf, the angular
+    update 0 and τ inf (the norm grows without bound and the rotation per step keeps falling).
+
+    Raises :class:`~decaylab.validation.InvalidParameterError` for an unknown optimizer, ``lr ≤ 0``,
+    ``weight_decay < 0``, ``momentum`` outside [0, 1), or ``n_elements`` missing for ``"adamw"``.
+
+    Reference: Kosson, Messmer & Jaggi, "Rotational Equilibrium: How Weight Decay Balances Learning
+    Across Neural Networks", ICML 2024 (arXiv 2305.17212), Table 1; van Laarhoven 2017 (the effective
+    learning rate ``η/‖w‖²`` of scale-invariant weights under SGD).
+    """
+    owner = "rotational_equilibrium"
+    check_choice(optimizer, "optimizer", owner, EQUILIBRIUM_OPTIMIZERS)
+    eta = check_float(lr, "lr", owner, low=0.0, low_open=True)
+    lam = check_float(weight_decay, "weight_decay", owner, low=0.0)
+    beta = check_float(momentum, "momentum", owner, low=0.0, high=1.0, high_open=True)
+    if optimizer == "adamw":
+        if n_elements is None:
+            raise parameter_error("n_elements", owner, "an int >= 1 (the weight's number of elements) for 'adamw'", None)
+        C = check_float(n_elements, "n_elements", owner, low=1.0)
+        if lam == 0:
+            return RotationalEquilibrium(optimizer, eta, lam, math.inf, 0.0, math.inf)
+        return RotationalEquilibrium(
+            optimizer, eta, lam, math.sqrt(eta * C / (2 * lam)),
+            math.sqrt(2 * eta * lam * (1 - beta) / (1 + beta)), 1.0 / (eta * lam),
+        )
+    g2 = math.nan if grad_norm_sq is None else check_float(grad_norm_sq, "grad_norm_sq", owner, low=0.0)
+    if lam == 0:
+        return RotationalEquilibrium(optimizer, eta, lam, math.inf, 0.0, math.inf)
+    norm = (eta * g2 / (2 * lam * (1 - beta))) ** 0.25
+    return RotationalEquilibrium(
+        optimizer, eta, lam, norm, math.sqrt(2 * eta * lam / (1 + beta)), (1 - beta) / (eta * lam)
+    )

@@ -8,20 +8,50 @@ syntax                 meaning                                         example
 ``log:start:stop:num`` ``num`` log-spaced values, both ends kept       ``--lambd log:1e-4:1:32``
 =====================  ==============================================  ==========================
 
-Every value is then checked by the option's own rule (for λ: a finite float ≥ 0).
+Every value is then checked by the option's own rule (for λ: a finite float ≥ 0). A grid holds at most
+``MAX_GRID`` values; its size is read from the text (``num``, or ``stop − start + 1`` for a range of
+seeds) before any value is built. A value given twice (``1,1,2``, or ``0:0:3``) is trained once: the
+parsers merge duplicates, keeping the first occurrence's order, and say so with a :class:`GridNote`
+warning (the CLI prints it as one ``decaylab: note: ...`` line on stderr). Options whose lists are not
+swept (hidden-layer widths, dropout per layer) pass ``merge_duplicates=False``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from decaylab.validation import InvalidParameterError, parameter_error
 
-__all__ = ["GRID_SYNTAX", "parse_float_grid", "parse_int_grid"]
+__all__ = ["GRID_SYNTAX", "MAX_GRID", "GridNote", "merge_duplicates", "parse_float_grid", "parse_int_grid"]
 
 GRID_SYNTAX = "a grid: a list 'a,b,c', 'start:stop:num' or 'log:start:stop:num'"
-MAX_GRID = 100_000
+MAX_GRID = 100_000  # values in one grid
+
+
+class GridNote(UserWarning):
+    """Something the user should know about a grid that is not an error (duplicates merged)."""
+
+
+def merge_duplicates(values: Sequence[Any], name: str, text: str) -> list[Any]:
+    """``values`` without repeats (first occurrence kept, order kept); a :class:`GridNote` names what was merged."""
+    unique = list(dict.fromkeys(values))
+    if len(unique) < len(values):
+        counts = Counter(values)
+        repeated = [v for v in unique if counts[v] > 1]
+        shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in repeated[:5])
+        which = f" ({shown}{', ...' if len(repeated) > 5 else ''})"
+        warnings.warn(
+            GridNote(
+                f"{name} {text!r}: {len(values) - len(unique)} duplicate value(s){which} merged;"
+                f" {len(unique)} distinct value(s) are trained"
+            ),
+            stacklevel=3,
+        )
+    return unique
 
 
 def _malformed(name: str, owner: str, text: str, why: str = "") -> InvalidParameterError:
@@ -38,10 +68,17 @@ def _number(token: str, name: str, owner: str, text: str) -> float:
 
 
 def _count(token: str, name: str, owner: str, text: str) -> int:
+    """``num`` of a range: a whole number (``64``, or ``1e12`` written as a float) in [1, MAX_GRID]."""
     try:
         num = int(token)
     except ValueError:
-        raise _malformed(name, owner, text, f"num {token.strip()!r} is not a whole number") from None
+        try:
+            as_float = float(token)
+        except ValueError:
+            as_float = math.nan
+        if not (math.isfinite(as_float) and as_float.is_integer()):
+            raise _malformed(name, owner, text, f"num {token.strip()!r} is not a whole number") from None
+        num = int(as_float)
     if not 1 <= num <= MAX_GRID:
         raise _malformed(name, owner, text, f"num must be in [1, {MAX_GRID}]")
     return num
@@ -59,10 +96,16 @@ def parse_float_grid(
     name: str,
     owner: str,
     check: Callable[[float, str, str], float] | None = None,
+    *,
+    merge: bool = True,
 ) -> list[float]:
     """Parse ``text`` in the grid syntax into a list of floats, each passed through ``check``.
 
     ``name`` and ``owner`` go into the error message (``The '--lambd' parameter of d2l-linear ...``).
+    With ``merge`` (the default) repeated values are merged with a :class:`GridNote` warning.
+
+    Raises:
+        InvalidParameterError: malformed text, more than ``MAX_GRID`` values, or a value ``check`` refuses.
     """
     raw = text.strip()
     if not raw:
@@ -72,6 +115,8 @@ def parse_float_grid(
         tokens = raw.split(",")
         if any(not t.strip() for t in tokens):
             raise _malformed(name, owner, text, "empty value in the list")
+        if len(tokens) > MAX_GRID:
+            raise _malformed(name, owner, f"{text[:40]}... ({len(tokens)} values)", f"at most {MAX_GRID} values")
         values = [_number(t, name, owner, text) for t in tokens]
     elif parts[0].strip().lower() == "log":
         if len(parts) != 4:
@@ -90,23 +135,41 @@ def parse_float_grid(
         raise _malformed(name, owner, text)
     if check is not None:
         values = [check(v, name, owner) for v in values]
-    return values
+    return merge_duplicates(values, name, text) if merge else values
 
 
-def parse_int_grid(text: str, name: str, owner: str, *, low: int = 0) -> list[int]:
-    """Parse a list ``a,b,c`` or a range ``start:stop`` (both ends kept) of whole numbers ``>= low``."""
+def parse_int_grid(
+    text: str, name: str, owner: str, *, low: int = 0, high: int | None = None, merge: bool = True
+) -> list[int]:
+    """Parse a list ``a,b,c`` or a range ``start:stop`` (both ends kept) of whole numbers in ``[low, high]``.
+
+    At most ``MAX_GRID`` values (a range's size ``stop − start + 1`` is checked before it is built).
+    With ``merge`` repeated values are merged with a :class:`GridNote` warning.
+
+    Raises:
+        InvalidParameterError: malformed text, a value out of range, or more than ``MAX_GRID`` values.
+    """
     raw = text.strip()
-    allowed = f"a list of whole numbers >= {low} ('0,1,2') or a range 'start:stop' ('0:4')"
+    upper = "" if high is None else f" and <= {high}"
+    allowed = f"a list of whole numbers >= {low}{upper} ('0,1,2') or a range 'start:stop' ('0:4')"
+    too_many = parameter_error(name, owner, f"{allowed}, at most {MAX_GRID} values", text if len(text) <= 60 else text[:60] + "...")
     try:
         if ":" in raw:
             start, stop = (int(p) for p in raw.split(":"))
-            if stop < start or stop - start >= MAX_GRID:
+            if stop < start:
                 raise ValueError
-            values = list(range(start, stop + 1))
+            size = stop - start + 1
         else:
-            values = [int(t) for t in raw.split(",")]
+            tokens = raw.split(",")
+            size = len(tokens)
     except ValueError:
         raise parameter_error(name, owner, allowed, text) from None
-    if any(v < low for v in values):
+    if size > MAX_GRID:
+        raise too_many
+    try:
+        values = list(range(start, stop + 1)) if ":" in raw else [int(t) for t in tokens]
+    except ValueError:
+        raise parameter_error(name, owner, allowed, text) from None
+    if any(v < low or (high is not None and v > high) for v in values):
         raise parameter_error(name, owner, allowed, text)
-    return values
+    return merge_duplicates(values, name, text) if merge else values

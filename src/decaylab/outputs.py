@@ -13,7 +13,7 @@ from decaylab.experiments.base import Table
 from decaylab.results import json_safe
 from decaylab.store import RunRecord
 
-__all__ = ["format_cell", "render_table", "run_document", "runs_table", "write_json"]
+__all__ = ["diverged_note", "environment_lines", "format_cell", "render_table", "run_document", "runs_table", "write_json"]
 
 
 def run_document(record: RunRecord, summary: dict[str, Any]) -> dict[str, Any]:
@@ -26,10 +26,26 @@ def run_document(record: RunRecord, summary: dict[str, Any]) -> dict[str, Any]:
             "version": record.version,
             "command": record.command,
             "options": record.options,
+            "environment": record.environment,
             "summary": summary,
             "configs": [c.to_json() for c in record.configs],
         }
     )
+
+
+def environment_lines(record: RunRecord) -> list[str]:
+    """``runs show``'s lines about where the run ran (:func:`decaylab.environment.describe`) and, while
+    it runs, which process owns it."""
+    from decaylab.environment import describe
+
+    lines = describe(record.environment)
+    if record.status == "running" and record.heartbeat is not None:
+        import time
+
+        lines.append(
+            f"owner: process {record.owner_pid} on {record.owner_host}, heartbeat {time.time() - record.heartbeat:.0f} s ago"
+        )
+    return lines
 
 
 def write_json(doc: Any, path: Path) -> Path:
@@ -68,7 +84,25 @@ def render_table(table: Table) -> Any:
         out.add_column(name, justify="right" if is_number else "left", no_wrap=True)
     for row in table.rows:
         out.add_row(*(format_cell(v) for v in row))
-    return Group(Text(table.title, style="bold"), out) if table.title else out
+    parts = ([Text(table.title, style="bold")] if table.title else []) + [out]
+    if table.notes:
+        parts.append(Text("did not finish:\n" + "\n".join(f"  {line}" for line in table.notes)))
+    return Group(*parts) if len(parts) > 1 else out
+
+
+def diverged_note(record: RunRecord) -> str | None:
+    """``"N of M configurations diverged"`` (with the epochs) when some did; printed once after a run.
+
+    A diverged configuration is a result, not a failure: the run still exits 0.
+    """
+    diverged = [c for c in record.configs if c.status == "diverged"]
+    if not diverged:
+        return None
+    epochs = sorted({c.diverged_epoch for c in diverged if c.diverged_epoch is not None})
+    when = ""
+    if epochs:
+        when = f" (at epoch {epochs[0]})" if len(epochs) == 1 else f" (at epochs {epochs[0]}–{epochs[-1]})"
+    return f"{len(diverged)} of {len(record.configs)} configurations diverged{when}"
 
 
 def runs_table(records: Sequence[RunRecord]) -> Table:

@@ -9,10 +9,12 @@ final status:
   and :class:`RunInterrupted` (a ``KeyboardInterrupt``) carrying the run id;
 * any other error (choosing the chunk size, a backend, the store): ``failed``, and :class:`RunFailed`
   carrying the run id and the reason;
-* only a kill that cannot be caught (SIGKILL, a power cut) leaves it ``running``.
+* only a kill that cannot be caught (SIGKILL, a power cut) leaves it ``running`` with a dead owner,
+  which the store shows as ``interrupted``.
 
 Either way the finished configurations stay, and :func:`execute` with ``resume=RUN_ID`` trains only
-the rest. Resuming a run that has nothing left to train changes nothing.
+the rest once it holds the run's lease (:meth:`Store.claim`). While this process owns a run, the store
+keeps the run's heartbeat fresh. Resuming a run that has nothing left to train changes nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 from decaylab import __version__
 from decaylab.backends import ray_session, run_local, run_on_ray
+from decaylab.environment import collect as collect_environment
 from decaylab.experiments.base import Experiment
 from decaylab.interrupts import signals_deferred
 from decaylab.results import ConfigResult, Outcome
@@ -148,18 +151,20 @@ def _execute(
         run_id = new_id or new_run_id()
         configs = exp.configs(opts)
         seeds = sorted({str(c.get("seed")) for c in configs if "seed" in c})
+        environment = collect_environment()
         with ExitStack() as held:  # stored and inside _train's try, or not stored at all
             held.enter_context(signals_deferred())
             store.create_run(
-                run_id, exp.name, request.command, opts, request.raw_options, __version__, ",".join(seeds), configs
+                run_id, exp.name, request.command, opts, request.raw_options, __version__, ",".join(seeds), configs,
+                environment=environment,
             )
             return _train(store, request, engine, run_id, configs, progress, held)
     run_id = resume
-    record = store.get_run(run_id)
+    record = store.claim(run_id, environment=collect_environment())  # refused while a live process trains it
     if record is None:
         raise parameter_error("RUN_ID", "decaylab resume", "the id of a run in the store", run_id)
     if not store.pending(run_id):  # nothing to train: a finished run stays as it is stored
-        if record.status != "finished":  # cut off after its last chunk was stored
+        if record.stored_status != "finished":  # cut off after its last chunk was stored
             store.set_status(run_id, "finished")
             record = store.get_run(run_id)
             assert record is not None

@@ -32,7 +32,7 @@ from decaylab.engine.chunking import DEFAULT_MEMORY_BUDGET, plan_chunks, run_in_
 from decaylab.engine.sequential import train_sequential
 from decaylab.engine.task import Hyper, Task, check_hypers
 from decaylab.results import Outcome
-from decaylab.validation import check_choice
+from decaylab.validation import check_choice, parameter_error
 
 __all__ = [
     "ENGINES",
@@ -51,8 +51,13 @@ ChunkCallback = Callable[[list[int], list[Outcome]], None]
 
 
 def run_chunk(task: Task, hypers: Sequence[Hyper], engine: str = "batched") -> list[Outcome]:
-    """Train one chunk with ``engine`` (no further splitting); outcomes in the order of ``hypers``."""
+    """Train one chunk with ``engine`` (no further splitting); outcomes in the order of ``hypers``.
+
+    Raises:
+        InvalidParameterError: as :func:`train`.
+    """
     check_choice(engine, "engine", "run_chunk", ENGINES)
+    hypers = check_hypers(task, hypers, "run_chunk")
     if engine == "sequential":
         return train_sequential(task, hypers)
     return run_batched_chunk(task, hypers)
@@ -73,9 +78,16 @@ def train(
     batched engine and 1 for the sequential one), and each chunk is trained by :func:`run_chunk`.
     ``on_chunk_done(indices, outcomes)`` is called as each chunk finishes, with the positions in
     ``hypers`` of its configurations, so the caller can store results before the sweep ends.
+
+    Raises:
+        InvalidParameterError: ``task`` not a :class:`Task`; ``hypers`` not a non-empty list of :class:`Hyper`
+            (a single ``Hyper`` included: pass ``[hyper]``) or not fitting the task; an unknown ``engine``;
+            ``chunk`` or ``memory_budget_bytes`` not an int ≥ 1; ``on_chunk_done`` not callable.
     """
-    hypers = check_hypers(task, hypers)
+    hypers = check_hypers(task, hypers, "train")
     check_choice(engine, "engine", "train", ENGINES)
+    if on_chunk_done is not None and not callable(on_chunk_done):
+        raise parameter_error("on_chunk_done", "train", "None or a callable(indices, outcomes)", on_chunk_done)
     if engine == "sequential" and chunk is None:
         chunk = 1
     return run_in_chunks(

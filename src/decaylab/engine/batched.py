@@ -54,6 +54,12 @@ written with the same elementary operations, in the same order, as ``torch.optim
 kernels (Adam's bias corrections in float64 as Python floats, like ``torch.optim.Adam``); ``ρ`` is
 the configuration's ``radius``.
 
+**Layer normalization** (``task.norm == 'layer'``): a hidden layer's output is
+``Y = x̂ + b`` with ``x̂ = (Z − μ)·r``, ``r = 1/sqrt(σ² + ε)`` over the features of each column of
+``Z = W H`` (no bias inside); its backward pass is
+:math:`\partial L/\partial Z = r\,(dY - \overline{dY} - \hat x\,\overline{dY \hat x})` (means over the
+features), and ``∇b = Σ_rows dY``.
+
 **Kept weights.** With ``task.keep_weights`` the stack is copied after every epoch (``'epochs'``) or
 after the last (``'final'``) and cut into one ``parameters_to_vector`` layout per configuration:
 layer by layer, the ``(K, out, in)`` weight rows then the bias.
@@ -85,6 +91,7 @@ import torch
 import torch.nn.functional as F
 
 from decaylab.engine.semantics import (
+    LAYER_NORM_EPS,
     Split,
     dtype_of,
     epoch_batches,
@@ -326,13 +333,17 @@ class BatchedRun:
         return self._make_batch(xs, noises if self.task.noise else None, ys, uniforms)
 
     # ----------------------------------------------------------------- forward / backward
-    def _first_layer(self, batch: _Batch) -> torch.Tensor:
+    def _first_layer(self, batch: _Batch, bias: bool = True) -> torch.Tensor:
+        """``W₁x + b₁`` for every configuration, (K, out, m); without ``b₁`` when ``bias`` is False."""
         W, b = self.W[0], self.b[0]
         if batch.x is not None:
-            return torch.baddbmm(b, W, batch.x.transpose(1, 2))
+            xt = batch.x.transpose(1, 2)
+            return torch.baddbmm(b, W, xt) if bias else torch.bmm(W, xt)
         d_in, out = W.shape[2], W.shape[1]
         parts = [
-            torch.addmm(b[g.rows].reshape(-1, 1), W[g.rows].reshape(-1, d_in), x.T) for g, x in zip(self.groups, batch.xs)
+            torch.addmm(b[g.rows].reshape(-1, 1), W[g.rows].reshape(-1, d_in), x.T) if bias
+            else torch.mm(W[g.rows].reshape(-1, d_in), x.T)
+            for g, x in zip(self.groups, batch.xs)
         ]
         Z = parts[0] if len(parts) == 1 else torch.cat(parts)
         return Z.view(self.K, out, batch.m)
@@ -367,17 +378,46 @@ class BatchedRun:
             return torch.ops.aten.sigmoid_backward(dA, A)  # dA·(1 − A)·A
         return dA
 
-    def _forward(self, batch: _Batch) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """Logits (K, d_out, m), and per hidden layer its activation A and its (dropped-out) output H."""
+    def _layer_norm(self, Z: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``LN(Z) + b`` over the features (dim 1) of every column of (K, width, m); also x̂ and 1/sqrt(σ² + ε).
+
+        μ and σ² (biased) are taken over the features, as ``F.layer_norm`` over the last dimension of ``hW``.
+        """
+        var, mean = torch.var_mean(Z, dim=1, keepdim=True, correction=0)
+        rstd = torch.rsqrt(var + LAYER_NORM_EPS)
+        xhat = (Z - mean) * rstd
+        return xhat + b, xhat, rstd
+
+    @staticmethod
+    def _layer_norm_grad(dY: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+        r"""∂L/∂Z from ∂L/∂Y of ``Y = LN(Z) + b``: :math:`r\,(dY − \overline{dY} − \hat x\,\overline{dY\,\hat x})`,
+        means over the features (dim 1)."""
+        mean_dy = dY.mean(dim=1, keepdim=True)
+        mean_dy_xhat = (dY * xhat).mean(dim=1, keepdim=True)
+        return (dY - mean_dy - xhat * mean_dy_xhat) * rstd
+
+    def _forward(
+        self, batch: _Batch, norms: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Logits (K, d_out, m), and per hidden layer its activation A and its (dropped-out) output H.
+
+        With ``task.norm == 'layer'`` each hidden layer's ``(x̂, 1/sqrt(σ² + ε))`` is appended to ``norms``.
+        """
         As, Hs = [], []
-        Z = self._first_layer(batch)
+        normed = self.task.norm == "layer"
+        Z = self._first_layer(batch, bias=not normed)
         for l in range(1, len(self.W)):
+            if normed:
+                Z, xhat, rstd = self._layer_norm(Z, self.b[l - 1])
+                if norms is not None:
+                    norms.append((xhat, rstd))
             A = self._activation_(Z)
             keep = batch.keeps[l - 1]
             H = A if keep is None else torch.mul(A, keep).div_(self.q[l - 1])  # A·keep/(1−p)
             As.append(A)
             Hs.append(H)
-            Z = torch.baddbmm(self.b[l], self.W[l], H)
+            last = l == len(self.W) - 1
+            Z = torch.bmm(self.W[l], H) if normed and not last else torch.baddbmm(self.b[l], self.W[l], H)
         return Z, As, Hs
 
     def _loss_grad(self, Z: torch.Tensor, batch: _Batch) -> torch.Tensor:
@@ -407,13 +447,16 @@ class BatchedRun:
         return ((Z > 0) == (batch.y > 0.5)).sum(dim=(1, 2)).to(self.dtype)
 
     def _manual_grads(self, batch: _Batch) -> list[torch.Tensor]:
-        Z, As, Hs = self._forward(batch)
+        norms: list[tuple[torch.Tensor, torch.Tensor]] = []
+        Z, As, Hs = self._forward(batch, norms)
         dZ = self._loss_grad(Z, batch)
         L = len(self.W)
         dWs: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
         dbs: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
         for l in range(L - 1, -1, -1):
             dbs[l] = dZ.sum(dim=2, keepdim=True)
+            if norms and l < L - 1:  # dZ is ∂L/∂(LN(hW) + b): through the normalization to ∂L/∂(hW)
+                dZ = self._layer_norm_grad(dZ, *norms[l])
             if l == 0:
                 dWs[0] = self._first_layer_grad(dZ, batch)
                 break

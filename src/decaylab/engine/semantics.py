@@ -19,6 +19,10 @@ per-configuration numbers (``lr``, ``l2``, ... rounded once to it).
   ``W = torch.rand((i, o), generator=init) * (2*a) - a``, then ``b = torch.rand((o,), generator=init) * (2*a) - a``.
 
 The model computes ``h ← act(h @ W + b)`` for the hidden layers and ``ŷ = h @ W + b`` at the end.
+With ``task.norm == 'layer'`` a hidden layer computes ``h ← act(LN(h @ W) + b)`` instead, where
+``LN(z) = (z − μ)/sqrt(σ² + ε)`` with μ and σ² (biased) the mean and variance of each row ``z`` over the
+layer's features and ``ε = LAYER_NORM_EPS`` — ``F.layer_norm(z, (width,))`` without weight or bias; the
+bias is added after the normalization (the shift β of an affine LayerNorm whose scale is fixed at 1).
 
 **Each epoch** (stream ``order``): ``perm = torch.randperm(n_train, generator=order)`` and the
 minibatches are the consecutive slices ``perm[i:i+B]`` (the last may be smaller, as a DataLoader
@@ -97,6 +101,7 @@ from decaylab.rng import generator
 from decaylab.validation import parameter_error
 
 __all__ = [
+    "LAYER_NORM_EPS",
     "Split",
     "dtype_of",
     "epoch_batches",
@@ -106,6 +111,10 @@ __all__ = [
     "make_outcome",
     "soft_threshold_",
 ]
+
+
+LAYER_NORM_EPS = 1e-5
+"""ε of the layer normalization of ``Task(norm='layer')``: ``torch.nn.LayerNorm``'s default."""
 
 
 def dtype_of(task: Task) -> torch.dtype:

@@ -14,6 +14,9 @@ the independent reference that :mod:`decaylab.engine.batched` is tested against,
 * ``radius``: a manual projection after that, ``w ← w·radius/‖w‖₂`` when ``‖w‖₂ > radius``, the norm
   taken over all decayed tensors together.
 
+With ``task.norm == 'layer'`` the hidden layers are :class:`NormalizedLinear` (``F.layer_norm`` and
+autograd), the reference for the batched engine's hand-written normalization and its backward pass.
+
 The model's parameters are in ``task.dtype``; kept weights are
 ``torch.nn.utils.parameters_to_vector(model.parameters())``. The iterate average
 (``task.average_from``) is PyTorch's own: a ``torch.optim.swa_utils.AveragedModel`` (equal weights)
@@ -33,12 +36,20 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.optim.swa_utils import AveragedModel
 
-from decaylab.engine.semantics import Split, epoch_batches, initial_parameters, load_data, make_outcome, soft_threshold_
+from decaylab.engine.semantics import (
+    LAYER_NORM_EPS,
+    Split,
+    epoch_batches,
+    initial_parameters,
+    load_data,
+    make_outcome,
+    soft_threshold_,
+)
 from decaylab.engine.task import Hyper, Task, check_hypers
 from decaylab.results import Outcome
 from decaylab.rng import generator
 
-__all__ = ["GaussianInputNoise", "StreamDropout", "build_model", "train_sequential"]
+__all__ = ["GaussianInputNoise", "NormalizedLinear", "StreamDropout", "build_model", "train_sequential"]
 
 _ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
@@ -77,6 +88,21 @@ class StreamDropout(nn.Module):
         return h * keep / (1 - self.p)
 
 
+class NormalizedLinear(nn.Linear):
+    """``LayerNorm(x Wᵀ) + b``: a linear map without bias, a layer normalization without affine parameters
+    (``F.layer_norm``, ε = :data:`~decaylab.engine.semantics.LAYER_NORM_EPS`), then the bias as its shift.
+
+    Its weight is scale-invariant: ``W → c·W`` (c > 0) leaves the output unchanged up to ε. An
+    ``nn.Linear`` subclass, so that its parameters are laid out and grouped like every other layer's.
+    """
+
+    eps: float = LAYER_NORM_EPS  # set an instance's eps to 0 to see the exact invariance
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.linear(x, self.weight)
+        return F.layer_norm(z, (self.out_features,), eps=self.eps) + self.bias
+
+
 def build_model(task: Task, hyper: Hyper) -> nn.Sequential:
     """The configuration's model with its initial parameters and its own noise / dropout streams."""
     modules: list[nn.Module] = []
@@ -86,7 +112,9 @@ def build_model(task: Task, hyper: Hyper) -> nn.Sequential:
     probs = hyper.dropout_for(task)
     params = initial_parameters(task, hyper.seed)
     for depth, (W, b) in enumerate(params):
-        linear = nn.Linear(W.shape[0], W.shape[1], dtype=W.dtype)
+        hidden = depth < len(params) - 1
+        layer = NormalizedLinear if task.norm == "layer" and hidden else nn.Linear
+        linear = layer(W.shape[0], W.shape[1], dtype=W.dtype)
         with torch.no_grad():
             linear.weight.copy_(W.T)  # nn.Linear stores (out, in)
             linear.bias.copy_(b)

@@ -32,7 +32,7 @@ The full step-by-step semantics both engines follow are in :mod:`decaylab.engine
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,6 +44,7 @@ __all__ = [
     "INITS",
     "KEEP_WEIGHTS",
     "LOSSES",
+    "NORMS",
     "OPTIMIZERS",
     "Hyper",
     "Task",
@@ -56,6 +57,7 @@ OPTIMIZERS = ("sgd", "adam")
 INITS = ("normal", "torch")
 DTYPES = ("float32", "float64")
 KEEP_WEIGHTS = ("none", "final", "epochs")
+NORMS = ("none", "layer")
 
 Activation = Literal["relu", "tanh", "sigmoid", "identity"]
 Loss = Literal["half_mse", "cross_entropy", "bce"]
@@ -63,6 +65,7 @@ Optimizer = Literal["sgd", "adam"]
 Init = Literal["normal", "torch"]
 DType = Literal["float32", "float64"]
 KeepWeights = Literal["none", "final", "epochs"]
+Norm = Literal["none", "layer"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,13 @@ class Task:
     ``weights``; kept in float64; ``None`` for a configuration that diverged). ``average_from=1``
     averages every iterate; ``average_from=epochs`` those of the last epoch.
 
+    ``norm='layer'`` puts a layer normalization without a scale after every hidden layer's weights:
+    hidden layer ``l`` computes ``act(LN(h W_l) + b_l)`` with ``LN(z) = (z − mean(z))/sqrt(var(z) + ε)``
+    over the layer's features (``ε`` = :data:`~decaylab.engine.semantics.LAYER_NORM_EPS`), so its bias is
+    the normalization's shift β and its weights are scale-invariant: ``W_l → c·W_l`` leaves the network's
+    outputs unchanged up to ``ε``. The readout layer is not normalized. It is
+    ``nn.LayerNorm(elementwise_affine=False)`` on ``h W_l`` followed by adding ``b_l``.
+
     ``keep_optimizer_state=True`` makes every outcome carry, in ``Outcome.optimizer_state``, the
     optimizer's state after the last step, named as ``torch.optim`` names it per parameter
     (``'momentum_buffer'`` for SGD with momentum; ``'exp_avg'`` m and ``'exp_avg_sq'`` v for Adam/AdamW,
@@ -121,6 +131,7 @@ class Task:
     eval_every: int = 1  # metrics (curves, divergence check) after every eval_every-th epoch and the last
     average_from: int | None = None  # Outcome.averaged_weights: mean of θ after every step from this epoch on
     keep_optimizer_state: bool = False  # Outcome.optimizer_state: torch.optim's state after the last step
+    norm: Norm = "none"  # 'layer': hidden layer l computes act(LN(h W_l) + b_l), LN without scale (see above)
 
     def __post_init__(self) -> None:
         owner = "Task"
@@ -136,6 +147,7 @@ class Task:
         check_choice(self.init, "init", owner, INITS)
         check_choice(self.dtype, "dtype", owner, DTYPES)
         check_choice(self.keep_weights, "keep_weights", owner, KEEP_WEIGHTS)
+        check_choice(self.norm, "norm", owner, NORMS)
         object.__setattr__(self, "momentum", check_float(self.momentum, "momentum", owner, low=0, high=1, high_open=True))
         if len(tuple(self.betas)) != 2:
             raise parameter_error("betas", owner, "a pair of floats in [0, 1)", self.betas)
@@ -234,15 +246,28 @@ class Hyper:
         return self.dropout or (0.0,) * task.n_hidden
 
 
-def check_hypers(task: Task, hypers: Sequence[Hyper]) -> list[Hyper]:
-    """Check that every configuration fits ``task``; return them as a list.
+def check_hypers(task: Task, hypers: Sequence[Hyper], owner: str = "train") -> list[Hyper]:
+    """Check that ``task`` is a :class:`Task` and ``hypers`` a non-empty sequence of :class:`Hyper` that fit it;
+    return them as a list.
 
-    Raises :class:`~decaylab.validation.InvalidParameterError` naming the option to change.
+    Raises:
+        InvalidParameterError: naming the argument or the option to change — ``task`` not a ``Task``;
+            ``hypers`` a single ``Hyper`` (wrap it in a list), not a sequence, empty, or holding another type;
+            a ``Hyper``'s dropout or noise that the task does not have.
     """
+    if not isinstance(task, Task):
+        raise parameter_error("task", owner, "a decaylab.engine.Task", type(task).__name__)
+    allowed = "a non-empty list of Hyper, one per configuration"
+    if isinstance(hypers, Hyper):
+        raise parameter_error("hypers", owner, allowed + " (for one configuration: [hyper])", hypers)
+    if isinstance(hypers, (str, bytes, Mapping)) or not isinstance(hypers, Iterable):
+        raise parameter_error("hypers", owner, allowed, type(hypers).__name__)
     hypers = list(hypers)
-    for h in hypers:
+    if not hypers:
+        raise parameter_error("hypers", owner, allowed, hypers)
+    for i, h in enumerate(hypers):
         if not isinstance(h, Hyper):
-            raise parameter_error("hypers", "train", "a sequence of Hyper", h)
+            raise parameter_error("hypers", owner, f"{allowed} (item {i} is a {type(h).__name__})", h)
         if h.dropout and not task.dropout and any(h.dropout):
             raise parameter_error("dropout", "Hyper", "() unless Task.dropout=True", h.dropout)
         if h.dropout and len(h.dropout) != task.n_hidden:

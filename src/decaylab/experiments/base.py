@@ -3,6 +3,23 @@
 An experiment is a small class: its options (each parsed and validated from the text a user types),
 how its options expand into configurations, how to train a chunk of configurations, and what it
 shows (a table, figures, a summary of its claim). The runner, the store and the CLI do the rest.
+
+Bounds every option obeys, so that a run fits what the machine can represent and hold (each refused
+up front by :meth:`Experiment.validate`, before anything is stored, with the one-line error):
+
+=====================  ======================================================================
+``MAX_GRID``           values in one grid (100,000; :mod:`decaylab.grid`)
+``MAX_CONFIGS``        configurations of one run, the product of its grids (1,000,000)
+``MAX_CURVE_POINTS``   configurations × epochs, the curve values kept in memory and stored (10^7)
+``MAX_EPOCHS``         epochs (10^6)
+``MAX_SIZE``           any count (examples, features, widths): 10^9, and the data must fit
+                       ``DATA_BUDGET`` (1 GiB, estimated as rows × columns × bytes per number)
+``MAX_MAGNITUDE``      any float option (λ, σ, lr, noise): ≤ 10^18, so that squares (σ², λ²) and
+                       products with sizes (n·λ, λ·‖w‖²) stay finite, even in float32 (max 3.4·10^38)
+``MAX_WIDTH``          units of a hidden layer (10^5), and the parameters of one configuration
+                       must fit ``DATA_BUDGET`` (4 bytes each)
+``MAX_SEED``           seeds in [0, 2^32 − 1] (NumPy's and scikit-learn's ``random_state`` range)
+=====================  ======================================================================
 """
 
 from __future__ import annotations
@@ -11,7 +28,7 @@ import math
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,22 +36,46 @@ from decaylab.grid import parse_float_grid, parse_int_grid
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_choice, check_float, check_int, parameter_error
 
+DATA_BUDGET = 1 << 30  # bytes of data one configuration may need
+MAX_CONFIGS = 1_000_000
+MAX_CURVE_POINTS = 10_000_000
+MAX_EPOCHS = 1_000_000
+MAX_SIZE = 1_000_000_000
+MAX_MAGNITUDE = 1e18
+MAX_SEED = 2**32 - 1
+MAX_WIDTH = 100_000  # units in one hidden layer
+
 __all__ = [
+    "DATA_BUDGET",
+    "MAX_CONFIGS",
+    "MAX_CURVE_POINTS",
+    "MAX_EPOCHS",
+    "MAX_MAGNITUDE",
+    "MAX_SEED",
+    "MAX_SIZE",
+    "MAX_WIDTH",
     "Experiment",
     "Option",
     "Table",
     "check_batch_size",
+    "check_data_budget",
+    "check_model_budget",
     "choice",
     "choice_list",
+    "diverged_rows",
     "float_grid",
     "group_by",
     "int_grid",
     "mean_or_nan",
     "mean_over_seeds",
+    "epochs_int",
     "nonneg_float",
     "path_or_empty",
     "positive_float",
     "positive_int",
+    "seed_grid",
+    "status_text",
+    "unfinished_note",
 ]
 
 Parser = Callable[[str, str, str], Any]  # (text, option name, owner) -> value
@@ -62,39 +103,55 @@ class Table:
     columns: list[str]
     rows: list[list[Any]]
     title: str = ""
+    notes: list[str] = field(default_factory=list)  # lines printed under the table
 
 
 # -- parsers -----------------------------------------------------------------------------------
 # The text goes to the check as typed, so an error quotes exactly what the user wrote.
 def positive_float(text: str, name: str, owner: str) -> float:
-    return check_float(text, name, owner, low=0.0, low_open=True)
+    """A float in (0, MAX_MAGNITUDE]."""
+    return check_float(text, name, owner, low=0.0, low_open=True, high=MAX_MAGNITUDE)
 
 
 def nonneg_float(text: str, name: str, owner: str) -> float:
-    return check_float(text, name, owner, low=0.0)
+    """A float in [0, MAX_MAGNITUDE]."""
+    return check_float(text, name, owner, low=0.0, high=MAX_MAGNITUDE)
 
 
 def positive_int(text: str, name: str, owner: str) -> int:
-    return check_int(text, name, owner, low=1)
+    """A count in [1, MAX_SIZE] (the experiment's :meth:`~Experiment.check` bounds the data it makes)."""
+    return check_int(text, name, owner, low=1, high=MAX_SIZE)
 
 
-def float_grid(*, low: float = 0.0, low_open: bool = False, high: float | None = None) -> Parser:
-    """A grid of floats (see :mod:`decaylab.grid`) whose values lie in ``[low, high]``."""
+def epochs_int(text: str, name: str, owner: str) -> int:
+    """A number of epochs in [1, MAX_EPOCHS]."""
+    return check_int(text, name, owner, low=1, high=MAX_EPOCHS)
+
+
+def float_grid(
+    *, low: float = 0.0, low_open: bool = False, high: float = MAX_MAGNITUDE, merge: bool = True
+) -> Parser:
+    """A grid of floats (see :mod:`decaylab.grid`) whose values lie in ``[low, high]``; ``merge``: duplicates merged."""
 
     def check(value: float, name: str, owner: str) -> float:
         return check_float(value, name, owner, low=low, low_open=low_open, high=high)
 
     def parse(text: str, name: str, owner: str) -> list[float]:
-        return parse_float_grid(text, name, owner, check)
+        return parse_float_grid(text, name, owner, check, merge=merge)
 
     return parse
 
 
-def int_grid(*, low: int = 0) -> Parser:
+def int_grid(*, low: int = 0, high: int = MAX_SIZE, merge: bool = True) -> Parser:
+    """A list or range of whole numbers in ``[low, high]``; ``merge``: duplicates merged (not for layer widths)."""
+
     def parse(text: str, name: str, owner: str) -> list[int]:
-        return parse_int_grid(text, name, owner, low=low)
+        return parse_int_grid(text, name, owner, low=low, high=high, merge=merge)
 
     return parse
+
+
+seed_grid = int_grid(low=0, high=MAX_SEED)
 
 
 def choice(*choices: str) -> Parser:
@@ -134,6 +191,46 @@ def check_batch_size(opts: dict[str, Any], owner: str) -> None:
         raise parameter_error("--batch-size", owner, f"an int in [1, n_train={opts['n_train']}]", opts["batch_size"])
 
 
+def check_data_budget(
+    opts: dict[str, Any], owner: str, rows: Sequence[str], cols: str, *, itemsize: int = 4, budget: int = DATA_BUDGET
+) -> None:
+    """Refuse data of ``(Σ opts[rows]) × opts[cols]`` numbers of ``itemsize`` bytes beyond ``budget`` bytes.
+
+    The error names the larger of the two sides (the sum of the row options, or ``cols``): the one to make smaller.
+
+    Raises:
+        InvalidParameterError: ``--dim`` (say) and the estimate, e.g. ``(n_train + n_test)·dim·4 bytes = 8 GiB``.
+    """
+    n_rows = sum(opts[r] for r in rows)
+    nbytes = n_rows * opts[cols] * itemsize
+    if nbytes <= budget:
+        return
+    blame = cols if opts[cols] >= n_rows else max(rows, key=lambda r: opts[r])
+    flag = "--" + blame.replace("_", "-")
+    formula = "(" + " + ".join(rows) + ")" if len(rows) > 1 else rows[0]
+    allowed = (
+        f"an int for which the data fit in memory: {formula}·{cols}·{itemsize} bytes"
+        f" = {nbytes / 2**30:.3g} GiB here, more than the {budget / 2**30:g} GiB budget"
+    )
+    raise parameter_error(flag, owner, allowed, opts[blame])
+
+
+def check_model_budget(layers: Sequence[int], owner: str, *, itemsize: int = 4, budget: int = DATA_BUDGET) -> None:
+    """Refuse an MLP ``layers = (d_in, hidden..., d_out)`` whose weights and biases exceed ``budget`` bytes.
+
+    Raises:
+        InvalidParameterError: naming ``--hidden`` and the estimate Σ (fan_in + 1)·fan_out·itemsize.
+    """
+    n_params = sum((a + 1) * b for a, b in zip(layers, layers[1:]))
+    nbytes = n_params * itemsize
+    if nbytes > budget:
+        allowed = (
+            f"widths for which one configuration's parameters fit in memory: {n_params:,} parameters ×"
+            f" {itemsize} bytes = {nbytes / 2**30:.3g} GiB here, more than the {budget / 2**30:g} GiB budget"
+        )
+        raise parameter_error("--hidden", owner, allowed, ",".join(map(str, layers[1:-1])))
+
+
 # -- the experiment interface ------------------------------------------------------------------
 class Experiment(ABC):
     """Base class of every ``decaylab run NAME`` experiment."""
@@ -148,8 +245,50 @@ class Experiment(ABC):
     # fastest and never stalls on a busy machine); None leaves the process's setting. See thread_limit.
     threads: ClassVar[int | None] = 1
 
+    # options whose values multiply into configurations (see n_configs)
+    swept: ClassVar[tuple[str, ...]] = ("seed",)
+
     def check(self, opts: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Validate combinations of options; raise :class:`InvalidParameterError`."""
+
+    def n_configs(self, opts: dict[str, Any]) -> int:
+        """How many configurations :meth:`configs` makes, computed from the grid sizes without expanding them.
+
+        The default: the product of the lengths of the ``swept`` options (experiments whose configurations
+        are not a full product override it).
+        """
+        return math.prod(len(opts[name]) for name in self.swept)
+
+    def curve_points(self, opts: dict[str, Any]) -> int:
+        """Values per curve and configuration (default: ``--epochs``, or 1 without it)."""
+        epochs = opts.get("epochs")
+        return epochs if isinstance(epochs, int) else 1
+
+    def validate(self, opts: dict[str, Any]) -> None:
+        """Every check of parsed options before a run is created: :meth:`check`, then the run's size.
+
+        Raises:
+            InvalidParameterError: a bad combination, more than ``MAX_CONFIGS`` configurations (naming the
+                largest swept grid), or more than ``MAX_CURVE_POINTS`` configurations × epochs (naming ``--epochs``).
+        """
+        self.check(opts)
+        total = self.n_configs(opts)
+        sizes = [(name, len(opts[name])) for name in self.swept]
+        if total > MAX_CONFIGS:
+            name, size = max(sizes, key=lambda item: item[1])
+            listed = ", ".join(f"{n} {'--' + k.replace('_', '-')}" for k, n in sizes)
+            allowed = (
+                f"a grid for which the run has at most {MAX_CONFIGS:,} configurations"
+                f" (here {total:,} from {listed})"
+            )
+            raise parameter_error("--" + name.replace("_", "-"), self.name, allowed, f"{size} values")
+        points = total * self.curve_points(opts)
+        if points > MAX_CURVE_POINTS and "epochs" in opts:
+            allowed = (
+                f"an int for which configurations × epochs ≤ {MAX_CURVE_POINTS:,} (the curves kept in memory"
+                f" and stored; here {total:,} configurations)"
+            )
+            raise parameter_error("--epochs", self.name, allowed, opts["epochs"])
 
     @abstractmethod
     def configs(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -176,9 +315,29 @@ class Experiment(ABC):
     def table(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> Table:
         """The table printed after the run."""
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
-        """Write the figures into ``out``; return their paths."""
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        """The files :meth:`draw` writes (a figure saying why is written under each name when nothing finished)."""
         return []
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+        """Write the figures of ``results`` — every one of them finished (status ``done``) — into ``out``."""
+        return []
+
+    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+        """Write the figures into ``out``; return their paths.
+
+        Only configurations that finished are drawn (a diverged one has no final numbers, and its curves stop);
+        the figures say how many did not and at which epochs. When none finished, each figure of
+        :meth:`figure_names` is one panel that says so instead of an empty plot.
+        """
+        from decaylab.plots import figure_note, nothing_finished
+
+        done = [r for r in results if r.status == "done"]
+        note = unfinished_note(results)
+        if not done:
+            return [nothing_finished(out / name, f"{self.name}: {name}", note) for name in self.figure_names(opts)]
+        with figure_note(f"{note}: not drawn" if note else ""):
+            return self.draw(done, opts, out)
 
     def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
         """Run-level numbers derived from all configurations (the experiment's claim)."""
@@ -187,6 +346,53 @@ class Experiment(ABC):
 
 def finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _epochs_text(epochs: list[int]) -> str:
+    lo, hi = min(epochs), max(epochs)
+    return f"epoch {lo}" if lo == hi else f"epochs {lo}–{hi}"
+
+
+def unfinished_note(results: Sequence[ConfigResult]) -> str:
+    """One line on the configurations that did not finish, '' when all did::
+
+        2 of 8 configurations diverged (at epochs 3–5); 1 failed
+    """
+    diverged = [r for r in results if r.status == "diverged"]
+    failed = sum(r.status == "failed" for r in results)
+    pending = sum(r.status == "pending" for r in results)
+    if not (diverged or failed or pending):
+        return ""
+    parts = []
+    if diverged:
+        epochs = [r.diverged_epoch for r in diverged if r.diverged_epoch is not None]
+        parts.append(f"{len(diverged)} diverged" + (f" (at {_epochs_text(epochs)})" if epochs else ""))
+    if failed:
+        parts.append(f"{failed} failed")
+    if pending:
+        parts.append(f"{pending} not trained")
+    return f"{parts[0].split(' ', 1)[0]} of {len(results)} configurations {parts[0].split(' ', 1)[1]}" + "".join(
+        f"; {p}" for p in parts[1:]
+    )
+
+
+def diverged_rows(results: Sequence[ConfigResult], limit: int = 10) -> list[str]:
+    """For tables that aggregate (no status column): one line per configuration that did not finish."""
+    lines = []
+    for r in results:
+        if r.status != "done":
+            params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
+            lines.append(f"{params}: {status_text(r)}")
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
+    return lines
+
+
+def status_text(result: ConfigResult) -> str:
+    """A result's status for a table: ``done``, ``diverged at epoch 3`` (or ``diverged`` without the epoch), ``failed``."""
+    if result.status == "diverged" and result.diverged_epoch is not None:
+        return f"diverged at epoch {result.diverged_epoch}"
+    return result.status
 
 
 # -- averaging over seeds ------------------------------------------------------------------------

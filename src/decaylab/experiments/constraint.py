@@ -45,14 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.experiments.base import (
+    check_data_budget,
     Experiment,
     Option,
     Table,
+    epochs_int,
     float_grid,
-    int_grid,
     nonneg_float,
     positions_by,
     positive_int,
+    seed_grid,
+    status_text,
 )
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float, parameter_error
@@ -119,15 +122,21 @@ class Constraint(Experiment):
     options = (
         Option("lambd", float_grid(low=0.0, low_open=True), "log:1e-3:1e2:30",
                "lambda grid (> 0) of mean (y_hat-y)^2/2 + lambda/2*||w||^2", "GRID"),
-        Option("epochs", positive_int, "500", "full-batch projected gradient steps", "N"),
+        Option("epochs", epochs_int, "500", "full-batch projected gradient steps", "N"),
         Option("n_train", positive_int, "60", "training examples (> dim, so that the minimizers are unique)", "N"),
         Option("dim", positive_int, "8", "number of features (all non-zero, |w*_j| ~ U(1, 3))", "D"),
         Option("correlation", _correlation, "0.5", "AR(1) feature correlation rho^|i-j|, in [0, 1)", "RHO"),
         Option("noise", nonneg_float, "1.0", "noise standard deviation of y", "SIGMA"),
-        Option("seed", int_grid(low=0), "0", "seed(s): data (data stream) and the start w0 (init stream)", "SEEDS"),
+        Option("seed", seed_grid, "0", "seed(s): data (data stream) and the start w0 (init stream)", "SEEDS"),
     )
 
+    swept = ("lambd", "seed")
+
+    def curve_points(self, opts: dict[str, Any]) -> int:
+        return 1  # losses after the last epoch only (eval_every = epochs)
+
     def check(self, opts: dict[str, Any]) -> None:
+        check_data_budget(opts, self.name, ("n_train",), "dim", itemsize=8)
         if opts["n_train"] <= opts["dim"]:
             raise parameter_error(
                 "--n-train", self.name, f"an int > dim={opts['dim']} (unique minimizers need full column rank)",
@@ -230,7 +239,7 @@ class Constraint(Experiment):
         for r in sorted(results, key=lambda r: (r.params["seed"], r.params["lambd"])):
             m = r.metrics
             row = [r.params["lambd"], m.get("theta"), m.get("w_norm"), m.get("dist_to_ridge"), m.get("multiplier"),
-                   m.get("train_loss"), r.status]
+                   m.get("train_loss"), status_text(r)]
             rows.append(([r.params["seed"]] if several else []) + row)
         columns = ["λ", "θ(λ) = ‖w_ridge‖", "‖w_PGD‖", "‖w_PGD − w_ridge‖", "multiplier μ of PGD", "train loss", "status"]
         ols = next((r.metrics.get("theta_ols") for r in results if r.metrics), math.nan)
@@ -274,7 +283,10 @@ class Constraint(Experiment):
             },
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["constraint.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.constraint import plot_constraint
 
         return [plot_constraint(results, opts, out / "constraint.png")]

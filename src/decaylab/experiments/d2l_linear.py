@@ -33,16 +33,19 @@ import math
 from typing import Any
 
 from decaylab.experiments.base import (
+    check_data_budget,
     Experiment,
     Option,
     Table,
     check_batch_size,
     choice,
+    epochs_int,
     float_grid,
-    int_grid,
     mean_over_seeds,
     positive_float,
     positive_int,
+    seed_grid,
+    status_text,
 )
 from decaylab.results import ConfigResult, Outcome
 
@@ -198,15 +201,16 @@ class D2LLinear(Experiment):
         " and the final losses against lambda)."
     )
     engines = ("sequential", "batched")
+    swept = ("lambd", "seed")
     options = (
         Option("lambd", float_grid(low=0.0), "0,3", "weight decay lambda of lambda/2*||w||^2 (grid)", "GRID"),
-        Option("epochs", positive_int, "100", "training epochs", "N"),
+        Option("epochs", epochs_int, "100", "training epochs", "N"),
         Option("lr", positive_float, "0.003", "SGD learning rate eta", "ETA"),
         Option("batch_size", positive_int, "5", "minibatch size (<= n-train)", "B"),
         Option("n_train", positive_int, "20", "training examples", "N"),
         Option("n_test", positive_int, "100", "test examples", "N"),
         Option("dim", positive_int, "200", "number of features", "D"),
-        Option("seed", int_grid(low=0), "0", "seed(s): data, initial weights, batch order ('0,1,2' or '0:4')", "SEEDS"),
+        Option("seed", seed_grid, "0", "seed(s): data, initial weights, batch order ('0,1,2' or '0:4')", "SEEDS"),
         Option(
             "impl",
             choice("batched", "scratch", "concise"),
@@ -218,6 +222,7 @@ class D2LLinear(Experiment):
 
     def check(self, opts: dict[str, Any]) -> None:
         check_batch_size(opts, self.name)
+        check_data_budget(opts, self.name, ("n_train", "n_test"), "dim")
 
     def configs(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
         return [
@@ -270,7 +275,7 @@ class D2LLinear(Experiment):
         for r in results:
             m = r.metrics
             rows.append(
-                [r.params["lambd"], r.params["seed"], m.get("w_norm"), m.get("train_loss"), m.get("test_loss"), r.status]
+                [r.params["lambd"], r.params["seed"], m.get("w_norm"), m.get("train_loss"), m.get("test_loss"), status_text(r)]
             )
         return Table(
             ["λ", "seed", "‖w‖₂", "train loss", "test loss", "status"],
@@ -282,7 +287,10 @@ class D2LLinear(Experiment):
         by_lambda = mean_over_seeds(results, "lambd", ("w_norm", "train_loss", "test_loss"))
         return {"by_lambda": [{"lambd": lambd, **means} for lambd, means in by_lambda]}
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["curves.png", "norms.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.d2l_linear import plot_curves, plot_norms
 
         return [plot_curves(results, opts, out / "curves.png"), plot_norms(results, opts, out / "norms.png")]

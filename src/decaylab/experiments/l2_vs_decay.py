@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.experiments.base import (
+    check_model_budget,
     Experiment,
     Option,
     Table,
@@ -58,11 +59,13 @@ from decaylab.experiments.base import (
     float_grid,
     mean_or_nan,
     positive_float,
+    status_text,
 )
 from decaylab.experiments.dropout_mlp import (
     HIDDEN_OPTION,
     check_data,
     data_name,
+    data_shape,
     mlp_task,
     training_options,
 )
@@ -216,8 +219,12 @@ class L2VsDecay(Experiment):
         *training_options(epochs="60", seeds="0,1", seed_help="seed(s) to average over: data subset, init, batch order"),
     )
 
+    swept = ("wd", "variants", "seed")
+
     def check(self, opts: dict[str, Any]) -> None:
         check_data(opts, self.name)
+        d_in, n_classes = data_shape(opts)
+        check_model_budget((d_in, *opts["hidden"], n_classes), self.name)
 
     def configs(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
         return [
@@ -296,7 +303,7 @@ class L2VsDecay(Experiment):
             m, variant = r.metrics, r.params["variant"]
             rows.append([variant, r.params["wd"], r.params["seed"], learning_rate(opts, VARIANTS[variant][0]),
                          m.get("w_norm"), m.get("train_loss"), m.get("test_loss"), m.get("test_acc"),
-                         self.decay_per_step(variant, r.params["wd"], opts, m), r.status])
+                         self.decay_per_step(variant, r.params["wd"], opts, m), status_text(r)])
         return Table(
             ["variant", "λ", "seed", "lr", "final ‖W‖₂", "train CE", "test CE", "test acc", "decay/step", "status"],
             rows,
@@ -367,7 +374,10 @@ class L2VsDecay(Experiment):
         claims["holds"] = all(claims.values()) if claims else None
         return claims
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return [f"norms{'' if len(opts['wd']) == 1 else f'_wd={wd:g}'}.png" for wd in opts["wd"]]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         """``norms.png`` and ``effective_decay.png`` per λ (with several λ: ``norms_wd=0.01.png``, ...)."""
         from decaylab.plots.l2_vs_decay import plot_effective_decay, plot_norms
 

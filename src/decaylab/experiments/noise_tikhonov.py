@@ -50,15 +50,18 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.experiments.base import (
+    check_data_budget,
     Experiment,
     Option,
     Table,
     check_batch_size,
+    epochs_int,
     float_grid,
-    int_grid,
     mean_over_seeds,
     positive_float,
     positive_int,
+    seed_grid,
+    status_text,
 )
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float, parameter_error
@@ -167,8 +170,8 @@ class NoiseTikhonov(Experiment):
     engines = ("sequential", "batched")
     options = (
         Option("sigma", float_grid(low=0.0), "0:1.5:7", "input-noise standard deviations σ (grid)", "GRID"),
-        Option("seed", int_grid(low=0), "0,1,2", "seed(s): data, initial weights, batch order, noise", "SEEDS"),
-        Option("epochs", positive_int, "150", "training epochs", "N"),
+        Option("seed", seed_grid, "0,1,2", "seed(s): data, initial weights, batch order, noise", "SEEDS"),
+        Option("epochs", epochs_int, "150", "training epochs", "N"),
         Option("lr", positive_float, "0.02", "constant SGD learning rate η", "ETA"),
         Option("batch_size", positive_int, "10", "minibatch size (<= n-train)", "B"),
         Option(
@@ -180,7 +183,10 @@ class NoiseTikhonov(Experiment):
         Option("dim", positive_int, "5", "number of features", "D"),
     )
 
+    swept = ("sigma", "seed")
+
     def check(self, opts: dict[str, Any]) -> None:
+        check_data_budget(opts, self.name, ("n_train", "n_test"), "dim")
         if opts["n_train"] <= opts["dim"]:
             raise parameter_error(
                 "--n-train", self.name, f"an int > dim={opts['dim']} (so that least squares is unique)", opts["n_train"]
@@ -274,7 +280,7 @@ class NoiseTikhonov(Experiment):
                     m.get("dist_ridge_quarter"),
                     m.get("dist_ridge_4x"),
                     m.get("dist_ridge_last"),
-                    r.status,
+                    status_text(r),
                 ]
             )
         return Table(
@@ -325,7 +331,10 @@ class NoiseTikhonov(Experiment):
             "verdict": verdict,
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["coefficients.png", "distances.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.noise_tikhonov import plot_coefficients, plot_distances
 
         return [

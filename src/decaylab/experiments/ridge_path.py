@@ -26,7 +26,8 @@ per-sample LOO errors must average to our LOO curve.
 
 Data (``--data``): scikit-learn's bundled diabetes set (442 × 10, offline) by default; ``synthetic`` draws
 :func:`decaylab.data.sparse.sparse_linear_data` (dense truth, AR(1) correlation 0.5, noise σ = 3) from each
-seed; or a CSV file of numbers whose last column is the target (a header row is allowed). With
+seed; or a CSV file of numbers whose last column is the target (a header row is allowed; read by
+:func:`decaylab.data.csvfile.read_numeric_csv`, which names the row and column of any bad cell). With
 ``--standardize yes`` each feature is z-scored (population std) first, so λ is on the scale of the
 features' unit variance; scikit-learn sees the same matrix.
 """
@@ -37,7 +38,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from decaylab.experiments.base import Experiment, Option, Table, choice, float_grid, int_grid, positive_int
+from decaylab.experiments.base import (
+    check_data_budget,
+    Experiment,
+    Option,
+    Table,
+    choice,
+    float_grid,
+    positive_int,
+    seed_grid,
+    status_text,
+)
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import parameter_error
 
@@ -51,36 +62,41 @@ PATH_POINTS = 5  # path points shown in the table
 
 
 # -- data ----------------------------------------------------------------------------------------
-def _read_csv(path: str) -> tuple[Any, Any, list[str]]:
-    """``(X, y, feature names)`` from a numeric CSV (last column = target, optional header row)."""
-    import numpy as np
+MIN_ROWS = 3  # leave-one-out needs at least 3 examples to leave one out of a fit with an intercept
 
-    with open(path, encoding="utf-8") as fh:
-        first = fh.readline()
-    cells = [c.strip() for c in first.split(",")]
-    try:
-        [float(c) for c in cells]
-        header = None
-    except ValueError:
-        header = cells
-    table = np.loadtxt(path, delimiter=",", skiprows=0 if header is None else 1, ndmin=2, dtype=np.float64)
-    names = header[:-1] if header else [f"x{j}" for j in range(table.shape[1] - 1)]
-    return table[:, :-1], table[:, -1], names
+
+def _read_csv(path: str) -> tuple[Any, Any, list[str]]:
+    """``(X, y, feature names)`` from a numeric CSV (last column = target, optional header row).
+
+    Raises:
+        CsvError: the problem, with its row and column (see :func:`decaylab.data.csvfile.read_numeric_csv`).
+    """
+    from decaylab.data.csvfile import read_numeric_csv
+
+    table = read_numeric_csv(path, min_rows=MIN_ROWS, min_columns=2)
+    names = table.names[:-1]
+    return table.values[:, :-1], table.values[:, -1], names
 
 
 def _data_option(text: str, name: str, owner: str) -> str:
-    """``diabetes``, ``synthetic``, or a readable numeric CSV with >= 2 columns and >= 3 rows."""
-    allowed = "one of {'diabetes', 'synthetic'} or a numeric CSV file (last column = target, >= 3 rows, >= 2 columns)"
+    """``diabetes``, ``synthetic``, or a regular file holding a numeric CSV with >= 2 columns and >= 3 rows.
+
+    Raises:
+        InvalidParameterError: naming what is wrong with the file (which row, which column, why).
+    """
+    from decaylab.data.csvfile import MAX_CSV_BYTES, CsvError
+
     if text in BUILTIN:
         return text
     try:
-        X, y, _ = _read_csv(text)
-    except (OSError, ValueError, UnicodeDecodeError):
+        _read_csv(text)
+    except CsvError as exc:
+        allowed = (
+            "one of {'diabetes', 'synthetic'} or a CSV file of finite numbers (last column = the target,"
+            f" >= {MIN_ROWS} rows, >= 2 columns, an optional header row, <= {MAX_CSV_BYTES // 2**20} MiB):"
+            f" {exc}"
+        )
         raise parameter_error(name, owner, allowed, text) from None
-    import numpy as np
-
-    if X.shape[1] < 1 or len(y) < 3 or not (np.isfinite(X).all() and np.isfinite(y).all()):
-        raise parameter_error(name, owner, allowed, text)
     return text
 
 
@@ -145,10 +161,17 @@ class RidgePath(Experiment):
         Option("standardize", choice("yes", "no"), "yes", "z-score each feature first"),
         Option("n_train", positive_int, "100", "examples of --data synthetic", "N"),
         Option("dim", positive_int, "20", "features of --data synthetic", "D"),
-        Option("seed", int_grid(low=0), "0", "seed(s) of --data synthetic (a fixed data set takes one seed)", "SEEDS"),
+        Option("seed", seed_grid, "0", "seed(s) of --data synthetic (a fixed data set takes one seed)", "SEEDS"),
     )
 
     def check(self, opts: dict[str, Any]) -> None:
+        if opts["data"] == "synthetic":
+            check_data_budget(opts, self.name, ("n_train",), "dim", itemsize=8)
+        elif opts["data"] != "diabetes" and opts["standardize"] == "yes":
+            try:  # a constant column would fail only inside the run: refuse it here
+                load_data(opts["data"], 0, opts["n_train"], opts["dim"], True)
+            except ValueError as exc:
+                raise parameter_error("--standardize", self.name, f"'no' for this file: {exc}", "yes") from None
         if opts["data"] != "synthetic" and len(opts["seed"]) > 1:
             raise parameter_error(
                 "--seed", self.name, f"a single seed with --data {opts['data']} (the data are fixed)",
@@ -239,7 +262,7 @@ class RidgePath(Experiment):
         several = len(results) > 1
         for r in results:
             if r.status != "done":
-                rows.append([f"seed {r.params['seed']}: {r.status}"] + [None] * 7)
+                rows.append([f"seed {r.params['seed']}: {status_text(r)}"] + [None] * 7)
                 continue
             m, c = r.metrics, r.curves
             tag = f"seed {r.params['seed']}: " if several else ""
@@ -298,7 +321,10 @@ class RidgePath(Experiment):
             },
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["ridge_path.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.ridge_path import plot_ridge_path
 
         done = [r for r in results if r.status == "done" and r.curves]

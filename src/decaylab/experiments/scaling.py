@@ -57,9 +57,14 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.experiments.base import (
+    check_model_budget,
+    diverged_rows,
+    check_data_budget,
+    MAX_WIDTH,
     Experiment,
     Option,
     Table,
+    epochs_int,
     float_grid,
     group_by,
     int_grid,
@@ -68,6 +73,8 @@ from decaylab.experiments.base import (
     positions_by,
     positive_float,
     positive_int,
+    seed_grid,
+    status_text,
 )
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import parameter_error
@@ -156,15 +163,25 @@ class Scaling(Experiment):
             "lambd_mean", float_grid(low=0.0), "log:0.015625:16:11",
             "λ grid of λ/(2m)·‖W‖² on the mean loss (engine l2 = λ/m); default 2^-6 … 2^4", "GRID",
         ),
-        Option("seed", int_grid(low=0), "0,1,2", "seed(s) to average over: data, initial weights", "SEEDS"),
-        Option("epochs", positive_int, "1000", "full-batch gradient-descent steps (one per epoch)", "N"),
+        Option("seed", seed_grid, "0,1,2", "seed(s) to average over: data, initial weights", "SEEDS"),
+        Option("epochs", epochs_int, "1000", "full-batch gradient-descent steps (one per epoch)", "N"),
         Option("lr", positive_float, "0.5", "learning rate η of gradient descent", "ETA"),
-        Option("hidden", int_grid(low=1), "16,16", "hidden-layer widths of the ReLU MLP", "WIDTHS"),
+        Option("hidden", int_grid(low=1, high=MAX_WIDTH, merge=False), "16,16", "hidden-layer widths of the ReLU MLP", "WIDTHS"),
         Option("n_val", positive_int, "1000", "validation-set size (the same set for every m of a seed)", "N"),
         Option("noise", nonneg_float, "0.3", "make_moons noise (std of the Gaussian added to each coordinate)", "STD"),
     )
 
+    swept = ("lambd_half", "lambd_mean", "m", "seed")
+
+    def n_configs(self, opts: dict[str, Any]) -> int:
+        return (len(opts["lambd_half"]) + len(opts["lambd_mean"])) * len(opts["m"]) * len(opts["seed"])
+
+    def curve_points(self, opts: dict[str, Any]) -> int:
+        return min(opts["epochs"], MAX_CURVE_POINTS)
+
     def check(self, opts: dict[str, Any]) -> None:
+        check_data_budget({"m": max(opts["m"]), "n_val": opts["n_val"], "features": 2}, self.name, ("m", "n_val"), "features")
+        check_model_budget((2, *opts["hidden"], 1), self.name)
         if len(set(opts["m"])) != len(opts["m"]):
             raise parameter_error("--m", self.name, "a list of distinct sizes", ",".join(map(str, opts["m"])))
         top = max(
@@ -292,6 +309,7 @@ class Scaling(Experiment):
                 f" 2-{'-'.join(map(str, opts['hidden']))}-1; validation loss averaged over {len(opts['seed'])} seed(s);"
                 f" slope = fit of log λ on log m. Verdict: {summary['verdict']}"
             ),
+            notes=diverged_rows(results),
         )
 
     def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
@@ -353,7 +371,10 @@ class Scaling(Experiment):
             "verdict": verdict,
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["curves.png", "best_lambda.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.scaling import plot_best_lambda, plot_curves
 
         summary = self.summarize(results, opts)

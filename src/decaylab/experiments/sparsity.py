@@ -58,14 +58,18 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.experiments.base import (
+    check_data_budget,
+    diverged_rows,
     Experiment,
     Option,
     Table,
+    epochs_int,
     float_grid,
-    int_grid,
     nonneg_float,
     positions_by,
     positive_int,
+    seed_grid,
+    status_text,
 )
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_choice, check_float, parameter_error
@@ -259,17 +263,23 @@ class Sparsity(Experiment):
                "lambda grid (> 0) of each method's objective (see the description)", "GRID"),
         Option("methods", _methods, "l1,enet,l2", "methods to compare: a comma list of l1, enet, l2", "LIST"),
         Option("l1_ratio", _open_unit, "0.5", "elastic net's rho in (0, 1): lambda*(rho*L1 + (1-rho)/2*L2)", "RHO"),
-        Option("epochs", positive_int, "2000", "full-batch proximal gradient steps", "N"),
+        Option("epochs", epochs_int, "2000", "full-batch proximal gradient steps", "N"),
         Option("n_train", positive_int, "200", "training examples", "N"),
         Option("n_test", positive_int, "1000", "test examples", "N"),
         Option("dim", positive_int, "100", "number of features", "D"),
         Option("n_nonzero", positive_int, "8", "true non-zero coefficients (|w*_j| ~ U(1, 3), random sign)", "K"),
         Option("noise", nonneg_float, "1.0", "noise standard deviation of y", "SIGMA"),
-        Option("seed", int_grid(low=0), "0", "seed(s): data drawn from each seed's data stream ('0,1,2' or '0:4')",
+        Option("seed", seed_grid, "0", "seed(s): data drawn from each seed's data stream ('0,1,2' or '0:4')",
                "SEEDS"),
     )
 
+    swept = ("lambd", "methods", "seed")
+
+    def curve_points(self, opts: dict[str, Any]) -> int:
+        return 1  # losses after the last epoch only (eval_every = epochs)
+
     def check(self, opts: dict[str, Any]) -> None:
+        check_data_budget(opts, self.name, ("n_train", "n_test"), "dim", itemsize=8)
         if opts["n_nonzero"] > opts["dim"]:
             raise parameter_error("--n-nonzero", self.name, f"an int in [1, dim={opts['dim']}]", opts["n_nonzero"])
 
@@ -385,6 +395,7 @@ class Sparsity(Experiment):
                 f" non-zeros{'' if n_seeds == 1 else f', mean over {n_seeds} seeds'}. λ of mean (ŷ−y)²/2 + λ‖w‖₁ (l1),"
                 f" + λ(ρ‖w‖₁ + (1−ρ)/2‖w‖²) (enet, ρ={opts['l1_ratio']:g}), + λ/2‖w‖² (l2)"
             ),
+            notes=diverged_rows(results),
         )
 
     def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
@@ -448,7 +459,10 @@ class Sparsity(Experiment):
             "max_error_bound": float(np.max([r.metrics["error_bound"] for r in done])) if done else None,
         }
 
-    def figures(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    def figure_names(self, opts: dict[str, Any]) -> list[str]:
+        return ["paths.png", "support.png"]
+
+    def draw(self, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
         from decaylab.plots.sparsity import plot_paths, plot_support
 
         return [plot_paths(results, opts, out / "paths.png"), plot_support(results, opts, out / "support.png")]

@@ -8,11 +8,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["lambda_colors", "new_figure", "rendering_share", "save"]
+__all__ = ["figure_note", "lambda_colors", "new_figure", "nothing_finished", "rendering_share", "save"]
 
 MINOR_TICK_DECADES = 4  # log axes spanning more decades than this get no minor ticks
 
 _share = {"index": 0, "count": 1, "seen": 0}  # which of the figures :func:`save` renders, see rendering_share
+_note = {"text": ""}  # a line :func:`save` adds under each figure's title, see figure_note
 
 
 def _pyplot() -> Any:
@@ -58,6 +59,8 @@ def save(fig: Any, path: Path) -> Path:
     mine = _share["seen"] % _share["count"] == _share["index"]
     _share["seen"] += 1
     if mine:
+        if _note["text"]:
+            _add_note(fig, _note["text"])
         path.parent.mkdir(parents=True, exist_ok=True)
         _thin_log_minor_ticks(fig)
         try:
@@ -82,6 +85,33 @@ def rendering_share(index: int, count: int) -> Iterator[None]:
         yield
     finally:
         _share.update(index=0, count=1, seen=0)
+
+
+@contextmanager
+def figure_note(text: str) -> Iterator[None]:
+    """Within the block, :func:`save` adds ``text`` (e.g. "2 of 8 configurations diverged ...") under each title."""
+    _note["text"] = text
+    try:
+        yield
+    finally:
+        _note["text"] = ""
+
+
+def _add_note(fig: Any, text: str) -> None:
+    title = fig.get_suptitle()
+    fig.suptitle(f"{title}\n{text}" if title else text, fontsize=10 if title else 9)
+
+
+def nothing_finished(path: Path, title: str, note: str) -> Path:
+    """A one-panel figure that says nothing finished (``note``: how many diverged, when) instead of empty axes."""
+    fig, axes = new_figure(1, 1, width=6.0, height=2.4)
+    ax = axes[0, 0]
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, f"Nothing to draw: {note}.", ha="center", va="center", fontsize=11, wrap=True,
+            transform=ax.transAxes)
+    fig.suptitle(title, fontsize=10)
+    with figure_note(""):
+        return save(fig, path)
 
 
 def lambda_colors(values: list[float]) -> dict[float, Any]:

@@ -64,41 +64,65 @@ def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Pat
     return save(fig, path)
 
 
+def _ce_gap(r: ConfigResult, w: int) -> float:
+    from decaylab.experiments.dropout_mlp import end_mean
+
+    return end_mean(r, "test_loss", w) - end_mean(r, "train_loss", w)
+
+
+def _acc_gap(r: ConfigResult, w: int) -> float:
+    from decaylab.experiments.dropout_mlp import end_mean
+
+    return end_mean(r, "train_acc", w) - end_mean(r, "test_acc", w)
+
+
+_GAPS = (
+    ("CE gap = test − train cross-entropy (claimed)", _ce_gap, ("test_loss", "train_loss")),
+    ("accuracy gap = train − test accuracy (shown)", _acc_gap, ("train_acc", "test_acc")),
+)
+
+
 def plot_gap(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
-    """Left: final gap per variant (bar = mean over seeds, dots = seeds). Right: the gap per epoch."""
-    from decaylab.experiments.dropout_mlp import end_mean, end_window
+    """Per gap (cross-entropy, the claim; accuracy, shown): left, the value at the end of training per variant
+    (bar = mean over seeds, dots = seeds, a seed's dots joined across variants); right, the gap per epoch."""
+    from decaylab.experiments.dropout_mlp import end_window
 
     groups = _groups(results)
     w = end_window(opts["epochs"])
-    fig, axes = new_figure(1, 2, width=5.0, height=3.6)
-    left, right = axes[0]
     labels = list(groups)
-    for i, label in enumerate(labels):
-        group = groups[label]
-        color = COLORS.get(group[0].params["variant"], "k")
-        gaps = np.array([end_mean(r, "train_acc", w) - end_mean(r, "test_acc", w) for r in group])
-        mean = np.nanmean(gaps)
-        left.bar(i, mean, color=color, alpha=0.75)
-        left.text(i, mean / 2, f"{mean:.3f}", ha="center", va="center", fontsize=9, color="white", weight="bold")
-        left.plot(np.full(len(gaps), i) + np.linspace(-0.15, 0.15, len(gaps)), gaps, "k.", ms=4,
-                  label="one seed" if i == 0 else None)
-        epochs = np.asarray(group[0].curves["epoch"], dtype=float)
-        gap_curve = np.nanmean(stack(group, "train_acc") - stack(group, "test_acc"), axis=0)
-        right.plot(epochs, gap_curve, color=color, lw=1.4, label=label)
-    if groups:
-        right.axvspan(epochs[-w] - 0.5, epochs[-1] + 0.5, color="grey", alpha=0.12, lw=0, label=f"last {w} epochs (averaged)")
-    base = groups.get("none")
-    if base:
-        ref = np.nanmean([end_mean(r, "train_acc", w) - end_mean(r, "test_acc", w) for r in base])
-        left.axhline(ref, color="tab:grey", ls=":", lw=1, label="gap without regularization")
-    left.set_xticks(range(len(labels)), labels, rotation=15)
-    left.set_ylabel(f"gap = train − test accuracy (last {w} epochs)")
-    left.set_title("Gap at the end of training (bar: mean over seeds)")
-    left.legend(frameon=False, fontsize=7, loc="upper right")
-    right.set_xlabel("epoch")
-    right.set_ylabel("train − test accuracy")
-    right.set_title("Gap during training")
-    right.legend(frameon=False)
+    fig, axes = new_figure(2, 2, width=5.0, height=3.2)
+    for (name, end_gap, (plus, minus)), (left, right) in zip(_GAPS, axes, strict=True):
+        per_seed: dict[Any, list[tuple[int, float]]] = {}
+        for i, label in enumerate(labels):
+            group = groups[label]
+            color = COLORS.get(group[0].params["variant"], "k")
+            gaps = np.array([end_gap(r, w) for r in group])
+            mean = float(np.mean(gaps))
+            left.bar(i, mean, color=color, alpha=0.75)
+            left.text(i, mean / 2, f"{mean:.3f}", ha="center", va="center", fontsize=9, color="white", weight="bold")
+            for r, g in zip(group, gaps, strict=True):
+                per_seed.setdefault(r.params["seed"], []).append((i, float(g)))
+            epochs = np.asarray(group[0].curves["epoch"], dtype=float)
+            right.plot(epochs, np.mean(stack(group, plus) - stack(group, minus), axis=0), color=color, lw=1.4, label=label)
+        for k, points in enumerate(per_seed.values()):
+            xs, ys = zip(*points, strict=True)
+            left.plot(xs, ys, "k.-", ms=4, lw=0.5, alpha=0.5, label="one seed (joined across variants)" if k == 0 else None)
+        if groups:
+            right.axvspan(epochs[-w] - 0.5, epochs[-1] + 0.5, color="grey", alpha=0.12, lw=0, label=f"last {w} epochs (averaged)")
+        base = groups.get("none")
+        if base:
+            left.axhline(float(np.mean([end_gap(r, w) for r in base])), color="tab:grey", ls=":", lw=1,
+                         label="gap without regularization")
+        left.set_xticks(range(len(labels)), labels, rotation=15)
+        left.set_ylabel(f"{name.split(' (')[0].split(' =')[0]} (last {w} epochs)")
+        left.set_title(name, fontsize=9)
+        highest = max((y for points in per_seed.values() for _, y in points), default=0.0)
+        left.set_ylim(0, 1.4 * highest if highest > 0 else None)  # room for the legend above the dots
+        left.legend(frameon=False, fontsize=7, loc="upper right")
+        right.set_xlabel("epoch")
+        right.set_ylabel(name.split(" = ")[1].split(" (")[0])
+        right.set_title("during training", fontsize=9)
+        right.legend(frameon=False, fontsize=7)
     n_seeds = max((len(g) for g in groups.values()), default=1)
     fig.suptitle(f"Generalization gap: does dropout / weight decay make it smaller?\n{_setting(opts, n_seeds, with_band=False)}", fontsize=9.5)
     return save(fig, path)
