@@ -172,7 +172,8 @@ def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:
     ("argv", "message"),
     [
         (["--m", "1,16"], "'--m' parameter of scaling must be a list of whole numbers >= 2"),
-        (["--m", "16,16"], "The '--m' parameter of scaling must be a list of distinct sizes. Got '16,16'."),
+        (["--m", "2:999999999"], "'--m' parameter of scaling must be a list of whole numbers >= 2 and <= 1000000000"
+                                 " ('0,1,2') or a range 'start:stop' ('0:4'), at most 100000 values"),
         (["--lr", "3"], "'--lr' parameter of scaling must be a float with lr·l2 < 2"),
         (["--lambd-mean", "-1"], "'--lambd-mean' parameter of scaling must be a float in [0, 1e+18]"),
     ],

@@ -104,3 +104,11 @@ def test_distinct_values_give_no_note_and_lists_of_widths_keep_duplicates() -> N
         assert lambd("3,1,2", "--lambd", "x") == [3.0, 1.0, 2.0]
         assert parse_int_grid("256,256", "--hidden", "x", low=1, merge=False) == [256, 256]
         assert float_grid(high=1.0, merge=False)("0.5,0.5", "--dropout", "x") == [0.5, 0.5]
+
+
+def test_a_repeated_choice_is_merged_with_a_note() -> None:
+    from decaylab.experiments.base import choice_list
+
+    variants = choice_list("none", "dropout", "decay")
+    with pytest.warns(GridNote, match=r"--variants 'decay,none,decay': 1 duplicate value\(s\) \(decay\) merged"):
+        assert variants("decay,none,decay", "--variants", "x") == ["decay", "none"]

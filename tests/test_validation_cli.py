@@ -121,3 +121,40 @@ def test_duplicated_grid_values_are_merged_with_one_note(cli: Any, tmp_path: Pat
     run_id = json.loads(out)["run_id"]
     code, _, err = cli("runs", "show", run_id, "--store", str(tmp_path / "s.db"))
     assert code == 0 and err == ""
+
+
+COUNTED = [
+    ("d2l-linear", {"lambd": "0:1:7", "seed": "0:2"}),
+    ("dropout-mlp", {"variants": "none,decay,both", "wd": "0.001,0.002", "seed": "0,1"}),
+    ("l2-vs-decay", {"wd": "0.001,0.01", "variants": "sgd-l2,adam-l2"}),
+    ("noise-tikhonov", {}),
+    ("scaling", {"m": "16,32"}),
+    ("sparsity", {"methods": "l1,l2", "seed": "0,1"}),
+    ("constraint", {"seed": "0,1"}),
+    ("ridge-path", {}),
+]
+
+
+@pytest.mark.parametrize("experiment,given", COUNTED, ids=[e for e, _ in COUNTED])
+def test_the_count_checked_up_front_is_the_number_of_configurations(experiment: str, given: dict[str, str]) -> None:
+    """The bound is checked on n_configs (from the grid sizes); it must be what configs() then expands to."""
+    from decaylab.experiments import get_experiment
+    from experiment_helpers import options
+
+    exp = get_experiment(experiment)
+    for texts in ({}, given):
+        opts = options(exp, **texts)
+        assert exp.n_configs(opts) == len(exp.configs(opts))
+
+
+def test_a_repeated_training_set_size_is_merged(cli: Any, tmp_path: Path) -> None:
+    """``scaling --m 16,16`` (refused before duplicates were merged) now trains 16 once, with the note."""
+    code, out, err = cli("run", "scaling", "--m", "16,16,32", "--lambd-half", "0.01,0.1", "--lambd-mean", "0.1,1",
+                         "--seed", "0", "--epochs", "3", "--n-val", "50", "--store", str(tmp_path / "s.db"), "--json")
+    assert code == 0, err
+    assert err == "decaylab: note: --m '16,16,32': 1 duplicate value(s) (16) merged; 2 distinct value(s) are trained\n"
+    assert sorted({c["params"]["m"] for c in json.loads(out)["configs"]}) == [16, 32]
+
+
+def test_refused_input_prints_the_error_alone_without_the_note(cli: Any, tmp_path: Path) -> None:
+    _refused(cli, tmp_path, "d2l-linear", ["--lambd", "1,1,2", "--batch-size", "21"], "'--batch-size'")

@@ -100,9 +100,9 @@ def _parse_options(exp: Any, ns: argparse.Namespace) -> tuple[dict[str, Any], di
                 given.add(opt.name)
             raw[opt.name] = text
             opts[opt.name] = opt.parse(text, opt.flag, exp.name)
-    for note in notes:  # e.g. duplicated grid values merged
-        print(f"decaylab: note: {note.message}", file=sys.stderr)
     exp.validate(opts)
+    for note in notes:  # e.g. duplicated grid values merged; only for input that is accepted
+        print(f"decaylab: note: {note.message}", file=sys.stderr)
     return opts, raw, given
 
 

@@ -13,7 +13,7 @@ Every value is then checked by the option's own rule (for λ: a finite float ≥
 seeds) before any value is built. A value given twice (``1,1,2``, or ``0:0:3``) is trained once: the
 parsers merge duplicates, keeping the first occurrence's order, and say so with a :class:`GridNote`
 warning (the CLI prints it as one ``decaylab: note: ...`` line on stderr). Options whose lists are not
-swept (hidden-layer widths, dropout per layer) pass ``merge_duplicates=False``.
+swept (hidden-layer widths, dropout per layer) pass ``merge=False``.
 """
 
 from __future__ import annotations
@@ -44,9 +44,10 @@ def merge_duplicates(values: Sequence[Any], name: str, text: str) -> list[Any]:
         repeated = [v for v in unique if counts[v] > 1]
         shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in repeated[:5])
         which = f" ({shown}{', ...' if len(repeated) > 5 else ''})"
+        quoted = repr(text) if len(text) <= 60 else repr(text[:57] + "...")
         warnings.warn(
             GridNote(
-                f"{name} {text!r}: {len(values) - len(unique)} duplicate value(s){which} merged;"
+                f"{name} {quoted}: {len(values) - len(unique)} duplicate value(s){which} merged;"
                 f" {len(unique)} distinct value(s) are trained"
             ),
             stacklevel=3,

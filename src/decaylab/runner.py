@@ -9,12 +9,13 @@ final status:
   and :class:`RunInterrupted` (a ``KeyboardInterrupt``) carrying the run id;
 * any other error (choosing the chunk size, a backend, the store): ``failed``, and :class:`RunFailed`
   carrying the run id and the reason;
-* only a kill that cannot be caught (SIGKILL, a power cut) leaves it ``running`` with a dead owner,
-  which the store shows as ``interrupted``.
+* only a kill that cannot be caught (SIGKILL, a power cut) leaves it ``running`` with a dead owner, which
+  the store shows as ``interrupted``.
 
 Either way the finished configurations stay, and :func:`execute` with ``resume=RUN_ID`` trains only
-the rest once it holds the run's lease (:meth:`Store.claim`). While this process owns a run, the store
-keeps the run's heartbeat fresh. Resuming a run that has nothing left to train changes nothing.
+the rest once it holds the run's lease (:meth:`Store.claim`; refused while a live process trains it).
+While this process owns a run, the store keeps the run's heartbeat fresh. Resuming a run that has
+nothing left to train changes nothing.
 """
 
 from __future__ import annotations
@@ -151,28 +152,27 @@ def _execute(
         run_id = new_id or new_run_id()
         configs = exp.configs(opts)
         seeds = sorted({str(c.get("seed")) for c in configs if "seed" in c})
-        environment = collect_environment()
         with ExitStack() as held:  # stored and inside _train's try, or not stored at all
             held.enter_context(signals_deferred())
             store.create_run(
                 run_id, exp.name, request.command, opts, request.raw_options, __version__, ",".join(seeds), configs,
-                environment=environment,
+                environment=collect_environment(),
             )
             return _train(store, request, engine, run_id, configs, progress, held)
     run_id = resume
-    record = store.claim(run_id, environment=collect_environment())  # refused while a live process trains it
-    if record is None:
-        raise parameter_error("RUN_ID", "decaylab resume", "the id of a run in the store", run_id)
-    if not store.pending(run_id):  # nothing to train: a finished run stays as it is stored
-        if record.stored_status != "finished":  # cut off after its last chunk was stored
-            store.set_status(run_id, "finished")
-            record = store.get_run(run_id)
-            assert record is not None
-        return record
-    configs = [c.params for c in record.configs]
+    environment = collect_environment()
     with ExitStack() as held:
         held.enter_context(signals_deferred())
-        store.set_status(run_id, "running")
+        record = store.claim(run_id, environment=environment)  # refused while a live process trains it
+        if record is None:
+            raise parameter_error("RUN_ID", "decaylab resume", "the id of a run in the store", run_id)
+        if not store.pending(run_id):  # nothing to train: a finished run stays as it is stored
+            if record.status != "finished":  # cut off after its last chunk was stored
+                store.set_status(run_id, "finished")
+                record = store.get_run(run_id)
+                assert record is not None
+            return record
+        configs = [c.params for c in record.configs]  # claimed: status running, this process the owner
         return _train(store, request, engine, run_id, configs, progress, held)
 
 

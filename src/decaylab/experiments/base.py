@@ -12,7 +12,7 @@ up front by :meth:`Experiment.validate`, before anything is stored, with the one
 ``MAX_CONFIGS``        configurations of one run, the product of its grids (1,000,000)
 ``MAX_CURVE_POINTS``   configurations × epochs, the curve values kept in memory and stored (10^7)
 ``MAX_EPOCHS``         epochs (10^6)
-``MAX_SIZE``           any count (examples, features, widths): 10^9, and the data must fit
+``MAX_SIZE``           any count (examples, features, sizes m): 10^9, and the data must fit
                        ``DATA_BUDGET`` (1 GiB, estimated as rows × columns × bytes per number)
 ``MAX_MAGNITUDE``      any float option (λ, σ, lr, noise): ≤ 10^18, so that squares (σ², λ²) and
                        products with sizes (n·λ, λ·‖w‖²) stay finite, even in float32 (max 3.4·10^38)
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from decaylab.grid import parse_float_grid, parse_int_grid
+from decaylab.grid import merge_duplicates, parse_float_grid, parse_int_grid
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_choice, check_float, check_int, parameter_error
 
@@ -63,12 +63,12 @@ __all__ = [
     "choice",
     "choice_list",
     "diverged_rows",
+    "epochs_int",
     "float_grid",
     "group_by",
     "int_grid",
     "mean_or_nan",
     "mean_over_seeds",
-    "epochs_int",
     "nonneg_float",
     "path_or_empty",
     "positive_float",
@@ -162,18 +162,15 @@ def choice(*choices: str) -> Parser:
 
 
 def choice_list(*choices: str) -> Parser:
-    """A comma-separated list of ``choices`` (order kept, duplicates dropped)."""
+    """A comma-separated list of ``choices`` (order kept, duplicates merged with a :class:`~decaylab.grid.GridNote`)."""
 
     def parse(text: str, name: str, owner: str) -> list[str]:
         tokens = [t.strip() for t in text.split(",")]
         if not text.strip() or any(not t for t in tokens):
             raise parameter_error(name, owner, "a comma-separated list of {" + ", ".join(map(repr, choices)) + "}", text)
-        out: list[str] = []
         for token in tokens:
             check_choice(token, name, owner, choices)
-            if token not in out:
-                out.append(token)
-        return out
+        return merge_duplicates(tokens, name, text)
 
     return parse
 

@@ -182,8 +182,6 @@ class Scaling(Experiment):
     def check(self, opts: dict[str, Any]) -> None:
         check_data_budget({"m": max(opts["m"]), "n_val": opts["n_val"], "features": 2}, self.name, ("m", "n_val"), "features")
         check_model_budget((2, *opts["hidden"], 1), self.name)
-        if len(set(opts["m"])) != len(opts["m"]):
-            raise parameter_error("--m", self.name, "a list of distinct sizes", ",".join(map(str, opts["m"])))
         top = max(
             [l2_coefficient("half", v, 1) for v in opts["lambd_half"]]
             + [l2_coefficient("mean", v, min(opts["m"])) for v in opts["lambd_mean"]]
