@@ -50,7 +50,7 @@ def test_literal_values() -> None:
 
 
 CONTEXT = st.fixed_dictionaries(
-    {"n_samples": st.integers(1, 10**6), "lr": st.floats(1e-6, 10.0)},
+    {"n_samples": st.integers(1, 10**6), "lr": st.floats(1e-6, 10.0), "lr_max": st.floats(1e-6, 10.0)},
     optional={"src_loss": st.sampled_from(["half_mse", "mse"]), "dst_loss": st.sampled_from(["half_mse", "mse"])},
 )
 
@@ -160,8 +160,16 @@ def _decay_part(name: str, value: float, theta: torch.Tensor, lr_now: float, lr0
         opt = torch.optim.SGD([p], lr=lr_now, weight_decay=value)
     elif name == "decoupled_schedule":
         opt = torch.optim.SGD([p], lr=lr0)
-        attach(opt, DecoupledDecay(value, scaled_by="schedule"))
+        attach(opt, DecoupledDecay(value, scaled_by="schedule", lr0=lr0))
         opt.param_groups[0]["lr"] = lr_now  # a schedule moved the learning rate since
+    elif name == "decoupled_fixed":
+        opt = torch.optim.SGD([p], lr=lr_now)
+        attach(opt, DecoupledDecay(value, scaled_by="none"))
+    elif name == "decoupled_corrected":
+        opt = torch.optim.SGD([p], lr=lr_now)
+        attach(opt, DecoupledDecay(value, scaled_by="corrected", lr_max=LR_MAX))
+    elif name == "keras_weight_decay":  # Keras 3 BaseOptimizer._apply_weight_decay: θ ← θ − θ·λ·γ
+        return -theta * value * lr_now
     else:  # optax: u ← u + λθ (add_decayed_weights), then θ ← θ − γu (scale_by_learning_rate)
         assert name == "optax_add_decayed_weights"
         return -lr_now * (0.0 + value * theta)
@@ -170,17 +178,44 @@ def _decay_part(name: str, value: float, theta: torch.Tensor, lr_now: float, lr0
     return (p - theta).detach()
 
 
-def test_every_exact_decoupled_pair_gives_the_same_update() -> None:
+LR_MAX = 0.5
+ONE_RATE = {"decoupled_fixed", "decoupled_corrected"}  # exact at one learning rate (the `lr` given)
+
+
+@pytest.mark.parametrize("constant", [True, False], ids=["constant-lr", "scheduled-lr"])
+def test_every_exact_decoupled_pair_gives_the_same_update(constant: bool) -> None:
     theta = torch.randn(3, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    lr0, lr_now = 0.3, 0.3 * 0.25
+    lr0 = 0.3
+    lr_now = lr0 if constant else 0.3 * 0.25
     names = DECOUPLED + ["torch_sgd"]
+    assert {"keras_weight_decay", "decoupled_fixed", "decoupled_corrected"} <= set(names)
     pairs = [(a, b) for a, b in itertools.product(names, repeat=2) if convertible(a, b)]
     assert len(pairs) == len(names) ** 2
+    if not constant:  # a schedule: γ₀ ≠ γ_t; the one-rate conventions are converted at γ_t, γ₀ is fixed
+        pairs = [(a, b) for a, b in pairs if not ({a, b} & ONE_RATE and {a, b} & {"decoupled_schedule"})]
     for src, dst in pairs:
         v = 0.2
-        v2 = convert(v, src, dst, lr=lr0)
+        lr = lr_now if {src, dst} & ONE_RATE else lr0
+        v2 = convert(v, src, dst, lr=lr, lr_max=LR_MAX)
         torch.testing.assert_close(_decay_part(src, v, theta, lr_now, lr0), _decay_part(dst, v2, theta, lr_now, lr0),
                                    rtol=1e-12, atol=1e-15, msg=f"{src} -> {dst}")
+    # the corrected form decays less than AdamW's λ below γ_max: (γ/γ_max)·λ
+    assert convert(0.2, "decoupled_corrected", "torch_adamw", lr=0.1, lr_max=0.4) == pytest.approx(0.05)
+
+
+def test_losses_on_each_side_and_the_cross_entropies() -> None:
+    # Ng's logistic regression: (1/m)Σ CE + λ/(2m)Σw² is D2L's form with λ/m on the same loss
+    assert convert(1.0, "ng", "d2l", loss="bce", n_samples=50) == pytest.approx(0.02)
+    assert convert(0.02, "d2l", "keras_l2", loss="cross_entropy") == pytest.approx(0.01)  # c·Σw² = λ/2·Σw²
+    assert convert(0.02, "torch_sgd", "d2l", loss="cross_entropy") == pytest.approx(0.02)
+    for src_loss, dst_loss in (("cross_entropy", "mse"), ("mse", "bce"), ("bce", "cross_entropy")):
+        with pytest.raises(InvalidParameterError, match="have different minimizers, so no exact conversion"):
+            convert(0.1, "d2l", "keras_l2", src_loss=src_loss, dst_loss=dst_loss)
+    with pytest.raises(InvalidParameterError, match="have different minimizers"):
+        convert(0.1, "d2l", "sklearn_ridge", n_samples=10, loss="cross_entropy")
+    with pytest.raises(InvalidParameterError, match="no exact conversion from 'cautious' exists"):
+        convert(0.1, "cautious", "torch_adamw")
+    assert convert(0.1, "cautious", "cautious") == 0.1
 
 
 def test_no_exact_conversion_raises_and_says_why() -> None:
@@ -213,7 +248,7 @@ def test_bad_arguments_raise_the_template() -> None:
     with pytest.raises(InvalidParameterError, match=r"^The 'n' parameter of convert must be one of the context"):
         convert(0.1, "d2l", "ng", n=3)
     with pytest.raises(InvalidParameterError, match=r"^The 'loss' parameter of convert must be one of "
-                       r"\{'half_mse', 'mse'\}\. Got 'sse'\.$"):
+                       r"\{'half_mse', 'mse', 'cross_entropy', 'bce'\}\. Got 'sse'\.$"):
         convert(0.1, "d2l", "keras_l2", loss="sse")
     with pytest.raises(InvalidParameterError, match="The 'src_loss' parameter of convert must be None"):
         convert(0.1, "sklearn_ridge", "d2l", n_samples=3, src_loss="mse")

@@ -26,7 +26,10 @@ def test_l2_conventions_by_hand() -> None:
     assert float(l2_penalty(lin, 0.3, "sum")) == pytest.approx(0.3 * sq, rel=1e-14)
     assert float(l2_penalty(lin, 0.3, "half_mean", n_samples=7)) == pytest.approx(0.3 / 14 * sq, rel=1e-14)
     everything = sq + float((lin.bias**2).sum())
-    assert float(l2_penalty(lin.parameters(), 0.3)) == pytest.approx(0.15 * everything, rel=1e-14)
+    assert float(l2_penalty(lin.parameters(), 0.3, policy=DecayPolicy.decay_all())) == pytest.approx(
+        0.15 * everything, rel=1e-14
+    )
+    assert float(l2_penalty(lin.parameters(), 0.3)) == pytest.approx(0.15 * sq, rel=1e-14)  # one default
     policy = DecayPolicy(multipliers={"bias": 2.0}, include="bias")
     assert float(l2_penalty(lin, 0.3, policy=policy)) == pytest.approx(
         0.15 * (sq + 2 * float((lin.bias**2).sum())), rel=1e-14
@@ -53,7 +56,7 @@ def test_half_l2_penalty_is_sgd_weight_decay() -> None:
     for _ in range(3):
         opt_a.zero_grad()
         opt_b.zero_grad()
-        (((a(x) - y) ** 2).mean() + l2_penalty(a.parameters(), 0.3)).backward()  # all tensors, like SGD
+        (((a(x) - y) ** 2).mean() + l2_penalty(a.parameters(), 0.3, policy=DecayPolicy.decay_all())).backward()  # all, like SGD
         ((b(x) - y) ** 2).mean().backward()
         opt_a.step()
         opt_b.step()
@@ -85,9 +88,9 @@ def test_penalties_on_the_half_mean_loss_are_sklearns_objectives(l1_ratio: float
     assert abs(float(b.grad)) < 1e-9  # the intercept is not penalized
     w.grad = None
     if l1_ratio == 1.0:
-        penalty = l1_penalty([w], alpha)
+        penalty = l1_penalty([w], alpha, policy=DecayPolicy.decay_all())  # w is 1-D: named by hand
     else:
-        penalty = elastic_net_penalty([w], alpha, l1_ratio)
+        penalty = elastic_net_penalty([w], alpha, l1_ratio, policy=DecayPolicy.decay_all())
     penalty.backward()  # at w_j != 0: the gradient of the penalty; at 0, torch's subgradient is the L2 part
     zero = est.coef_ == 0
     total = g_smooth + w.grad

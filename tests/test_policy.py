@@ -120,10 +120,11 @@ def test_param_groups_hold_every_trainable_parameter_once_with_its_weight_decay(
     assert "param_names" not in param_groups(net, 0.1, with_names=False)[0]
 
 
-def test_bare_tensors_are_all_decayed_and_named_pairs_follow_the_name_rules() -> None:
+def test_one_default_for_bare_tensors_and_named_pairs() -> None:
     w, b = torch.ones(3, 2), torch.ones(3)
-    assert [e.multiplier for e in decay_plan([w, b])] == [1.0, 1.0]
+    assert [e.multiplier for e in decay_plan([w, b])] == [1.0, 0.0]  # the same default as for a module
     assert [e.multiplier for e in decay_plan([w, b], DecayPolicy())] == [1.0, 0.0]
+    assert [e.multiplier for e in decay_plan([w, b], DecayPolicy.decay_all())] == [1.0, 1.0]
     assert [e.multiplier for e in decay_plan([("w", w), ("layer.bias", torch.ones(2, 2))])] == [1.0, 0.0]
     assert [e.multiplier for e in decay_plan(w)] == [1.0]
 

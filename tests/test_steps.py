@@ -370,7 +370,7 @@ def test_bad_arguments_raise_the_template() -> None:
     with pytest.raises(InvalidParameterError) as info:
         DecoupledDecay(0.1, scaled_by="epoch")  # type: ignore[arg-type]
     assert str(info.value) == (
-        "The 'scaled_by' parameter of DecoupledDecay must be one of {'lr', 'schedule', 'none'}. Got 'epoch'."
+        "The 'scaled_by' parameter of DecoupledDecay must be one of {'lr', 'schedule', 'none', 'corrected'}. Got 'epoch'."
     )
     with pytest.raises(InvalidParameterError) as info:
         MaxNorm(0)

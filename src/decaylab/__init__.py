@@ -28,13 +28,16 @@ _EXPORTS: dict[str, str] = {
     "param_groups": "decaylab.policy",
     "explain": "decaylab.policy",
     "decay_plan": "decaylab.policy",
+    "unwrap": "decaylab.policy",
     # penalties added to the loss
     "l2_penalty": "decaylab.penalties",
     "l1_penalty": "decaylab.penalties",
     "elastic_net_penalty": "decaylab.penalties",
     # steps attached to any torch.optim optimizer
     "attach": "decaylab.steps",
+    "attached": "decaylab.steps",
     "DecoupledDecay": "decaylab.steps",
+    "CautiousDecay": "decaylab.steps",
     "L1Prox": "decaylab.steps",
     "MaxNorm": "decaylab.steps",
     "Step": "decaylab.steps",
@@ -60,6 +63,12 @@ _EXPORTS: dict[str, str] = {
     "ridge_path": "decaylab.closed_form",
     "decay_timescale": "decaylab.closed_form",
     "rotational_equilibrium": "decaylab.closed_form",
+    # what is wrong with a training set-up's weight decay
+    "audit": "decaylab.audit",
+    "Finding": "decaylab.audit",
+    "AuditReport": "decaylab.audit",
+    # λ sweeps over any nn.Module (the module decaylab.sweep is callable: decaylab.sweep(setup, lambd=...))
+    "sweep": "decaylab.sweep",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -69,7 +78,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'decaylab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if module == f"decaylab.{name}" else getattr(imported, name)  # decaylab.sweep: a callable module
     globals()[name] = value
     return value
 
@@ -79,11 +89,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from decaylab.audit import AuditReport, Finding, audit
     from decaylab.closed_form import decay_timescale, ridge, ridge_path, rotational_equilibrium
     from decaylab.conventions import convert
     from decaylab.layers import Dropout, GaussianNoise
     from decaylab.penalties import elastic_net_penalty, l1_penalty, l2_penalty
-    from decaylab.policy import DecayPolicy, explain, param_groups
+    from decaylab.policy import DecayPolicy, explain, param_groups, unwrap
     from decaylab.schedules import (
         ChainedWD,
         ConstantWD,
@@ -95,5 +106,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         WarmupStableDecayWD,
         WDScheduler,
     )
-    from decaylab.steps import DecoupledDecay, L1Prox, MaxNorm, attach
+    from decaylab.steps import CautiousDecay, DecoupledDecay, L1Prox, MaxNorm, attach, attached
+    from decaylab.sweep import sweep
     from decaylab.validation import InvalidParameterError

@@ -2,9 +2,11 @@
 
     decaylab run --list
     decaylab run EXPERIMENT [options]        # e.g. decaylab run d2l-linear --lambd 0:10:64
+    decaylab sweep FILE.py:FUNCTION [options]  # λ sweeps over your own nn.Module
     decaylab resume RUN_ID
     decaylab runs list [--json]
     decaylab runs show RUN_ID [--json]
+    decaylab audit FILE.py:FUNCTION [--json]   # findings about (model, optimizer[, scheduler]) with fixes
 
 Bad input is one line on stderr naming the option, the value and what is allowed, and exit code 2.
 Exit codes: 0 success, 1 a run failed (or finished with failed configurations, or its outputs could not
@@ -473,10 +475,92 @@ def _cmd_runs(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def _load_setup(target: str) -> tuple[Any, ...]:
+    """Import ``FILE.py`` and call ``FUNCTION`` of ``FILE.py:FUNCTION``; return its (model, optimizer[, scheduler])."""
+    import importlib.util
+
+    import torch
+
+    owner = "decaylab audit"
+    path_text, sep, func_name = target.rpartition(":")
+    if not sep or not path_text or not func_name.isidentifier():
+        raise UsageError(str(parameter_error("FILE.py:FUNCTION", owner, "a Python file and a function in it, as FILE.py:FUNCTION", target)))
+    path = Path(path_text)
+    if path.suffix != ".py" or not path.is_file():
+        raise UsageError(str(parameter_error("FILE.py:FUNCTION", owner, "an existing Python file (.py) and a function", target)))
+    spec = importlib.util.spec_from_file_location(f"_decaylab_audit_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise UsageError(str(parameter_error("FILE.py:FUNCTION", owner, "an importable Python file", target)))
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+        func = getattr(module, func_name, None)
+        if not callable(func):
+            raise UsageError(str(parameter_error("FILE.py:FUNCTION", owner, f"a function defined in {path}", target)))
+        result = func()
+    except (UsageError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code failed: one line, exit 2
+        raise UsageError(f"{target} raised {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    if not (isinstance(result, tuple) and len(result) in (2, 3) and isinstance(result[1], torch.optim.Optimizer)):
+        raise UsageError(str(parameter_error("FILE.py:FUNCTION", owner, "a function returning (model, optimizer[, scheduler])", result)))
+    return result
+
+
+def _cmd_audit(argv: list[str]) -> int:
+    from decaylab.audit import audit
+
+    parser = _Parser(prog="decaylab audit", description="Audit the weight decay of a training set-up: calls "
+                     "FUNCTION of FILE.py, which returns (model, optimizer[, scheduler]), and prints each finding "
+                     "with its fix. Exit 0 clean, 1 when an error or warning stands, 2 bad input.")
+    parser.add_argument("target", metavar="FILE.py:FUNCTION")
+    parser.add_argument("--epochs", metavar="N", help="the run's epochs (with --steps-per-epoch: the timescale check)")
+    parser.add_argument("--steps-per-epoch", metavar="N", help="optimizer steps per epoch")
+    parser.add_argument("--dataset-size", metavar="N", help="training examples N (shown with the batch size)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    ns = parser.parse_args(argv)
+    numbers = {key: check_int(getattr(ns, key), "--" + key.replace("_", "-"), "decaylab audit", low=1)
+               for key in ("epochs", "steps_per_epoch", "dataset_size") if getattr(ns, key) is not None}
+    model, optimizer, *rest = _load_setup(ns.target)
+    report = audit(model, optimizer, rest[0] if rest else None, **numbers)
+    print(report.to_json() if ns.json else str(report))
+    return EXIT_OK if report.clean else EXIT_FAILED
+
+
+def _cmd_sweep(argv: list[str]) -> int:
+    """``decaylab sweep FILE.py:FUNCTION [options]``: λ sweeps over the user's own module (:mod:`decaylab.experiments.sweep`)."""
+    from decaylab.experiments import get_experiment
+    from decaylab.experiments.sweep import BOOL_OPTIONS
+
+    exp = get_experiment("sweep")
+    parser = _Parser(
+        prog="decaylab sweep", description=f"{exp.summary}\n\n{exp.description}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("target", metavar="FILE.py:FUNCTION", help="the function that returns the model, data and loss")
+    group = parser.add_argument_group("sweep options (grids: 'a,b,c', 'start:stop:num', 'log:start:stop:num')")
+    for opt in exp.options[1:]:
+        if opt.name in BOOL_OPTIONS:
+            group.add_argument(opt.flag, dest=opt.name, action="store_const", const="true", help=opt.help)
+        else:
+            group.add_argument(opt.flag, dest=opt.name, metavar=opt.metavar, help=f"{opt.help} (default: {opt.default})")
+    common = parser.add_argument_group("run options")
+    common.add_argument("--engine", choices=exp.engines, help=f"how configurations are trained (default: {exp.engines[-1]})")
+    _output_options(common)
+    ns = parser.parse_args(argv)
+    opts, raw, _ = _parse_options(exp, ns)
+    exp.check_engine(opts, ns.engine or exp.engines[-1])
+    raw["select"], raw["target"] = opts["select"], opts["target"]  # as checked: the absolute path, for resume
+    return _run(exp, opts, raw, ns, None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; ``main(["run", "d2l-linear"])`` runs in-process and returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": _cmd_run, "resume": _cmd_resume, "runs": _cmd_runs}
+    commands = {"run": _cmd_run, "resume": _cmd_resume, "runs": _cmd_runs, "sweep": _cmd_sweep, "audit": _cmd_audit}
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.strip())
         return EXIT_OK
@@ -488,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             command = commands.get(args[0])
             if command is None:
                 raise UsageError(
-                    str(parameter_error("COMMAND", "decaylab", "one of {'run', 'resume', 'runs'}", args[0]))
+                    str(parameter_error("COMMAND", "decaylab", "one of {" + ", ".join(map(repr, commands)) + "}", args[0]))
                 )
             return command(args[1:])
     except (UsageError, InvalidParameterError) as exc:

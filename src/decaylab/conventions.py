@@ -8,7 +8,13 @@ each one; :func:`convert` translates a value between two of them when an exact t
 The data loss matters. Write ``s`` for the scale of the data loss relative to ``(1/n)Σ(ŷ−y)²/2``
 (the ``"half_mse"`` loss, ``s = 1``; the plain mean squared error ``"mse"``, as in ``nn.MSELoss`` and
 Keras' ``"mse"``, has ``s = 2``). Conventions whose data loss is a free choice take a default
-(column "loss") that ``loss=`` (both sides), ``src_loss=`` or ``dst_loss=`` override.
+(column "loss") that ``loss=`` (both sides), ``src_loss=`` or ``dst_loss=`` override. The data losses
+are ``"half_mse"``, ``"mse"``, ``"cross_entropy"`` (mean negative log-likelihood, ``nn.CrossEntropyLoss``)
+and ``"bce"`` (``nn.BCEWithLogitsLoss``, Ng's logistic regression); the two cross-entropies have
+``s = 1`` against themselves. Penalties on different data losses (a squared error on one side, a
+cross-entropy on the other, or the two cross-entropies) have different minimizers: :func:`convert`
+raises for them. Ng's λ/(2m) for logistic regression is ``convert(λ, "ng", "d2l", loss="bce",
+n_samples=m)`` = λ/m.
 
 L2 conventions, converted through ``κ``, the ridge strength on the ``half_mse`` data term: the
 objective is proportional to ``(1/n)Σ(ŷ−y)²/2 + κ/2·‖w‖²``, so equal κ means the same minimizer (and
@@ -34,6 +40,16 @@ learning rate γ_t; the data loss plays no part)::
     torch_adamw                 θ ← θ − γ_t·λ·θ          (AdamW(weight_decay=λ))             λ
     optax_add_decayed_weights   u ← u + λθ; θ ← θ − γ_t·u  (optax.adamw)                     λ
     decoupled_schedule          θ ← θ − (γ_t/γ₀)·λ·θ     (Loshchilov & Hutter's η_t·λ)       λ/γ₀ (lr=γ₀)
+    keras_weight_decay          θ ← θ − γ_t·λ·θ          (Keras 3 / TF ≥ 2.11 optimizers'     λ
+                                                         weight_decay=λ, e.g. keras.optimizers.AdamW)
+    decoupled_fixed             θ ← θ − λ·θ              (DecoupledDecay(scaled_by="none"))    λ/γ (lr=γ)
+    decoupled_corrected         θ ← θ − (γ_t²/γ_max)·λ·θ  (timm adamc, scaled_by="corrected")   λ·γ/γ_max (lr=γ,
+                                                                                               lr_max=γ_max)
+
+``decoupled_fixed`` and ``decoupled_corrected`` equal AdamW's λ at one learning rate γ only (``lr``):
+exact under a constant learning rate, and step by step otherwise (AdamW's λ would have to follow the
+schedule). ``cautious`` (:class:`~decaylab.CautiousDecay`: decay only where the update and θ agree in
+sign, Chen et al. 2025) converts to nothing but itself: its mask changes with the data at every step.
 
 Between families: plain SGD without momentum makes coupled and decoupled decay the same update,
 ``θ − γ(∇L + λθ) = θ − γλθ − γ∇L``, so ``torch_sgd`` λ = ``torch_adamw`` λ exactly. No other bridge is
@@ -53,10 +69,12 @@ from decaylab.validation import check_choice, check_float, check_int, parameter_
 
 __all__ = ["CONVENTIONS", "LOSSES", "Convention", "convert", "convertible"]
 
-Family = Literal["l2", "l1", "decoupled"]
+Family = Literal["l2", "l1", "decoupled", "cautious"]
 
-LOSSES: dict[str, float] = {"half_mse": 1.0, "mse": 2.0}
-"""Data losses and their scale ``s`` relative to ``(1/n)Σ(ŷ−y)²/2``."""
+LOSSES: dict[str, float] = {"half_mse": 1.0, "mse": 2.0, "cross_entropy": 1.0, "bce": 1.0}
+"""Data losses and their scale ``s`` relative to ``(1/n)Σ(ŷ−y)²/2`` (the cross-entropies: to themselves)."""
+_LOSS_KIND: dict[str, str] = {"half_mse": "squared error", "mse": "squared error",
+                              "cross_entropy": "cross-entropy", "bce": "binary cross-entropy"}
 
 
 @dataclass(frozen=True)
@@ -107,11 +125,23 @@ CONVENTIONS: dict[str, Convention] = {
         Convention("decoupled_schedule", "decoupled", "θ ← θ − (γ_t/γ₀)·λ·θ, then the update", None, ("lr",),
                    "Loshchilov & Hutter 2019 (η_t·λ); DecoupledDecay(λ, scaled_by='schedule'); lr = γ₀",
                    lambda ctx, s: 1 / float(ctx["lr"])),
+        Convention("keras_weight_decay", "decoupled", "θ ← θ − γ_t·λ·θ, then the update", None, (),
+                   "Keras 3 / tf.keras ≥ 2.11 optimizers' weight_decay=λ (e.g. keras.optimizers.AdamW)",
+                   lambda ctx, s: 1.0),
+        Convention("decoupled_fixed", "decoupled", "θ ← θ − λ·θ, then the update (not × lr)", None, ("lr",),
+                   "DecoupledDecay(λ, scaled_by='none'); lr = the learning rate γ", lambda ctx, s: 1 / float(ctx["lr"])),
+        Convention("decoupled_corrected", "decoupled", "θ ← θ − (γ_t²/γ_max)·λ·θ, then the update", None,
+                   ("lr", "lr_max"),
+                   "Defazio et al. 2025; timm adamc (corrected_weight_decay=True); DecoupledDecay(λ, "
+                   "scaled_by='corrected'); lr = γ_t, lr_max = γ_max",
+                   lambda ctx, s: float(ctx["lr"]) / float(ctx["lr_max"])),
+        Convention("cautious", "cautious", "θ ← θ − γ_t·λ·𝟙[u·θ ≥ 0]·θ after the update u", None, (),
+                   "Chen et al. 2025 (arXiv 2510.12402); decaylab.CautiousDecay(λ)", lambda ctx, s: 1.0),
     ]
 }
 """Every named convention (see the module docstring for the table and the conversion formulas)."""
 
-_CONTEXT = ("n_samples", "lr", "loss", "src_loss", "dst_loss")
+_CONTEXT = ("n_samples", "lr", "lr_max", "loss", "src_loss", "dst_loss")
 
 
 def convertible(src: str, dst: str) -> bool:
@@ -125,6 +155,9 @@ def _refusal(src: str, dst: str) -> str | None:
         return None
     pair = {a.name, b.name}
     families = {a.family, b.family}
+    if "cautious" in families:
+        return ("cautious decay acts only where the optimizer's update and θ agree in sign, a mask that changes "
+                "with the data at every step: no value of another convention gives the same update")
     if "l1" in families:
         l1, other = (a, b) if a.family == "l1" else (b, a)
         kind = "an L2 penalty (Σw²)" if other.family == "l2" else "decoupled decay (θ ← θ − γλθ)"
@@ -142,17 +175,23 @@ def _refusal(src: str, dst: str) -> str | None:
             "without momentum; if that is your optimizer, convert to 'torch_sgd' first")
 
 
-def _loss_scale(conv: Convention, side: str, ctx: dict[str, Any]) -> float:
+def _loss(conv: Convention, side: str, ctx: dict[str, Any]) -> str | None:
+    """The data loss of one side (``None`` for decoupled conventions; a fixed one is the squared error)."""
     own = ctx.get(f"{side}_loss")
-    if conv.family == "decoupled":
-        return 1.0
-    if conv.loss is None:  # the convention fixes its data term
+    if conv.family in ("decoupled", "cautious"):
+        return None
+    if conv.loss is None:  # the convention fixes its data term (a squared error)
         if own is not None:
             raise parameter_error(f"{side}_loss", "convert", f"None for {conv.name!r}, whose data term is fixed", own)
-        return 1.0
+        return "half_mse"
     name = own if own is not None else ctx.get("loss") or conv.loss
     check_choice(name, f"{side}_loss" if own is not None else "loss", "convert", tuple(LOSSES))
-    return LOSSES[name]
+    return str(name)
+
+
+def _loss_scale(conv: Convention, side: str, ctx: dict[str, Any]) -> float:
+    name = _loss(conv, side, ctx)
+    return 1.0 if name is None else LOSSES[name]
 
 
 def _check_needs(conv: Convention, ctx: dict[str, Any]) -> None:
@@ -173,13 +212,16 @@ def convert(value: float, src: str, dst: str, **context: Any) -> float:
         value: λ (or c, α) ≥ 0 in the ``src`` convention.
         src, dst: convention names (keys of :data:`CONVENTIONS`).
         **context: ``n_samples`` (n or m; needed by ``sklearn_ridge`` and ``ng``), ``lr`` (the base
-            learning rate γ₀; needed by ``decoupled_schedule``), ``loss`` (the data loss of both sides,
-            ``"half_mse"`` = (1/n)Σ(ŷ−y)²/2 or ``"mse"`` = (1/n)Σ(ŷ−y)², overriding the defaults),
-            ``src_loss`` / ``dst_loss`` (one side only).
+            learning rate γ₀ for ``decoupled_schedule``; the learning rate γ of the step(s) for
+            ``decoupled_fixed`` and ``decoupled_corrected``), ``lr_max`` (γ_max of
+            ``decoupled_corrected``), ``loss`` (the data loss of both sides: ``"half_mse"`` =
+            (1/n)Σ(ŷ−y)²/2, ``"mse"`` = (1/n)Σ(ŷ−y)², ``"cross_entropy"``, ``"bce"``, overriding the
+            defaults), ``src_loss`` / ``dst_loss`` (one side only).
 
     Raises:
         InvalidParameterError: unknown convention or context, missing context, or no exact conversion
-            (L1 ↔ L2, ``torch_adam_l2`` ↔ decoupled, other L2 ↔ decoupled).
+            (L1 ↔ L2, ``torch_adam_l2`` ↔ decoupled, other L2 ↔ decoupled, ``cautious`` ↔ any other,
+            penalties on different kinds of data loss).
 
     Examples::
 
@@ -198,8 +240,9 @@ def convert(value: float, src: str, dst: str, **context: Any) -> float:
     ctx = dict(context)
     if ctx.get("n_samples") is not None:
         ctx["n_samples"] = check_int(ctx["n_samples"], "n_samples", "convert", low=1)
-    if ctx.get("lr") is not None:
-        ctx["lr"] = check_float(ctx["lr"], "lr", "convert", low=0.0, low_open=True)
+    for key in ("lr", "lr_max"):
+        if ctx.get(key) is not None:
+            ctx[key] = check_float(ctx[key], key, "convert", low=0.0, low_open=True)
     reason = _refusal(src, dst)
     if reason is not None:
         options = [n for n in CONVENTIONS if convertible(src, n)]
@@ -211,6 +254,15 @@ def convert(value: float, src: str, dst: str, **context: Any) -> float:
     a, b = CONVENTIONS[src], CONVENTIONS[dst]
     _check_needs(a, ctx)
     _check_needs(b, ctx)
+    src_loss, dst_loss = _loss(a, "src", ctx), _loss(b, "dst", ctx)
+    if src_loss is not None and dst_loss is not None and _LOSS_KIND[src_loss] != _LOSS_KIND[dst_loss]:
+        raise parameter_error(
+            "dst_loss", "convert",
+            f"a data loss of the kind of the source's ({_LOSS_KIND[src_loss]}, {src_loss!r}): a penalty on a "
+            f"{_LOSS_KIND[src_loss]} and one on a {_LOSS_KIND[dst_loss]} have different minimizers, so no exact "
+            "conversion exists",
+            dst_loss,
+        )
     canonical = number * a._factor(ctx, _loss_scale(a, "src", ctx))
     if a.family != b.family:
         # torch_sgd <-> decoupled under plain SGD: SGD's coupled λ equals AdamW's λ (both times γ_t)

@@ -2,10 +2,11 @@
 
 Each function returns a scalar tensor to add to the data loss; its gradient is the coupled decay
 (``g ← g + ∂penalty/∂w``). The tensors it sums over, and their multipliers ``m``, come from the
-decay policy (:func:`decaylab.policy.decay_plan`): for a module, ``policy=None`` is the default
-:class:`~decaylab.DecayPolicy` (biases, 1-D tensors and norm layers excluded); a bare iterable of
-tensors means "these tensors, all decayed". In the formulas below ``Σ`` runs over the decayed tensors
-``w`` and their entries, each tensor weighted by its multiplier ``m``.
+decay policy (:func:`decaylab.policy.decay_plan`): ``policy=None`` is the default
+:class:`~decaylab.DecayPolicy` for a module, named tensors and bare tensors alike (biases, 1-D tensors
+and norm layers excluded); pass ``policy=DecayPolicy.decay_all()`` to penalize every tensor given.
+In the formulas below ``Σ`` runs over the decayed tensors ``w`` and their entries, each tensor
+weighted by its multiplier ``m``.
 
 How the data term is normalized decides what λ means; the matching scikit-learn and framework values
 are listed in :mod:`decaylab.conventions` (``decaylab.convert``).

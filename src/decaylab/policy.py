@@ -4,28 +4,51 @@ The rule in one sentence: *every trainable tensor with two or more dimensions de
 normalization layers and those the model or the user excludes by name; biases and 1-D tensors do not.*
 
 :class:`DecayPolicy` holds the rules, :func:`decay_plan` applies them to a model (or to tensors) and
-returns one ``(name, param, multiplier, reason)`` entry per tensor; a multiplier of 0 means "not
+returns one ``(name, param, multiplier, reason, aliases)`` entry per tensor; a multiplier of 0 means "not
 decayed", any other value multiplies λ. :func:`param_groups` turns the plan into plain ``torch.optim``
 parameter groups, :func:`explain` into a table a person can read. The penalties
 (:mod:`decaylab.penalties`) and the optimizer steps (:mod:`decaylab.steps`) ask :func:`decay_plan` too,
 so a bias the policy excludes receives no decay from any of them.
 
-Rules, the first that matches decides (``name`` is the dotted name from ``model.named_parameters()``):
+Rules, the first that matches decides (``name`` is the dotted name from ``model.named_parameters()``,
+taken relative to the wrappers below):
 
 1. frozen (``requires_grad=False``, parameters of a module only): skipped entirely;
 2. ``exclude`` glob patterns: not decayed;
 3. ``include`` glob patterns: decayed (they beat rules 4-8);
-4. the model's ``no_weight_decay()`` (also of any submodule, names relative to it; exact names,
-   glob patterns or module prefixes, as in timm): not decayed;
+4. what the model declares (timm's and Mamba's conventions): the tensor attribute
+   ``p._no_weight_decay = True``; ``no_weight_decay()`` of the model or any submodule (names relative to
+   that submodule: exact names, glob patterns or module prefixes); ``no_weight_decay_keywords()`` of the
+   model or any submodule (a keyword anywhere in the name relative to it, as timm's Swin): not decayed;
 5. ``exclude_norm``: parameters of normalization layers (BatchNorm, LayerNorm, GroupNorm,
    InstanceNorm, RMSNorm, and any module whose class name ends in ``Norm`` or ``Norm1d/2d/3d``);
 6. ``exclude_embeddings``: weights of ``nn.Embedding`` / ``nn.EmbeddingBag``;
-7. ``exclude_bias``: parameters whose last name component ends in ``bias``;
+7. ``exclude_bias``: biases in all the forms PyTorch names them: the last name component is ``bias``
+   or has ``bias`` as one of its ``_``-separated words (``bias_ih_l0``, ``bias_hh_l0_reverse`` of
+   ``nn.LSTM``, ``in_proj_bias``, ``bias_k``/``bias_v`` of ``nn.MultiheadAttention(add_bias_kv=True)``);
 8. ``exclude_1d``: tensors with fewer than two dimensions;
 9. otherwise decayed, with the multiplier of the first ``multipliers`` pattern that matches (else 1).
 
-Rules 5, 6 and 4 need the modules, so they apply when a model is given; for ``(name, tensor)`` pairs
-only the name and shape rules apply; for bare tensors, only the shape rule.
+**Tied parameters** (one ``Parameter`` registered under several names, e.g. an LM head sharing the
+embedding's weight) are decided once, whatever the registration order: a rule holds if it holds for
+any of the names or owning modules (a pattern naming any alias applies, an embedding tied to a
+``Linear`` head is an embedding). The entry carries every name in ``aliases``.
+
+**Wrappers.** Names are relative to ``torch.compile`` (``_orig_mod.``), DDP / ``DataParallel`` and any
+module whose only child is ``module`` and which has no parameter of its own (``module.``), and FSDP /
+activation checkpointing (``_fsdp_wrapped_module.``, ``_checkpoint_wrapped_module.``, anywhere in the
+name). Patterns may use the relative or the full name.
+
+**One default for every input.** ``policy=None`` is :class:`DecayPolicy()` for a module, for
+``(name, tensor)`` pairs and for bare tensors alike. Without a module, rules 5, 6 and the
+``no_weight_decay*()`` methods cannot be decided: the default's shape rule still excludes every norm
+weight and bias (they are 1-D), and a policy that needs them (``exclude_embeddings=True``, or
+``exclude_norm=True`` with ``exclude_1d=False``) raises. Bare tensors have no names either: a policy
+with patterns, or ``exclude_bias=True`` with ``exclude_1d=False``, raises for them. Pass
+:meth:`DecayPolicy.decay_all` to decay every tensor given.
+
+Errors: a pattern of ``include``, ``exclude`` or ``multipliers`` that matches no parameter name raises
+:class:`~decaylab.InvalidParameterError` naming it (a typo must not silently decay or spare anything).
 """
 
 from __future__ import annotations
@@ -34,7 +57,7 @@ import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -48,7 +71,9 @@ __all__ = [
     "PlanEntry",
     "decay_plan",
     "explain",
+    "is_bias_name",
     "param_groups",
+    "unwrap",
 ]
 
 ModelOrParams = nn.Module | torch.Tensor | Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
@@ -66,12 +91,52 @@ _NORM_TYPES: tuple[type, ...] = tuple(
 )
 _NORM_NAME = re.compile(r"Norm(\d[dD])?$")
 _EMBEDDING_TYPES: tuple[type, ...] = (nn.Embedding, nn.EmbeddingBag)
+# name components that wrappers insert anywhere in a name (torch.compile, FSDP, activation checkpointing)
+_WRAPPER_PARTS = re.compile(r"(?:^|(?<=\.))(?:_orig_mod|_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
+_ROOT_WRAPPER_CHILDREN = ("_orig_mod", "module")
 
 
 def _is_norm(module: nn.Module | None) -> bool:
     return module is not None and (
         isinstance(module, _NORM_TYPES) or bool(_NORM_NAME.search(type(module).__name__))
     )
+
+
+def is_bias_name(name: str) -> bool:
+    """Whether a parameter name is a bias: its last component is ``bias`` or has ``bias`` as a ``_`` word.
+
+    ``fc.bias``, ``bias_ih_l0``, ``bias_hh_l0_reverse``, ``in_proj_bias``, ``bias_k`` are biases;
+    ``fc.weight`` and ``biased_proj`` (a word containing "bias") are not.
+    """
+    last = name.rsplit(".", 1)[-1]
+    return "bias" in last.split("_")
+
+
+def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module inside ``torch.compile`` / DDP-like wrappers, and the name prefix they add.
+
+    A wrapper is a module with no parameter of its own whose only child is ``_orig_mod``
+    (``torch.compile``'s ``OptimizedModule``) or ``module`` (``DistributedDataParallel``,
+    ``DataParallel``, and hand-made wrappers of that shape). Wrappers nest.
+    """
+    prefix = ""
+    while True:
+        children = list(model.named_children())
+        if (
+            len(children) == 1
+            and children[0][0] in _ROOT_WRAPPER_CHILDREN
+            and next(model.named_parameters(recurse=False), None) is None
+        ):
+            prefix += children[0][0] + "."
+            model = children[0][1]
+        else:
+            return model, prefix
+
+
+def _relative(name: str, prefix: str) -> str:
+    if prefix and name.startswith(prefix):
+        name = name[len(prefix):]
+    return _WRAPPER_PARTS.sub("", name)
 
 
 def _patterns(value: Any, name: str) -> tuple[str, ...]:
@@ -98,14 +163,18 @@ class DecayPolicy:
 
     Args:
         exclude_1d: tensors with fewer than two dimensions are not decayed.
-        exclude_bias: parameters named ``*bias`` (last name component) are not decayed.
+        exclude_bias: biases (see :func:`is_bias_name`) are not decayed.
         exclude_norm: parameters of normalization layers are not decayed.
         exclude_embeddings: weights of ``nn.Embedding`` / ``nn.EmbeddingBag`` are not decayed.
         include: glob patterns (``fnmatch``, on the dotted name) of parameters that always decay.
         exclude: glob patterns of parameters that never decay (beats ``include``).
         multipliers: ``{pattern: m}``; a decayed parameter gets the ``m`` of the first pattern that
             matches its name (else 1). ``m = 0`` excludes it.
-        use_model_no_weight_decay: honour ``no_weight_decay()`` of the model and its submodules.
+        use_model_no_weight_decay: honour what the model declares: ``no_weight_decay()``,
+            ``no_weight_decay_keywords()`` (of the model and its submodules) and ``p._no_weight_decay``.
+
+    Every pattern must match at least one parameter name when the policy is applied, or
+    :func:`decay_plan` raises :class:`~decaylab.InvalidParameterError` naming it.
 
     Example::
 
@@ -151,102 +220,160 @@ class DecayPolicy:
             use_model_no_weight_decay=False,
         )
 
+    def _pairs(self) -> tuple[tuple[str, float], ...]:
+        """``multipliers`` as the ``(pattern, m)`` pairs ``__post_init__`` made of it."""
+        return cast(tuple[tuple[str, float], ...], self.multipliers)
+
+    def _pattern_sets(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [("exclude", cast(tuple[str, ...], self.exclude)), ("include", cast(tuple[str, ...], self.include)),
+                ("multipliers", tuple(p for p, _ in self._pairs()))]
+
 
 class PlanEntry(NamedTuple):
-    """One tensor of a decay plan: its name (``""`` if unknown), the tensor, λ's multiplier, and why."""
+    """One tensor of a decay plan: its name (``""`` if unknown), the tensor, λ's multiplier, why, its other names."""
 
     name: str
     param: torch.Tensor
     multiplier: float
     reason: str
+    aliases: tuple[str, ...] = ()
 
     @property
     def decayed(self) -> bool:
         return self.multiplier > 0
 
 
-def _first_match(name: str, patterns: Iterable[str]) -> str | None:
+@dataclass
+class _Item:
+    """A tensor to classify: its names (relative, first = primary), full names, owning modules."""
+
+    names: list[str]
+    full: list[str]
+    param: torch.Tensor
+    owners: list[nn.Module]
+
+
+def _first_match(names: Iterable[str], patterns: Iterable[str]) -> str | None:
+    names = list(names)
     for pattern in patterns:
-        if fnmatch.fnmatchcase(name, pattern):
+        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
             return pattern
     return None
 
 
-def _model_no_weight_decay(model: nn.Module) -> list[tuple[str, str]]:
-    """``(prefix, entry)`` for every entry of every ``no_weight_decay()`` in the module tree."""
-    found: list[tuple[str, str]] = []
+@dataclass
+class _Declared:
+    """What a model declares: ``(prefix, entry)`` of ``no_weight_decay()`` and of ``*_keywords()``."""
+
+    names: list[tuple[str, str]] = field(default_factory=list)
+    keywords: list[tuple[str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.keywords)
+
+
+def _declared(model: nn.Module, root_prefix: str) -> _Declared:
+    out = _Declared()
     for prefix, module in model.named_modules():
-        method = getattr(module, "no_weight_decay", None)
-        if callable(method):
+        prefix = _relative(prefix + "." if prefix else "", root_prefix).rstrip(".")
+        for method_name, sink in (("no_weight_decay", out.names), ("no_weight_decay_keywords", out.keywords)):
+            method = getattr(module, method_name, None)
+            if not callable(method):
+                continue
             for entry in method():
                 if not isinstance(entry, str):
-                    raise parameter_error(
-                        "no_weight_decay", type(module).__name__, "a method returning parameter names", entry
-                    )
-                found.append((prefix, entry))
-    return found
+                    raise parameter_error(method_name, type(module).__name__, "a method returning parameter names", entry)
+                sink.append((prefix, entry))
+    return out
 
 
-def _in_no_weight_decay(name: str, declared: list[tuple[str, str]]) -> str | None:
-    for prefix, entry in declared:
+def _model_declares(names: list[str], declared: _Declared) -> str | None:
+    for prefix, entry in declared.names:
         full = f"{prefix}.{entry}" if prefix else entry
-        if name == full or name.startswith(full + ".") or fnmatch.fnmatchcase(name, full):
-            return full
+        for name in names:
+            if name == full or name.startswith(full + ".") or fnmatch.fnmatchcase(name, full):
+                return f"no_weight_decay() lists {full!r}"
+    for prefix, keyword in declared.keywords:
+        for name in names:
+            if prefix and not name.startswith(prefix + "."):
+                continue
+            rest = name[len(prefix) + 1:] if prefix else name
+            if keyword in rest:
+                where = f" of {prefix!r}" if prefix else ""
+                return f"no_weight_decay_keywords(){where} lists {keyword!r}"
     return None
 
 
-def _classify(
-    name: str,
-    param: torch.Tensor,
-    module: nn.Module | None,
-    policy: DecayPolicy,
-    declared: list[tuple[str, str]],
-) -> tuple[float, str]:
+def _classify(item: _Item, policy: DecayPolicy, declared: _Declared) -> tuple[float, str]:
     """The multiplier and the reason for one tensor under ``policy`` (rules 2-9 of the module docstring)."""
-    pattern = _first_match(name, policy.exclude) if name else None
+    names = [n for n in (*item.names, *item.full) if n]
+    param = item.param
+    pattern = _first_match(names, policy.exclude)
     if pattern is not None:
         return 0.0, f"excluded by pattern {pattern!r}"
-    pattern = _first_match(name, policy.include) if name else None
+    pattern = _first_match(names, policy.include)
     if pattern is not None:
         base = f"included by pattern {pattern!r}"
     else:
-        hit = _in_no_weight_decay(name, declared) if (name and declared) else None
-        if hit is not None:
-            return 0.0, f"no_weight_decay() lists {hit!r}"
-        if policy.exclude_norm and _is_norm(module):
-            return 0.0, f"norm layer ({type(module).__name__})"
-        if policy.exclude_embeddings and isinstance(module, _EMBEDDING_TYPES):
-            return 0.0, f"embedding ({type(module).__name__})"
-        if policy.exclude_bias and name.rsplit(".", 1)[-1].endswith("bias"):
+        if policy.use_model_no_weight_decay:
+            if getattr(param, "_no_weight_decay", False):
+                return 0.0, "marked _no_weight_decay"
+            hit = _model_declares(item.names, declared) if declared else None
+            if hit is not None:
+                return 0.0, hit
+        if policy.exclude_norm:
+            norm = next((m for m in item.owners if _is_norm(m)), None)
+            if norm is not None:
+                return 0.0, f"norm layer ({type(norm).__name__})"
+        if policy.exclude_embeddings:
+            emb = next((m for m in item.owners if isinstance(m, _EMBEDDING_TYPES)), None)
+            if emb is not None:
+                return 0.0, f"embedding ({type(emb).__name__})"
+        if policy.exclude_bias and any(is_bias_name(n) for n in item.names if n):
             return 0.0, "bias"
         if policy.exclude_1d and param.dim() < 2:
             return 0.0, f"{param.dim()}-D tensor"
         base = "decayed"
-    pattern = _first_match(name, (p for p, _ in policy.multipliers)) if name else None
+    pattern = _first_match(names, (p for p, _ in policy._pairs()))
     if pattern is None:
         return 1.0, base
-    multiplier = dict(policy.multipliers)[pattern]
+    multiplier = dict(policy._pairs())[pattern]
     if multiplier == 0:
         return 0.0, f"multiplier 0 (pattern {pattern!r})"
     return multiplier, f"{base}, ×{multiplier:g} (pattern {pattern!r})"
 
 
-def _items(model_or_params: Any, owner: str) -> tuple[list[tuple[str, torch.Tensor, nn.Module | None]], bool, bool]:
-    """``([(name, tensor, owning module)], from_module, named)`` for any accepted input."""
+def _module_items(model: nn.Module) -> tuple[list[_Item], str]:
+    _, prefix = unwrap(model)
+    owners: dict[int, list[nn.Module]] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        for _, p in module.named_parameters(recurse=False):
+            bucket = owners.setdefault(id(p), [])
+            if not any(m is module for m in bucket):
+                bucket.append(module)
+    items: dict[int, _Item] = {}
+    for full, p in model.named_parameters(remove_duplicate=False):
+        item = items.get(id(p))
+        if item is None:
+            items[id(p)] = _Item([_relative(full, prefix)], [full], p, owners.get(id(p), []))
+        else:
+            item.names.append(_relative(full, prefix))
+            item.full.append(full)
+    return list(items.values()), prefix
+
+
+def _items(model_or_params: Any, owner: str) -> tuple[list[_Item], bool, bool, str]:
+    """``(items, from_module, named, wrapper prefix)`` for any accepted input."""
     allowed = "an nn.Module, a tensor, or an iterable of tensors or (name, tensor) pairs"
     if isinstance(model_or_params, nn.Module):
-        owners: dict[int, nn.Module] = {}
-        for _, module in model_or_params.named_modules():
-            for _, p in module.named_parameters(recurse=False):
-                owners.setdefault(id(p), module)
-        return [(n, p, owners.get(id(p))) for n, p in model_or_params.named_parameters()], True, True
+        items, prefix = _module_items(model_or_params)
+        return items, True, True, prefix
     if isinstance(model_or_params, torch.Tensor):
-        return [("", model_or_params, None)], False, False
+        return [_Item([""], [""], model_or_params, [])], False, False, ""
     if isinstance(model_or_params, str | bytes | Mapping) or not isinstance(model_or_params, Iterable):
         raise parameter_error("model_or_params", owner, allowed, model_or_params)
-    items: list[tuple[str, torch.Tensor, nn.Module | None]] = []
+    by_id: dict[int, _Item] = {}
     named = False
-    seen: set[int] = set()
     for item in model_or_params:
         if isinstance(item, torch.Tensor):
             name, tensor = "", item
@@ -255,10 +382,54 @@ def _items(model_or_params: Any, owner: str) -> tuple[list[tuple[str, torch.Tens
             named = True
         else:
             raise parameter_error("model_or_params", owner, allowed, item)
-        if id(tensor) not in seen:
-            seen.add(id(tensor))
-            items.append((name, tensor, None))
-    return items, False, named
+        found = by_id.get(id(tensor))
+        if found is None:
+            by_id[id(tensor)] = _Item([name], [name], tensor, [])
+        elif name and name not in found.full:
+            found.names.append(name)
+            found.full.append(name)
+    items = list(by_id.values())
+    prefix = ""
+    full_names = [n for it in items for n in it.full if n]
+    if full_names and all(n.startswith("module.") for n in full_names):  # DDP's names
+        prefix = "module."
+    for it in items:
+        it.names = [_relative(n, prefix) for n in it.full]
+    return items, False, named, prefix
+
+
+def _check_decidable(policy: DecayPolicy, from_module: bool, named: bool, owner: str) -> None:
+    """Raise for a rule the input cannot decide (no modules, or no names)."""
+    if from_module:
+        return
+    what = "(name, tensor) pairs" if named else "bare tensors"
+    if policy.exclude_embeddings:
+        raise parameter_error("policy", owner, f"a policy without exclude_embeddings=True for {what} (which "
+                              "tensors are embeddings needs the model: pass the module)", policy)
+    if policy.exclude_norm and not policy.exclude_1d:
+        raise parameter_error("policy", owner, f"a policy with exclude_1d=True or exclude_norm=False for {what} "
+                              "(which tensors belong to norm layers needs the model: pass the module)", policy)
+    if not named:
+        if any(patterns for _, patterns in policy._pattern_sets()):
+            raise parameter_error("policy", owner, "a policy without patterns for bare tensors (patterns need "
+                                  "names: pass the module or (name, tensor) pairs)", policy)
+        if policy.exclude_bias and not policy.exclude_1d:
+            raise parameter_error("policy", owner, "a policy with exclude_1d=True or exclude_bias=False for bare "
+                                  "tensors (which tensors are biases needs names: pass the module or "
+                                  "(name, tensor) pairs)", policy)
+
+
+def _check_patterns(items: list[_Item], policy: DecayPolicy, owner: str) -> None:
+    names = [n for it in items for n in (*it.names, *it.full) if n]
+    for field_name, patterns in policy._pattern_sets():
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                shown = ", ".join(repr(n) for n in list(dict.fromkeys(it.names[0] for it in items))[:4])
+                raise parameter_error(
+                    field_name, owner,
+                    f"glob patterns that each match a parameter name (the names look like {shown}, ...)",
+                    pattern,
+                )
 
 
 def decay_plan(
@@ -267,39 +438,54 @@ def decay_plan(
     *,
     include_frozen: bool = False,
     owner: str = "decay_plan",
+    classify_frozen: bool = False,
+    check_patterns: bool = True,
 ) -> list[PlanEntry]:
     """Apply ``policy`` to every tensor: THE mechanism behind penalties, decay steps and parameter groups.
 
     Args:
         model_or_params: an ``nn.Module`` (all rules apply), ``(name, tensor)`` pairs such as
             ``model.named_parameters()`` (name and shape rules), or tensors (shape rule only).
-        policy: the rules; ``None`` means :class:`DecayPolicy()` for a module or named pairs and
-            :meth:`DecayPolicy.decay_all` for bare tensors ("these tensors, all decayed").
+        policy: the rules; ``None`` means :class:`DecayPolicy()` for every kind of input.
         include_frozen: also list a module's frozen parameters (multiplier 0, reason "frozen").
         owner: the name used in error messages.
+        classify_frozen: give a module's frozen parameters the multiplier they would have if trainable
+            (what the attached steps use, since they decide at each step from ``p.grad``).
+        check_patterns: raise for a pattern that matches no name (off only for a part of a model).
 
     Returns:
-        One :class:`PlanEntry` ``(name, param, multiplier, reason)`` per tensor, in the order of
-        ``named_parameters()`` (shared tensors once); ``multiplier == 0`` means not decayed.
+        One :class:`PlanEntry` ``(name, param, multiplier, reason, aliases)`` per tensor, in the order of
+        ``named_parameters()`` (a tied tensor once, under its first name; ``aliases`` holds the others);
+        ``multiplier == 0`` means not decayed.
+
+    Raises:
+        InvalidParameterError: bad input; a pattern that matches no parameter; a rule that cannot be
+            decided for this kind of input (see the module docstring).
     """
     if policy is not None and not isinstance(policy, DecayPolicy):
         raise parameter_error("policy", owner, "a DecayPolicy or None", policy)
-    items, from_module, named = _items(model_or_params, owner)
+    items, from_module, named, prefix = _items(model_or_params, owner)
     if policy is None:
-        policy = DecayPolicy() if (from_module or named) else DecayPolicy.decay_all()
+        policy = DecayPolicy()
+    _check_decidable(policy, from_module, named, owner)
+    if check_patterns:
+        _check_patterns(items, policy, owner)
     declared = (
-        _model_no_weight_decay(model_or_params)
+        _declared(model_or_params, prefix)  # type: ignore[arg-type]
         if (from_module and policy.use_model_no_weight_decay)
-        else []
+        else _Declared()
     )
     plan: list[PlanEntry] = []
-    for name, param, module in items:
-        if from_module and not param.requires_grad:
+    for item in items:
+        aliases = tuple(item.names[1:])
+        if from_module and not item.param.requires_grad and not classify_frozen:
             if include_frozen:
-                plan.append(PlanEntry(name, param, 0.0, "frozen (skipped)"))
+                plan.append(PlanEntry(item.names[0], item.param, 0.0, "frozen (skipped)", aliases))
             continue
-        multiplier, reason = _classify(name, param, module, policy, declared)
-        plan.append(PlanEntry(name, param, multiplier, reason))
+        multiplier, reason = _classify(item, policy, declared)
+        if aliases:
+            reason += f"; tied with {', '.join(repr(a) for a in aliases)}"
+        plan.append(PlanEntry(item.names[0], item.param, multiplier, reason, aliases))
     return plan
 
 
@@ -354,6 +540,7 @@ class ExplainRow:
     multiplier: float
     weight_decay: float | None
     reason: str
+    aliases: tuple[str, ...] = ()
 
     @property
     def decayed(self) -> bool:
@@ -386,7 +573,8 @@ class DecayTable(list[ExplainRow]):
         header = ["parameter", "shape", "count", "mult"] + (["λ"] if with_wd else []) + ["reason"]
         body = []
         for row in self:
-            cells = [row.name or "<tensor>", "×".join(map(str, row.shape)) or "scalar", f"{row.count:,}",
+            name = " = ".join([row.name or "<tensor>", *row.aliases])  # a tied tensor: every name
+            cells = [name, "×".join(map(str, row.shape)) or "scalar", f"{row.count:,}",
                      "-" if row.frozen else _fmt(row.multiplier)]
             if with_wd:
                 cells.append("-" if row.frozen or row.weight_decay is None else _fmt(row.weight_decay))
@@ -433,7 +621,7 @@ class DecayTable(list[ExplainRow]):
 
 
 def explain(
-    model: ModelOrParams,
+    model: ModelOrParams | torch.optim.Optimizer,
     policy: DecayPolicy | None = None,
     weight_decay: float | None = None,
 ) -> DecayTable:
@@ -441,8 +629,18 @@ def explain(
 
     ``print(explain(model))`` prints an aligned table and nanoGPT's totals; in a ``rich`` console the
     table renders as a rich table. With ``weight_decay`` the λ column shows ``m·weight_decay``.
-    Frozen parameters are listed (and counted) but marked as skipped.
+    Frozen parameters are listed (and counted) but marked as skipped. A tied tensor is one row that
+    shows every name (``wte.weight = lm_head.weight``).
+
+    Given an optimizer instead (``explain(optimizer)``), the table shows what the optimizer *does*:
+    each tensor's own ``weight_decay`` (coupled or decoupled, by optimizer class) and the steps
+    attached to it (:func:`decaylab.attach`); the λ column is the total. Names come from the groups'
+    ``"param_names"`` (see :func:`decaylab.audit.explain_optimizer`).
     """
+    if isinstance(model, torch.optim.Optimizer):
+        from decaylab.audit import explain_optimizer
+
+        return explain_optimizer(model)
     wd = None if weight_decay is None else check_float(weight_decay, "weight_decay", "explain", low=0.0)
     table = DecayTable()
     for entry in decay_plan(model, policy, include_frozen=True, owner="explain"):
@@ -454,6 +652,7 @@ def explain(
                 multiplier=entry.multiplier,
                 weight_decay=None if wd is None else wd * entry.multiplier,
                 reason=entry.reason,
+                aliases=entry.aliases,
             )
         )
     return table

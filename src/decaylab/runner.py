@@ -34,7 +34,7 @@ from decaylab.environment import collect as collect_environment
 from decaylab.experiments.base import Experiment
 from decaylab.interrupts import signals_deferred
 from decaylab.results import ConfigResult, Outcome
-from decaylab.store import RunRecord, Store
+from decaylab.store import RunRecord, Store, StoreError
 from decaylab.validation import parameter_error
 
 __all__ = ["Progress", "RunFailed", "RunInterrupted", "RunRequest", "execute", "new_run_id"]
@@ -196,6 +196,9 @@ def _train(
     except KeyboardInterrupt as exc:
         _mark(store, run_id, "interrupted")
         raise RunInterrupted(run_id) from exc
+    except StoreError:  # the store itself (a full disk, a lost file): its own one-line error, exit 2
+        _mark(store, run_id, "failed")
+        raise
     except Exception as exc:
         _mark(store, run_id, "failed")
         raise RunFailed(run_id, one_line(exc)) from exc

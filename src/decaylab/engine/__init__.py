@@ -19,6 +19,9 @@
   Polyak–Ruppert average of its iterates (``Task.average_from``), and a configuration can be
   constrained to a norm ball (``Hyper.radius``: projected gradient descent).
 * :mod:`~decaylab.engine.chunking` chooses how many configurations go in one stack.
+* :mod:`~decaylab.engine.module` does the same for any ``nn.Module`` (``torch.func``): the engine of
+  ``decaylab.sweep`` / ``decaylab sweep FILE.py:FUNCTION``. Both stacked engines update their parameters
+  with :mod:`~decaylab.engine.updates`.
 * :func:`run_chunk` trains one chunk; it is a module-level function so that a remote backend (Ray)
   can ship it.
 """

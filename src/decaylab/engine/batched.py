@@ -52,7 +52,10 @@ bookkeeping, which dominates for small models (measured: see ``benchmarks/README
 
 written with the same elementary operations, in the same order, as ``torch.optim``'s single-tensor
 kernels (Adam's bias corrections in float64 as Python floats, like ``torch.optim.Adam``); ``ρ`` is
-the configuration's ``radius``.
+the configuration's ``radius``. Everything but the projection is
+:class:`decaylab.engine.updates.StackedUpdate`, the one implementation shared with the any-module
+engine (:mod:`decaylab.engine.module`). Which tensors decay is asked of :mod:`decaylab.policy`
+(:func:`decay_multipliers`): the weights, and the biases too with ``task.decay_bias``.
 
 **Layer normalization** (``task.norm == 'layer'``): a hidden layer's output is
 ``Y = x̂ + b`` with ``x̂ = (Z − μ)·r``, ``r = 1/sqrt(σ² + ε)`` over the features of each column of
@@ -98,14 +101,14 @@ from decaylab.engine.semantics import (
     initial_parameters,
     load_data,
     make_outcome,
-    soft_threshold_,
 )
 from decaylab.engine.task import Hyper, Task, check_hypers
+from decaylab.engine.updates import Coefficients, OptimizerSettings, StackedUpdate
 from decaylab.results import Outcome
 from decaylab.rng import generator
 from decaylab.validation import check_choice, parameter_error
 
-__all__ = ["BACKWARDS", "BatchedRun", "train_batched"]
+__all__ = ["BACKWARDS", "BatchedRun", "decay_multipliers", "train_batched"]
 
 BACKWARDS = ("manual", "autograd")
 EVAL_BLOCK_FLOATS = 1 << 20  # evaluation runs in row blocks of ≤ this many activations (K × width × rows)
@@ -124,6 +127,21 @@ def train_batched(
     hypers = check_hypers(task, hypers)
     check_choice(backward, "backward", "train_batched", BACKWARDS)
     return run_in_chunks(task, hypers, lambda part: run_batched_chunk(task, part, backward=backward), chunk)
+
+
+def decay_multipliers(task: Task) -> list[float]:
+    """λ's multiplier of every stacked tensor (every ``W``, then every ``b``), asked of :mod:`decaylab.policy`.
+
+    The MLP's tensors are named as in an ``nn.Sequential`` of ``nn.Linear`` layers (``layers.{l}.weight``,
+    ``layers.{l}.bias``) and judged by name and shape; the policy is :class:`~decaylab.DecayPolicy`'s default
+    (weights decay, biases do not), or with ``task.decay_bias`` one that also decays biases and 1-D tensors.
+    """
+    from decaylab.policy import DecayPolicy, decay_plan
+
+    pairs = [(f"layers.{l}.weight", torch.empty(o, i, device="meta")) for l, (i, o) in enumerate(zip(task.layers[:-1], task.layers[1:]))]
+    pairs += [(f"layers.{l}.bias", torch.empty(o, device="meta")) for l, o in enumerate(task.layers[1:])]
+    policy = DecayPolicy(exclude_bias=False, exclude_1d=False) if task.decay_bias else DecayPolicy()
+    return [entry.multiplier for entry in decay_plan(pairs, policy, owner="Task")]
 
 
 def run_batched_chunk(task: Task, hypers: Sequence[Hyper], *, backward: str = "manual") -> list[Outcome]:
@@ -192,10 +210,17 @@ class BatchedRun:
         self.gidx = torch.tensor([gi for gi, g in enumerate(self.groups) for _ in range(g.start, g.stop)])
         self.W, self.b = self._initial_stack()
         self.params = self.W + self.b
-        self.decayed = [True] * len(self.W) + [task.decay_bias] * len(self.b)
-        self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
-        self.t = 0  # optimizer steps taken
-        self.active = torch.ones(self.K, dtype=torch.bool)
+        self.multipliers = decay_multipliers(task)
+        self.decayed = [m > 0 for m in self.multipliers]
+        self.updater = StackedUpdate(
+            self.params,
+            self.multipliers,
+            OptimizerSettings(task.optimizer, task.momentum, False, task.betas, task.eps),
+            Coefficients(
+                lr=[h.lr for h in self.hypers], l2=[h.l2 for h in self.hypers],
+                decoupled=[h.decoupled for h in self.hypers], l1=[h.l1 for h in self.hypers],
+            ),
+        )
         self.diverged_epoch: list[int | None] = [None] * self.K
         self.kept: list[torch.Tensor] = []  # (K, n_params) per kept epoch
         self.averaged: list[torch.Tensor] | None = None  # float64 running means of self.params (Task.average_from)
@@ -251,15 +276,9 @@ class BatchedRun:
         return torch.tensor(values, dtype=torch.float64).to(dtype or self.dtype).view(self.K, 1, 1)
 
     def _set_coefficients(self) -> None:
-        """(Re)build the per-configuration coefficient tensors; frozen configurations get lr = 0."""
-        hs, act = self.hypers, self.active.tolist()
-        lr = [h.lr if a else 0.0 for h, a in zip(hs, act)]
-        self.lr64 = self._coef(lr, torch.float64)
-        self.neg_lr = self._coef([-x for x in lr])
-        self.l2 = self._coef([h.l2 for h in hs]) if any(h.l2 for h in hs) else None
-        has_dec = any(h.decoupled for h in hs)
-        self.decay_factor = self._coef([1 - x * h.decoupled for x, h in zip(lr, hs)]) if has_dec else None
-        self.l1_threshold = self._coef([x * h.l1 for x, h in zip(lr, hs)]) if any(h.l1 for h in hs) else None
+        """Build the per-configuration coefficient tensors of the layers and the constraint (the optimizer's
+        own, lr and decays, are :class:`~decaylab.engine.updates.StackedUpdate`'s)."""
+        hs = self.hypers
         has_radius = any(h.radius is not None for h in hs)
         self.radius = self._coef([math.inf if h.radius is None else h.radius for h in hs]) if has_radius else None
         self.sigma = self._coef([h.noise for h in hs]) if self.task.noise else None
@@ -476,37 +495,23 @@ class BatchedRun:
             return list(torch.autograd.grad(total, self.params))
 
     # ----------------------------------------------------------------- updates
+    @property
+    def state(self) -> list[dict[str, torch.Tensor]]:
+        """The optimizer buffers of every stacked tensor (``momentum_buffer``; ``exp_avg``, ``exp_avg_sq``)."""
+        return self.updater.state
+
+    @property
+    def t(self) -> int:
+        """Optimizer steps taken."""
+        return self.updater.t
+
+    @property
+    def active(self) -> torch.Tensor:
+        """(K,) bool: the configurations that have not diverged."""
+        return self.updater.active
+
     def _update(self, grads: list[torch.Tensor]) -> None:
-        self.t += 1
-        task = self.task
-        if task.optimizer == "adam":
-            beta1, beta2 = task.betas
-            bias_correction2_sqrt = (1 - beta2**self.t) ** 0.5
-            neg_step = (self.lr64 / (1 - beta1**self.t)).neg().to(self.dtype)  # −lr/(1−β₁ᵗ), rounded once
-        for P, g, decayed, state in zip(self.params, grads, self.decayed, self.state):
-            if decayed and self.l2 is not None:
-                g = g.addcmul_(self.l2, P)  # g + l2·θ (g is this step's own gradient tensor)
-            if decayed and self.decay_factor is not None:
-                P.mul_(self.decay_factor)  # θ·(1 − lr·decoupled)
-            if task.optimizer == "sgd":
-                if task.momentum:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = g.detach().clone()
-                    else:
-                        buf.mul_(task.momentum).add_(g)
-                    g = buf
-                P.addcmul_(g, self.neg_lr)  # θ − lr·g
-            else:
-                if not state:
-                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(P), torch.zeros_like(P)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v.sqrt() / bias_correction2_sqrt).add_(task.eps)
-                P.addcdiv_(m * neg_step, denom)  # θ + (−step·m)/denom, torch's addcdiv order
-            if decayed and self.l1_threshold is not None:
-                soft_threshold_(P, self.l1_threshold)
+        self.updater.step(grads)  # coupled, decoupled, optimizer, L1: decaylab.engine.updates
         if self.radius is not None:
             self._project()
 
@@ -548,19 +553,13 @@ class BatchedRun:
         finite = torch.isfinite(metrics[:, 0])
         if self.groups[0].data.n_test:  # an empty test set has NaN metrics: not divergence
             finite &= torch.isfinite(metrics[:, 1])
-        for P in self.params:
-            finite &= torch.isfinite(P).flatten(1).all(dim=1)
+        finite &= self.updater.finite()
         newly = self.active & ~finite
         if not bool(newly.any()):
             return
         for k in newly.nonzero().flatten().tolist():
             self.diverged_epoch[k] = epoch
-        self.active &= ~newly
-        for P, state in zip(self.params, self.state):  # frozen at zero: finite, and lr = 0 keeps it there
-            P[newly] = 0.0
-            for buf in state.values():
-                buf[newly] = 0.0
-        self._set_coefficients()
+        self.updater.freeze_(newly)  # frozen at zero: finite, and lr = 0 keeps it there
 
     def run_epoch(self, epoch: int, evaluate: bool = True) -> torch.Tensor | None:
         """Train one epoch; if ``evaluate``, evaluate, detect divergence and return the metrics (K, M)."""

@@ -17,10 +17,12 @@ from decaylab.validation import parameter_error
 __all__ = ["experiment_names", "get_experiment", "list_experiments"]
 
 _NOT_EXPERIMENTS = {"base"}
+_OWN_COMMAND = {"sweep"}  # experiments with a command of their own (decaylab sweep): not listed by ``run``
 
 
 def _available() -> list[str]:
-    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_EXPERIMENTS)
+    hidden = _NOT_EXPERIMENTS | _OWN_COMMAND
+    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if m.name not in hidden)
 
 
 def _load(name: str) -> type[Experiment]:
@@ -39,6 +41,8 @@ def experiment_names() -> list[str]:
 def get_experiment(name: str) -> Experiment:
     """The experiment called ``name``, or an error listing the experiments that exist."""
     known = _available()
+    if name in _OWN_COMMAND:
+        return _load(name)()
     if name not in known:
         raise parameter_error("EXPERIMENT", "decaylab run", "one of {" + ", ".join(known) + "}", name)
     return _load(name)()

@@ -1,0 +1,186 @@
+"""``decaylab sweep FILE.py:FUNCTION`` and ``decaylab.sweep(...)``: runner, store, resume, Ray, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import decaylab
+from decaylab.store import Store
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SETUP = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+from sklearn.datasets import load_digits
+
+def model(seed):
+    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+def setup():
+    d = load_digits()
+    X = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target)
+    acc = lambda out, t: (out.argmax(dim=1) == t).float().mean()
+    return {"model": model, "train": (X[:160], y[:160]), "val": (X[160:240], y[160:240]),
+            "loss": F.cross_entropy, "metrics": {"acc": acc}}
+'''
+
+ARGS = ("--lambd", "0,0.01,0.1", "--seed", "0,1", "--lr", "0.1", "--momentum", "0.9", "--batch-size", "32", "--epochs", "2")
+
+
+def write(tmp_path: Path, body: str = SETUP, name: str = "setup_file.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_cli_sweep_stores_prints_and_draws(tmp_path: Path, cli: Any, cli_json: Any) -> None:
+    target = f"{write(tmp_path)}:setup"
+    doc = cli_json("sweep", target, *ARGS, "--quiet", "--out", str(tmp_path / "out"))
+    assert doc["experiment"] == "sweep" and doc["status"] == "finished"
+    assert [c["params"]["lambd"] for c in doc["configs"]] == [0.0, 0.0, 0.01, 0.01, 0.1, 0.1]
+    assert set(doc["configs"][0]["curves"]) == {"epoch", "train_loss", "val_loss", "train_acc", "val_acc", "w_norm"}
+    best = doc["summary"]["best"]
+    means = {s["lambd"]: s["val_loss"] for s in doc["summary"]["settings"]}
+    assert best["value"] == pytest.approx(min(means.values())) and means[best["params"]["lambd"]] == best["value"]
+    assert (tmp_path / "out" / "sweep.png").stat().st_size > 0 and (tmp_path / "out" / "curves.png").stat().st_size > 0
+    code, out, _ = cli("runs", "show", doc["run_id"])
+    assert code == 0 and "done *" in out
+    # norms shrink with λ (mean over seeds): the figure's right panel shows a real effect
+    norms = {s["lambd"]: s["w_norm"] for s in doc["summary"]["settings"]}
+    assert norms[0.1] < norms[0.0]
+
+
+def test_python_api_gives_the_cli_s_numbers(tmp_path: Path, cli_json: Any) -> None:
+    path = write(tmp_path)
+    doc = cli_json("sweep", f"{path}:setup", *ARGS, "--quiet")
+    import decaylab.sweep as module  # the module is callable: decaylab.sweep(...) works after this import too
+
+    result = decaylab.sweep(f"{path}:setup", lambd="0,0.01,0.1", seed=[0, 1], lr=0.1, momentum=0.9, batch_size=32, epochs=2)
+    assert module is decaylab.sweep or callable(module)
+    assert [r.params for r in result.results] == [c["params"] for c in doc["configs"]]
+    for r, c in zip(result.results, doc["configs"]):
+        assert r.curves["val_loss"] == pytest.approx(c["curves"]["val_loss"], rel=1e-6)
+    assert result.best["params"] == doc["summary"]["best"]["params"]
+    assert "val_loss" in str(result)
+
+
+def test_engine_sequential_matches_batched(tmp_path: Path, cli_json: Any) -> None:
+    target = f"{write(tmp_path)}:setup"
+    a = cli_json("sweep", target, *ARGS, "--quiet")
+    b = cli_json("sweep", target, *ARGS, "--quiet", "--engine", "sequential")
+    for x, y in zip(a["configs"], b["configs"]):
+        assert x["curves"]["val_loss"] == pytest.approx(y["curves"]["val_loss"], rel=1e-5)
+
+
+BAD = {
+    "not a module": ("def model(seed):\n    return 3\n", "model", "torch.nn.Module"),
+    "architectures differ": ("def model(seed):\n    return nn.Sequential(nn.Linear(64, 16 + seed), nn.ReLU(), nn.Linear(16 + seed, 10))\n",
+                             "model", "same architecture for every seed"),
+    "loss not scalar": (("def model(seed):\n    return nn.Sequential(nn.Linear(64, 10))\n"
+                         "_loss = lambda out, t: F.cross_entropy(out, t, reduction='none')\n"), "loss", "scalar"),
+    "wrong data shape": ("def model(seed):\n    return nn.Sequential(nn.Linear(63, 10))\n", "train", "inputs the model accepts"),
+    "layer not batchable": ("def model(seed):\n    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Dropout2d(0.2), nn.Flatten(), nn.Linear(64, 10))\n",
+                            "model", "--engine sequential"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, cli: Any) -> None:
+    model_code, name, words = BAD[case]
+    body = SETUP.replace("def model(seed):\n    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))\n", model_code)
+    if case == "loss not scalar":
+        body = body.replace('"loss": F.cross_entropy', '"loss": _loss')
+    code, out, err = cli("sweep", f"{write(tmp_path, body)}:setup", *ARGS, "--quiet")
+    assert code == 2, err
+    assert err.startswith("decaylab: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert f"'{name}'" in err and words in err
+    assert not Path("decaylab.db").exists() or not Store(Path("decaylab.db")).list_runs()  # nothing was stored
+    if case == "layer not batchable":  # the suggestion works
+        code, _, err = cli("sweep", f"{write(tmp_path, body)}:setup", *ARGS, "--quiet", "--engine", "sequential")
+        assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--optimizer", "rmsprop"), "'--optimizer'"),
+        (("--optimizer", "adamw", "--lambd", "0.1"), "--decoupled"),
+        (("--select", "val_f1"), "'--select'"),
+        (("--batch-size", "1000"), "'--batch-size'"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(args: tuple[str, ...], words: str, tmp_path: Path, cli: Any) -> None:
+    code, _, err = cli("sweep", f"{write(tmp_path)}:setup", "--epochs", "1", *args, "--quiet")
+    assert code == 2 and words in err and err.count("\n") == 1
+
+
+def test_bad_target_is_one_line_and_exit_2(tmp_path: Path, cli: Any) -> None:
+    for target in ("nofile.py:setup", f"{write(tmp_path)}:nosuch", "setup_file.py"):
+        code, _, err = cli("sweep", target, "--quiet")
+        assert code == 2 and "FILE.py:FUNCTION" in err and err.count("\n") == 1
+
+
+def _decaylab(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "decaylab.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+    )
+
+
+def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_json: Any) -> None:
+    target = f"{write(tmp_path).name}:setup"  # relative: the resumed run, started elsewhere, must still find it
+    store = tmp_path / "killed.db"
+    proc = _decaylab("sweep", target, *ARGS, "--chunk", "1", "--store", str(store), "--quiet", cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:  # the child may be creating the store at this moment
+                runs = Store(store).list_runs() if store.exists() else []
+            except Exception:  # noqa: BLE001
+                runs = []
+            if runs and runs[0].counts().get("done", 0) >= 2:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the sweep never stored a configuration")
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run,) = Store(store).list_runs()
+    assert run.status == "running" and 2 <= run.counts().get("done", 0) < 6
+    (tmp_path / "elsewhere").mkdir()
+    resumed = subprocess.run([sys.executable, "-m", "decaylab.cli", "resume", run.run_id, "--store", str(store), "--json"],
+                             capture_output=True, text=True, cwd=tmp_path / "elsewhere", timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = cli_json("sweep", target, *ARGS, "--chunk", "1", "--quiet")
+    got = json.loads(resumed.stdout)
+    assert got["status"] == "finished"
+    for a, b in zip(got["configs"], whole["configs"]):
+        assert a["params"] == b["params"] and a["status"] == "done"
+        assert a["curves"]["val_loss"] == pytest.approx(b["curves"]["val_loss"], rel=1e-5)
+
+
+@pytest.mark.ray
+def test_ray_backend_gives_the_local_results(tmp_path: Path, cli_json: Any) -> None:
+    pytest.importorskip("ray")
+    target = f"{write(tmp_path)}:setup"
+    local = cli_json("sweep", target, *ARGS, "--quiet")
+    remote = cli_json("sweep", target, *ARGS, "--quiet", "--backend", "ray")
+    assert [c["params"] for c in remote["configs"]] == [c["params"] for c in local["configs"]]
+    for a, b in zip(local["configs"], remote["configs"]):
+        assert b["status"] == "done"
+        assert b["curves"]["val_loss"] == pytest.approx(a["curves"]["val_loss"], rel=1e-5)

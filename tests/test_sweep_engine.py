@@ -1,0 +1,248 @@
+"""The module engine against torch.optim: every configuration of a stack follows the one trained alone.
+
+The reference here is written independently of decaylab's engine: the model from the factory under the
+seed's ``init`` stream, ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` over ``decaylab.param_groups``,
+decoupled decay for SGD through ``decaylab.attach(DecoupledDecay)``, the seed's ``order`` stream's
+permutations as minibatches, full-set losses in eval mode after each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from sweep_models import setup
+
+import decaylab
+from decaylab.engine.module import ModuleTask, train_module
+from decaylab.engine.task import Hyper
+from decaylab.rng import generator, stream_seed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REL = 1e-5  # float32 drift across chunkings and CPUs is ~1e-7 here
+
+
+def reference(task: ModuleTask, h: Hyper) -> list[tuple[float, float]]:
+    """(train loss, val loss) after each epoch for ``h`` trained alone with torch.optim + decaylab.param_groups."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(h.seed, "init"))
+        model = task.model(h.seed)
+    policy = task.policy
+    if task.optimizer == "adamw":
+        opt = torch.optim.AdamW(decaylab.param_groups(model, h.decoupled, policy), lr=h.lr)
+    elif task.optimizer == "adam":
+        opt = torch.optim.Adam(decaylab.param_groups(model, h.l2, policy), lr=h.lr)
+    else:
+        opt = torch.optim.SGD(decaylab.param_groups(model, h.l2, policy), lr=h.lr, momentum=task.momentum, nesterov=task.nesterov)
+    if h.decoupled and task.optimizer != "adamw":
+        decaylab.attach(opt, decaylab.DecoupledDecay(h.decoupled), model=model, policy=policy)
+    if h.l1:
+        decaylab.attach(opt, decaylab.L1Prox(h.l1), model=model, policy=policy)
+    order = generator(h.seed, "order")
+    (X, y), (Xv, yv) = task.train, task.val
+    curves = []
+    for _ in range(task.epochs):
+        model.train()
+        perm = torch.randperm(len(y), generator=order)
+        for a in range(0, len(y), task.batch_size):
+            idx = perm[a : a + task.batch_size]
+            opt.zero_grad()
+            task.loss(model(X[idx]), y[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            curves.append((task.loss(model(X), y).item(), task.loss(model(Xv), yv).item()))
+    return curves
+
+
+def assert_matches(outcomes: list[Any], refs: list[list[tuple[float, float]]]) -> None:
+    for o, ref in zip(outcomes, refs):
+        assert o.status == "done"
+        for e, (train, val) in enumerate(ref):
+            assert o.curves["train_loss"][e] == pytest.approx(train, rel=REL)
+            assert o.curves["val_loss"][e] == pytest.approx(val, rel=REL)
+
+
+# (model, optimizer, momentum, nesterov, [(l2, decoupled, l1)]) — two seeds each
+CASES = {
+    "mlp-sgd": ("mlp", "sgd", 0.0, False, [(0.0, 0.0, 0.0), (1e-2, 0.0, 0.0), (0.0, 0.0, 1e-3)]),
+    "mlp-momentum-decoupled": ("mlp", "sgd", 0.9, False, [(0.0, 0.0, 0.0), (1e-2, 0.0, 0.0), (0.0, 5e-2, 0.0)]),
+    "cnn_bn-nesterov": ("cnn_bn", "sgd", 0.9, True, [(0.0, 0.0, 0.0), (1e-3, 0.0, 0.0), (1e-1, 0.0, 0.0)]),
+    "cnn_bn-adam": ("cnn_bn", "adam", 0.0, False, [(0.0, 0.0, 0.0), (1e-2, 0.0, 0.0), (0.0, 1e-1, 0.0)]),
+    "block-adamw": ("block", "adamw", 0.0, False, [(0.0, 0.0, 0.0), (0.0, 1e-2, 0.0), (0.0, 1.0, 0.0)]),
+    "block-adam-coupled": ("block", "adam", 0.0, False, [(0.0, 0.0, 0.0), (1e-2, 0.0, 0.0), (1e-1, 0.0, 0.0)]),
+}
+
+
+def case(name: str) -> tuple[ModuleTask, list[Hyper]]:
+    kind, optimizer, momentum, nesterov, decays = CASES[name]
+    lr = 0.05 if optimizer == "sgd" else 1e-2
+    task = ModuleTask(**setup(kind), optimizer=optimizer, momentum=momentum, nesterov=nesterov, batch_size=32, epochs=2)
+    hypers = [Hyper(seed=s, lr=lr, l2=a, decoupled=b, l1=c) for s in (0, 1) for a, b, c in decays]
+    return task, hypers
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_configuration_follows_torch_optim_at_every_chunk_size(name: str) -> None:
+    task, hypers = case(name)
+    refs = [reference(task, h) for h in hypers]
+    for chunk in (1, 3, len(hypers)):
+        assert_matches(train_module(task, hypers, chunk=chunk), refs)
+
+
+def test_sequential_engine_follows_torch_optim() -> None:
+    task, hypers = case("cnn_bn-adam")
+    assert_matches(train_module(task, hypers, engine="sequential"), [reference(task, h) for h in hypers])
+
+
+def test_batchnorm_running_statistics_are_per_configuration() -> None:
+    """Eval-mode losses use each configuration's own running statistics: with a shared stack they would differ."""
+    task, hypers = case("cnn_bn-nesterov")
+    outs = train_module(task, hypers, chunk=len(hypers))
+    alone = [train_module(task, [h], chunk=1)[0] for h in hypers]
+    for a, b in zip(outs, alone):
+        assert a.curves["val_loss"] == pytest.approx(b.curves["val_loss"], rel=REL)
+    assert len({round(o.curves["val_loss"][-1], 4) for o in outs}) == len(outs)  # all configurations differ
+
+
+def test_coupled_and_decoupled_together_use_theta_before_the_decay() -> None:
+    """With both, g ← g + λθ sees θ before θ ← θ(1 − lr·λ_d) (as the MLP engine's semantics); the
+    sequential engine adds the coupled term by hand, the batched one through the shared update."""
+    task = ModuleTask(**setup("mlp"), optimizer="sgd", momentum=0.5, batch_size=32, epochs=2)
+    hypers = [Hyper(seed=0, lr=0.1, l2=0.05, decoupled=0.5)]
+    seq = train_module(task, hypers, engine="sequential")[0]
+    bat = train_module(task, hypers, chunk=1)[0]
+    assert bat.curves["val_loss"] == pytest.approx(seq.curves["val_loss"], rel=REL)
+
+
+def test_w_norm_is_the_norm_of_the_decayed_tensors() -> None:
+    task = ModuleTask(**setup("mlp"), optimizer="sgd", batch_size=32, epochs=1)
+    h = Hyper(seed=3, lr=0.05)
+    out = train_module(task, [h], chunk=1)[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(3, "init"))
+        model = task.model(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    order = generator(3, "order")
+    X, y = task.train
+    perm = torch.randperm(len(y), generator=order)
+    for a in range(0, len(y), 32):
+        opt.zero_grad()
+        task.loss(model(X[perm[a : a + 32]]), y[perm[a : a + 32]]).backward()
+        opt.step()
+    weights = [model[0].weight.detach(), model[2].weight.detach()]  # biases are not decayed: not in the norm
+    assert out.curves["w_norm"][0] == pytest.approx(math.sqrt(sum(float(w.pow(2).sum()) for w in weights)), rel=REL)
+
+
+def test_a_diverging_configuration_is_isolated() -> None:
+    task = ModuleTask(**setup("mlp"), optimizer="sgd", momentum=0.9, batch_size=32, epochs=3)
+    good = [Hyper(seed=0, lr=0.05), Hyper(seed=1, lr=0.05, l2=1e-2)]
+    bad = Hyper(seed=0, lr=1.0, l2=1e5)  # θ ← θ(1 − lr·λ) − ...: |1 − 1e5|ⁿ overflows float32 within two epochs
+    together = train_module(task, [good[0], bad, good[1]], chunk=3)
+    assert together[1].status == "diverged" and together[1].diverged_epoch in (1, 2)
+    assert all(math.isnan(v) for v in together[1].curves["val_loss"][together[1].diverged_epoch :])
+    alone = train_module(task, good, chunk=2)
+    for a, b in zip([together[0], together[2]], alone):
+        assert a.status == "done"
+        assert a.curves["val_loss"] == pytest.approx(b.curves["val_loss"], rel=REL)
+
+
+def _dropout_task() -> ModuleTask:
+    from torch import nn
+
+    def model(seed: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 32), nn.ReLU(),
+                             decaylab.Dropout(0.5), nn.Linear(32, 10))
+
+    return ModuleTask(**{**setup("mlp"), "model": model}, optimizer="sgd", momentum=0.9, batch_size=32, epochs=2)
+
+
+def test_dropout_draws_from_each_seed_s_stream_whatever_the_chunk() -> None:
+    task = _dropout_task()
+    hypers = [Hyper(seed=s, lr=0.05, l2=l2) for s in (0, 1, 2) for l2 in (0.0, 1e-2)]
+    seq = train_module(task, hypers, engine="sequential")
+    for chunk in (1, 3, len(hypers)):
+        assert_matches(train_module(task, hypers, chunk=chunk), [list(zip(o.curves["train_loss"], o.curves["val_loss"])) for o in seq])
+    # one configuration alone, beside others of other seeds: the same curves
+    alone = train_module(task, [hypers[3]], chunk=1)[0]
+    assert alone.curves["val_loss"] == pytest.approx(seq[3].curves["val_loss"], rel=REL)
+
+
+def test_dropout_masks_are_the_seed_s_dropout_stream() -> None:
+    """The sequential engine's masks are torch.rand(shape, generator=dropout stream) ≥ p, call by call:
+    replaying them by hand into a model without dropout gives the same training."""
+    from torch import nn
+
+    task = _dropout_task()
+    h = Hyper(seed=4, lr=0.05)
+    got = train_module(task, [h], engine="sequential")[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(4, "init"))
+        model = task.model(4)
+    drops = generator(4, "dropout")
+
+    class Replay(nn.Module):
+        def __init__(self, p: float) -> None:
+            super().__init__()
+            self.p = p
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.training:
+                return x
+            keep = (torch.rand(x.shape, generator=drops) >= self.p).float()
+            return x * keep / (1 - self.p)
+
+    model[2], model[5] = Replay(0.3), Replay(0.5)
+    opt = torch.optim.SGD(decaylab.param_groups(model, 0.0), lr=0.05, momentum=0.9)
+    order = generator(4, "order")
+    (X, y), (Xv, yv) = task.train, task.val
+    for epoch in range(2):
+        model.train()
+        perm = torch.randperm(len(y), generator=order)
+        for a in range(0, len(y), 32):
+            opt.zero_grad()
+            task.loss(model(X[perm[a : a + 32]]), y[perm[a : a + 32]]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            assert got.curves["val_loss"][epoch] == pytest.approx(task.loss(model(Xv), yv).item(), rel=REL)
+
+
+def test_the_decay_policy_and_its_multipliers_are_param_groups_own() -> None:
+    """Biases decayed, the last layer's weight at half λ, the first layer's bias excluded by name."""
+    policy = decaylab.DecayPolicy(exclude_bias=False, exclude_1d=False, exclude="0.bias", multipliers={"2.*": 0.5})
+    task = ModuleTask(**setup("mlp"), optimizer="sgd", momentum=0.9, batch_size=32, epochs=2, policy=policy)
+    hypers = [Hyper(seed=0, lr=0.05, l2=0.05), Hyper(seed=0, lr=0.05, decoupled=0.5), Hyper(seed=1, lr=0.05, l1=1e-2)]
+    assert_matches(train_module(task, hypers, chunk=3), [reference(task, h) for h in hypers])
+    default = ModuleTask(**setup("mlp"), optimizer="sgd", momentum=0.9, batch_size=32, epochs=2)
+    other = train_module(default, hypers[:1], chunk=1)[0]
+    assert other.curves["val_loss"][-1] != pytest.approx(train_module(task, hypers[:1], chunk=1)[0].curves["val_loss"][-1], rel=1e-4)
+
+
+def test_frozen_parameters_stay_as_they_are() -> None:
+    from torch import nn
+
+    def model(seed: int) -> nn.Module:
+        net = nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+        net[0].requires_grad_(False)
+        return net
+
+    task = ModuleTask(**{**setup("mlp"), "model": model}, optimizer="sgd", momentum=0.9, batch_size=32, epochs=2)
+    hypers = [Hyper(seed=0, lr=0.05, l2=0.1), Hyper(seed=1, lr=0.05, decoupled=0.5)]
+    assert_matches(train_module(task, hypers, chunk=2), [reference(task, h) for h in hypers])
+
+
+def test_planned_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """chunk=None: the planner's stacks, or — when it finds no gain and torch.optim measures faster — the
+    sequential engine; either way the reference's numbers."""
+    import decaylab.engine.module as module
+
+    task, hypers = case("mlp-momentum-decoupled")
+    refs = [reference(task, h) for h in hypers]
+    assert_matches(train_module(task, hypers), refs)
+    monkeypatch.setattr(module, "plan_module_chunks", lambda task, n, chunk=None, **kw: [range(i, i + 1) for i in range(n)])
+    monkeypatch.setattr(module, "_alone_is_faster", lambda task, models: True)
+    assert_matches(train_module(task, hypers), refs)
