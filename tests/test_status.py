@@ -25,6 +25,8 @@ TINY = {
     "noise-tikhonov": {"sigma": "0,1", "epochs": "2", "n_train": "20", "n_test": "10", "seed": "0"},
     "ridge-path": {"lambd": "log:0.01:1:5"},
     "scaling": {"m": "16,32", "seed": "0", "epochs": "5", "lambd_half": "0.01,0.1", "lambd_mean": "0.1,1"},
+    "equilibrium": {"optimizers": "adamw", "lr_adamw": "0.002", "wd_adamw": "0.1", "hidden": "8,8", "epochs": "2",
+                    "n_train": "64", "n_test": "32", "batch_size": "32", "seed": "0"},
     "sparsity": {"lambd": "0.1,1", "epochs": "5", "n_train": "20", "n_test": "20", "dim": "10", "n_nonzero": "3", "seed": "0"},
 }
 

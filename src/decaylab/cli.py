@@ -205,7 +205,8 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
 
     * Ctrl-C or SIGTERM, at any phase: the run (if it was stored by then) is ``interrupted``, exit 130;
     * an error once the run is stored (:class:`~decaylab.runner.RunFailed`, or drawing/printing its
-      results): the run is ``failed``, exit 1;
+      results): the run is ``failed``, exit 1 (2 when the error is about an option's value; a
+      :class:`~decaylab.store.StoreError`, e.g. a full store disk, comes up as it is: its own line, exit 2);
     * the outputs cannot be written (``OSError``: a full disk, a read-only directory): the run stays
       as stored (its results are safe in the store), exit 1; no file is left half-written.
     """
@@ -254,7 +255,8 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
         return _interrupted(store_path, run_id)
     except RunFailed as exc:
         print(f"decaylab: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        # an error about an option's value (InvalidParameterError) met while training: exit 2, as bad input
+        return EXIT_USAGE if isinstance(exc.__cause__, InvalidParameterError) else EXIT_FAILED
     except (UsageError, InvalidParameterError):  # bad input, found before the run was stored
         raise
     except OSError as exc:
