@@ -164,6 +164,7 @@ def test_unknown_experiment_and_command(cli: Any) -> None:
 
 
 def test_unknown_run_id(cli: Any) -> None:
+    Store("decaylab.db").close()  # an empty store: reading commands never create one
     code, _, err = cli("runs", "show", "nope")
     assert code == 2 and "'nope'" in err and err.count("\n") == 1
 

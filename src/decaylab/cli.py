@@ -97,12 +97,13 @@ def _parse_options(exp: Any, ns: argparse.Namespace) -> tuple[dict[str, Any], di
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _open_store(path: str | None) -> Any:
+def _open_store(path: str | None, owner: str = "decaylab", *, create: bool = True, readonly: bool = False) -> Any:
+    """The store at ``--store`` (or the default); reading commands pass ``create=False, readonly=True``."""
     from decaylab.store import Store, StoreError, default_store_path
 
     target = Path(path) if path else default_store_path()
     try:
-        return Store(target)
+        return Store(target, create=create, readonly=readonly, owner=owner)
     except StoreError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -195,7 +196,7 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     if ns.address and ns.backend != "ray":
         raise UsageError(str(parameter_error("--address", "decaylab run", "given with --backend ray", ns.address)))
     _check_out(ns.out)
-    store = _open_store(ns.store)
+    store = _open_store(ns.store, create=resume is None)
     command = shlex.join(["decaylab", *sys.argv[1:]]) if sys.argv else "decaylab"
     request = RunRequest(exp, opts, raw, command, getattr(ns, "engine", None), chunk, ns.backend, ns.address)
     show_progress = not ns.quiet and not ns.json and sys.stdout.isatty()
@@ -234,7 +235,7 @@ def _cmd_run(argv: list[str]) -> int:
     ns = parser.parse_args(argv[1:])
     opts, raw, given = _parse_options(exp, ns)
     if ns.resume:
-        store = _open_store(ns.store)
+        store = _open_store(ns.store, create=False)
         try:
             record = store.get_run(ns.resume)
         finally:
@@ -252,11 +253,27 @@ def _cmd_run(argv: list[str]) -> int:
 
 
 def _stored_options(record: Any) -> tuple[Any, dict[str, Any]]:
-    """A stored run's experiment and its options, parsed again from the text they were given as."""
+    """A stored run's experiment and its options, parsed again from the text they were given as
+    (``resume`` trains again, so its input files must still be there)."""
     from decaylab.experiments import get_experiment
 
     exp = get_experiment(record.experiment)
     return exp, {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
+
+
+def _shown_options(record: Any) -> tuple[Any, dict[str, Any]]:
+    """A stored run's experiment and its options as stored (parsed when it ran): ``runs show`` needs no
+    input file. An option the run's decaylab did not have yet takes its default."""
+    from decaylab.experiments import get_experiment
+
+    exp = get_experiment(record.experiment)
+    opts = {}
+    for o in exp.options:
+        if o.name in record.options:
+            opts[o.name] = record.options[o.name]
+        else:
+            opts[o.name] = o.parse(o.default, o.flag, exp.name)
+    return exp, opts
 
 
 def _resume(record: Any, ns: argparse.Namespace) -> int:
@@ -272,13 +289,18 @@ def _cmd_resume(argv: list[str]) -> int:
     parser.add_argument("--engine", choices=("sequential", "batched"))
     _output_options(parser)
     ns = parser.parse_args(argv)
-    store = _open_store(ns.store)
+    store = _open_store(ns.store, "decaylab resume", create=False)
     try:
         record = store.get_run(ns.run_id)
     finally:
         store.close()
     if record is None:
         raise UsageError(str(parameter_error("RUN_ID", "decaylab resume", "the id of a run in the store", ns.run_id)))
+    if record.status == "running":  # its owner is alive; the store's claim decides for good (no race)
+        raise UsageError(
+            str(parameter_error("RUN_ID", "decaylab resume", "a run no live process is training", ns.run_id))
+            + f" Process {record.owner_pid} on {record.owner_host} is training it."
+        )
     return _resume(record, ns)
 
 
@@ -292,7 +314,7 @@ def _cmd_runs(argv: list[str]) -> int:
     show.add_argument("run_id", metavar="RUN_ID")
     _store_options(show)
     ns = parser.parse_args(argv)
-    store = _open_store(ns.store)
+    store = _open_store(ns.store, f"decaylab runs {ns.action}", create=False, readonly=True)
     try:
         if ns.action == "list":
             records = store.list_runs()
@@ -320,13 +342,17 @@ def _cmd_runs(argv: list[str]) -> int:
         store.close()
     if record is None:
         raise UsageError(str(parameter_error("RUN_ID", "decaylab runs show", "the id of a run in the store", ns.run_id)))
-    exp, opts = _stored_options(record)
+    exp, opts = _shown_options(record)
     if ns.json:
         _print_json(run_document(record, exp.summarize(record.configs, opts)))
     else:
+        from decaylab.outputs import environment_lines
+
         console = _console()
         console.print(f"run {record.run_id}: {record.experiment}, {record.status}, decaylab {record.version}")
-        console.print(f"command: {record.command}")
+        console.print(f"command: {record.command}", markup=False)
+        for line in environment_lines(record):
+            console.print(line, markup=False, highlight=False)
         console.print(render_table(exp.table(record.configs, opts)))
     return EXIT_OK
 

@@ -12,7 +12,7 @@ from decaylab.experiments.base import Table
 from decaylab.results import json_safe
 from decaylab.store import RunRecord
 
-__all__ = ["format_cell", "render_table", "run_document", "runs_table", "write_json"]
+__all__ = ["environment_lines", "format_cell", "render_table", "run_document", "runs_table", "write_json"]
 
 
 def run_document(record: RunRecord, summary: dict[str, Any]) -> dict[str, Any]:
@@ -25,10 +25,26 @@ def run_document(record: RunRecord, summary: dict[str, Any]) -> dict[str, Any]:
             "version": record.version,
             "command": record.command,
             "options": record.options,
+            "environment": record.environment,
             "summary": summary,
             "configs": [c.to_json() for c in record.configs],
         }
     )
+
+
+def environment_lines(record: RunRecord) -> list[str]:
+    """``runs show``'s lines about where the run ran (:func:`decaylab.environment.describe`) and, while
+    it runs, which process owns it."""
+    from decaylab.environment import describe
+
+    lines = describe(record.environment)
+    if record.status == "running" and record.heartbeat is not None:
+        import time
+
+        lines.append(
+            f"owner: process {record.owner_pid} on {record.owner_host}, heartbeat {time.time() - record.heartbeat:.0f} s ago"
+        )
+    return lines
 
 
 def write_json(doc: Any, path: Path) -> Path:

@@ -2,8 +2,10 @@
 
 The store sees a run before any training starts (status ``running``, every configuration ``pending``),
 each finished chunk in one transaction, and the run's end (``finished``, or ``failed`` when a chunk
-failed for good). Ctrl-C marks the run ``interrupted``; a kill leaves it ``running``. Either way the
-finished configurations stay, and :func:`execute` with ``resume=RUN_ID`` trains only the rest.
+failed for good). Ctrl-C marks the run ``interrupted``; a kill leaves it ``running`` with an owner that
+is dead, which the store shows as ``interrupted``. Either way the finished configurations stay, and
+:func:`execute` with ``resume=RUN_ID`` trains only the rest, after taking the run's lease
+(:meth:`Store.claim`); while it trains, a background thread keeps the run's heartbeat fresh.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from decaylab import __version__
 from decaylab.backends import ray_session, run_local, run_on_ray
+from decaylab.environment import collect as collect_environment
 from decaylab.experiments.base import Experiment
 from decaylab.results import ConfigResult, Outcome
 from decaylab.store import RunRecord, Store
@@ -94,15 +97,23 @@ def _execute(store: Store, request: RunRequest, engine: str, resume: str | None,
         configs = exp.configs(opts)
         seeds = sorted({str(c.get("seed")) for c in configs if "seed" in c})
         store.create_run(
-            run_id, exp.name, request.command, opts, request.raw_options, __version__, ",".join(seeds), configs
+            run_id, exp.name, request.command, opts, request.raw_options, __version__, ",".join(seeds), configs,
+            environment=collect_environment(),
         )
     else:
         run_id = resume
-        record = store.get_run(run_id)
+        record = store.claim(run_id, environment=collect_environment())  # refused while a live process trains it
         if record is None:
             raise parameter_error("RUN_ID", "decaylab resume", "the id of a run in the store", run_id)
         configs = [c.params for c in record.configs]
-        store.set_status(run_id, "running")
+    with store.heartbeat(run_id):
+        return _train(store, request, engine, run_id, configs, progress)
+
+
+def _train(
+    store: Store, request: RunRequest, engine: str, run_id: str, configs: list[dict[str, Any]], progress: Progress
+) -> RunRecord:
+    exp, opts = request.experiment, request.opts
 
     todo = store.pending(run_id)
     if request.chunk:
