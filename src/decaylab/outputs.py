@@ -12,12 +12,42 @@ from decaylab.experiments.base import Table
 from decaylab.results import json_safe
 from decaylab.store import RunRecord
 
-__all__ = ["environment_lines", "format_cell", "render_table", "run_document", "runs_table", "write_json"]
+__all__ = [
+    "CURVES_INLINE_MAX",
+    "MAX_TABLE_ROWS",
+    "curves_left_out_note",
+    "document_text",
+    "environment_lines",
+    "format_cell",
+    "render_table",
+    "run_document",
+    "runs_table",
+    "write_json",
+]
+
+CURVES_INLINE_MAX = 256  # more configurations than this: curves left out of the document unless --curves
+MAX_TABLE_ROWS = 100  # a longer table shows its first and last TABLE_EDGE_ROWS rows and says how many it left out
+TABLE_EDGE_ROWS = 20
 
 
-def run_document(record: RunRecord, summary: dict[str, Any]) -> dict[str, Any]:
-    """The run as one JSON document (``--json``, ``results.json``, ``runs show --json``)."""
-    return json_safe(
+def curves_left_out_note(record: RunRecord) -> str:
+    """What the document says (key ``curves_left_out``) when its configurations' curves are not in it."""
+    return (
+        f"{record.n_configs} configurations (more than {CURVES_INLINE_MAX}): their curves are in the store, "
+        f"not in this document; `decaylab runs show {record.run_id} --json --curves` prints them "
+        "(or pass --curves to decaylab run)"
+    )
+
+
+def run_document(record: RunRecord, summary: dict[str, Any], curves: bool = True) -> dict[str, Any]:
+    """The run as one JSON document (``--json``, ``results.json``, ``runs show --json``).
+
+    ``curves=False`` leaves every configuration's ``curves`` out and adds ``curves_left_out`` (a
+    sentence saying where they are). Non-finite numbers are ``None``: the run's own fields and the
+    summary through :func:`~decaylab.results.json_safe`, the configurations list by list with numpy
+    (:meth:`~decaylab.results.ConfigResult.to_json`), never float by float over the whole document.
+    """
+    doc = json_safe(
         {
             "run_id": record.run_id,
             "experiment": record.experiment,
@@ -27,9 +57,36 @@ def run_document(record: RunRecord, summary: dict[str, Any]) -> dict[str, Any]:
             "options": record.options,
             "environment": record.environment,
             "summary": summary,
-            "configs": [c.to_json() for c in record.configs],
         }
     )
+    if not curves:
+        doc["curves_left_out"] = curves_left_out_note(record)
+    doc["configs"] = [c.to_json(curves) for c in record.configs]
+    return doc
+
+
+def _compact(value: Any) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a NaN or infinity somewhere: the slow path, for this value only
+        return json.dumps(json_safe(value), separators=(",", ":"), allow_nan=False)
+
+
+def document_text(doc: Any) -> str:
+    """``doc`` as JSON text: a dict one key per line, its ``configs`` one configuration per line
+    (compact, by the C encoder: ``json.dumps`` with ``indent`` falls back to the pure-Python encoder,
+    which at thousands of configurations is most of a run's time); NaN/inf as ``null``; ends in a newline.
+    Any other value is written with ``indent=1``."""
+    if not isinstance(doc, dict):
+        return json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n"
+    lines = []
+    for key, value in doc.items():
+        if key == "configs" and isinstance(value, list) and value:
+            text = "[\n  " + ",\n  ".join(map(_compact, value)) + "\n ]"
+        else:
+            text = json.dumps(json_safe(value), indent=1, allow_nan=False).replace("\n", "\n ")
+        lines.append(f" {json.dumps(str(key))}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}\n" if lines else "{}\n"
 
 
 def environment_lines(record: RunRecord) -> list[str]:
@@ -48,7 +105,7 @@ def environment_lines(record: RunRecord) -> list[str]:
 
 
 def write_json(doc: Any, path: Path) -> Path:
-    path.write_text(json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n")
+    path.write_text(document_text(doc))
     return path
 
 
@@ -62,8 +119,12 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def render_table(table: Table) -> Any:
-    """A ``rich`` table: numbers right-aligned with four significant digits."""
+def render_table(table: Table, more: str = "--json prints them all") -> Any:
+    """A ``rich`` table: numbers right-aligned with four significant digits.
+
+    A table longer than :data:`MAX_TABLE_ROWS` rows shows its first and last :data:`TABLE_EDGE_ROWS` and,
+    between them, a line saying how many rows were left out and ``more`` (how to get them).
+    """
     from rich.console import Group
     from rich.table import Table as RichTable
     from rich.text import Text
@@ -74,7 +135,18 @@ def render_table(table: Table) -> Any:
     ]
     for name, is_number in zip(table.columns, numeric):
         out.add_column(name, justify="right" if is_number else "left", no_wrap=True)
-    for row in table.rows:
+    rows = table.rows
+    if len(rows) > MAX_TABLE_ROWS:
+        head, tail = rows[:TABLE_EDGE_ROWS], rows[-TABLE_EDGE_ROWS:]
+        left_out = len(rows) - len(head) - len(tail)
+    else:
+        head, tail, left_out = rows, [], 0
+    for row in head:
+        out.add_row(*(format_cell(v) for v in row))
+    if left_out:
+        out.add_row(*(["…"] * len(table.columns)))
+        out.caption = f"{left_out} of {len(rows)} rows left out ({more})"
+    for row in tail:
         out.add_row(*(format_cell(v) for v in row))
     return Group(Text(table.title, style="bold"), out) if table.title else out
 
@@ -87,5 +159,5 @@ def runs_table(records: Sequence[RunRecord]) -> Table:
         counts = r.counts()
         done = counts.get("done", 0) + counts.get("diverged", 0)
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
-        rows.append([r.run_id, r.experiment, r.status, f"{done}/{len(r.configs)}", when, r.version])
+        rows.append([r.run_id, r.experiment, r.status, f"{done}/{r.n_configs}", when, r.version])
     return Table(["run", "experiment", "status", "configs done", "started", "version"], rows)

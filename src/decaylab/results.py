@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from decaylab.codec import json_list
+
 __all__ = ["ConfigResult", "Outcome", "Status", "json_safe"]
 
 Status = Literal["pending", "done", "diverged", "failed"]
@@ -47,25 +49,27 @@ class ConfigResult(Outcome):
         values.update(metrics=dict(outcome.metrics), curves=dict(outcome.curves))
         return cls(params=dict(params), **values)
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves``, kept ``weights``,
-        ``averaged_weights`` and ``optimizer_state`` when there are any (NaN/inf → ``None``)."""
+    def to_json(self, curves: bool = True) -> dict[str, Any]:
+        """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves`` (left out with
+        ``curves=False``), kept ``weights``, ``averaged_weights`` and ``optimizer_state`` when there are any
+        (NaN/inf → ``None``, done per list by numpy: :func:`decaylab.codec.json_list`)."""
         doc: dict[str, Any] = {
-            "params": self.params,
+            "params": json_safe(self.params),
             "status": self.status,
             "metrics": {k: _finite_or_none(v) for k, v in self.metrics.items()},
-            "curves": {k: [_finite_or_none(v) for v in vs] for k, vs in self.curves.items()},
         }
+        if curves:
+            doc["curves"] = {k: json_list(vs) for k, vs in self.curves.items()}
         if self.diverged_epoch is not None:
             doc["diverged_epoch"] = self.diverged_epoch
         if self.error is not None:
             doc["error"] = self.error
         if self.weights is not None:
-            doc["weights"] = json_safe(self.weights)
+            doc["weights"] = json_list(self.weights)
         if self.averaged_weights is not None:
-            doc["averaged_weights"] = json_safe(self.averaged_weights)
+            doc["averaged_weights"] = json_list(self.averaged_weights)
         if self.optimizer_state is not None:
-            doc["optimizer_state"] = json_safe(self.optimizer_state)
+            doc["optimizer_state"] = {k: json_list(vs) for k, vs in self.optimizer_state.items()}
         return doc
 
     @classmethod
