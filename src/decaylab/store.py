@@ -89,6 +89,9 @@ SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 d
 BUSY_TIMEOUT = 30.0  # seconds a statement waits for another process's lock before the store gives up
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeats of a run's owner
 STALE_AFTER = 60.0  # a heartbeat older than this means the owner is gone (whatever its pid)
+# SQLite page of a new store: a configuration's row (~1.45 KB for 100 epochs of 3 curves) fills 4 KB
+# pages two to a page (2.1 KB a configuration); 16 KB pages hold eleven (measured: 1.6 KB a configuration)
+PAGE_SIZE = 16384
 
 _RUN_COLUMNS = (
     "run_id", "experiment", "command", "options", "raw_options", "version", "seed", "status", "created",
@@ -393,6 +396,8 @@ class Store:
         """
         conn = self._conn
         conn.execute("PRAGMA foreign_keys = ON")
+        if not self.readonly:  # takes effect only in a file with no tables yet: a new store
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
         try:
             self._check_schema(conn)
