@@ -119,11 +119,12 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def render_table(table: Table, more: str = "--json prints them all") -> Any:
+def render_table(table: Table, more: str = "--json") -> Any:
     """A ``rich`` table: numbers right-aligned with four significant digits.
 
     A table longer than :data:`MAX_TABLE_ROWS` rows shows its first and last :data:`TABLE_EDGE_ROWS` and,
-    between them, a line saying how many rows were left out and ``more`` (how to get them).
+    between them a row of "…", and below a line saying how many rows were left out and that ``more`` (a
+    command) prints them all.
     """
     from rich.console import Group
     from rich.table import Table as RichTable
@@ -145,10 +146,13 @@ def render_table(table: Table, more: str = "--json prints them all") -> Any:
         out.add_row(*(format_cell(v) for v in row))
     if left_out:
         out.add_row(*(["…"] * len(table.columns)))
-        out.caption = f"{left_out} of {len(rows)} rows left out ({more})"
     for row in tail:
         out.add_row(*(format_cell(v) for v in row))
-    return Group(Text(table.title, style="bold"), out) if table.title else out
+    parts: list[Any] = [Text(table.title, style="bold")] if table.title else []
+    parts.append(out)
+    if left_out:
+        parts.append(Text(f"{left_out} of {len(rows)} rows left out; {more} prints them all", style="italic"))
+    return Group(*parts) if len(parts) > 1 else out
 
 
 def runs_table(records: Sequence[RunRecord]) -> Table:
