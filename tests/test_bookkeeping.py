@@ -156,3 +156,24 @@ def test_norm_figure_of_many_lambdas_draws_a_few_artists(monkeypatch: pytest.Mon
     assert len(many.lines) == 1 and len(many.collections) == 1  # √d, and every λ in one LineCollection
     (lines,) = many.collections
     assert len(lines.get_segments()) == 2000 and lines.get_rasterized()
+
+
+def test_group_means_of_the_norm_figure_are_nanmean_per_lambda() -> None:
+    import warnings
+
+    import numpy as np
+
+    from decaylab.plots.d2l_linear import _group_nanmean
+
+    rng = np.random.default_rng(0)
+    sizes = [3, 1, 2, 4]
+    groups = {float(k): [ConfigResult() for _ in range(n)] for k, n in enumerate(sizes)}
+    rows = rng.normal(size=(sum(sizes), 5))
+    rows[1, 2] = rows[3, :] = rows[4, 0] = rows[5, 0] = np.nan  # group 1 all NaN; group 2 NaN in column 0
+    got = _group_nanmean(groups, rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        edges = np.cumsum([0, *sizes])
+        want = np.stack([np.nanmean(rows[a:b], axis=0) for a, b in zip(edges[:-1], edges[1:])])
+    np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+    assert np.isnan(got[1]).all() and np.isnan(got[2, 0])

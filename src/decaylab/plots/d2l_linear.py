@@ -9,7 +9,6 @@ rasterized ``LineCollection`` coloured by λ (a colour bar, not a legend) once t
 from __future__ import annotations
 
 from collections.abc import Sequence
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +77,7 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
     sqrt_d = np.sqrt(opts["dim"])
     left.axhline(sqrt_d, color="grey", lw=0.8, ls=":", label=f"√d = {sqrt_d:.1f} (start)")
     if len(groups) > MAX_LEGEND_LAMBDAS:  # every λ, one artist: mean over seeds, coloured by λ's rank
-        _norm_collection(fig, left, groups)
+        _norm_collection(fig, left, groups, sqrt_d)
         left.legend(frameon=False, loc="lower left")
     else:
         colors = lambda_colors(lambdas_sorted)
@@ -99,6 +98,8 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
         right.plot(lambdas, means, style if markers else style[1:], ms=3.5, lw=1.4, label=label)
     norms = _mean_metric(groups, "w_norm")
     right.plot(lambdas, norms, "^:" if markers else ":", ms=3.5, lw=1.4, color="tab:green", label="final ‖w‖₂")
+    if not np.isfinite(norms).any():
+        right.text(0.5, 0.5, "every λ diverged:\nno final values", transform=right.transAxes, ha="center", va="center")
     right.set_yscale("log")
     if len(lambdas) > 3 and lambdas.min() == 0:
         right.set_xscale("symlog", linthresh=max(lambdas[lambdas > 0].min(), 1e-6) if (lambdas > 0).any() else 1)
@@ -112,34 +113,47 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
     return save(fig, path)
 
 
+def _group_nanmean(groups: dict[float, list[ConfigResult]], rows: np.ndarray) -> np.ndarray:
+    """Per group (λ, in the order of ``groups``) the mean of ``rows`` (one row per result, in the order
+    of the groups' results) over the group's results, NaN ignored (NaN where all are NaN): one
+    ``np.add.at`` for the whole sweep rather than a ``nanmean`` per λ."""
+    sizes = np.array([len(g) for g in groups.values()])
+    index = np.repeat(np.arange(len(sizes)), sizes)
+    finite = np.isfinite(rows)
+    sums = np.zeros((len(sizes), *rows.shape[1:]))
+    counts = np.zeros_like(sums)
+    np.add.at(sums, index, np.where(finite, rows, 0.0))
+    np.add.at(counts, index, finite)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
 def _mean_metric(groups: dict[float, list[ConfigResult]], key: str) -> np.ndarray:
     """Per λ (in the order of ``groups``), the mean over seeds of the final metric ``key`` (NaN ignored)."""
-    with warnings.catch_warnings():  # a λ whose every seed diverged has no mean: NaN, not a warning
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.array([np.nanmean([r.metrics.get(key, np.nan) for r in g]) for g in groups.values()], dtype=float)
+    values = np.array([r.metrics.get(key, np.nan) for g in groups.values() for r in g], dtype=float)
+    return _group_nanmean(groups, values)
 
 
-def _norm_collection(fig: Any, ax: Any, groups: dict[float, list[ConfigResult]]) -> None:
+def _norm_collection(fig: Any, ax: Any, groups: dict[float, list[ConfigResult]], start: float) -> None:
     """Every λ's ‖w‖ curve (mean over seeds) as one rasterized ``LineCollection`` coloured by λ's rank
-    (light to dark, as :func:`lambda_colors`), with a colour bar labelled in λ."""
+    (as :func:`lambda_colors`), with a colour bar labelled in λ; the y range covers them and ``start``."""
     import matplotlib as mpl
     from matplotlib.collections import LineCollection
 
     lambdas = list(groups)
     epochs = np.asarray(next(iter(groups.values()))[0].curves["epoch"], dtype=float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        means = np.stack([np.nanmean(stack(g, "w_norm"), axis=0) for g in groups.values()])  # (λ, epochs)
+    curves = np.array([r.curves["w_norm"] for g in groups.values() for r in g], dtype=float)
+    means = _group_nanmean(groups, curves)  # (λ, epochs)
     segments = np.stack([np.broadcast_to(epochs, means.shape), means], axis=-1)
     cmap = mpl.colors.ListedColormap(mpl.colormaps["viridis"](np.linspace(0, 0.9, 256)))
     norm = mpl.colors.Normalize(0, max(len(lambdas) - 1, 1))
     lines = LineCollection(list(segments), cmap=cmap, norm=norm, linewidths=1.0, rasterized=True)
     lines.set_array(np.arange(len(lambdas), dtype=float))
     ax.add_collection(lines)
-    finite = means[np.isfinite(means) & (means > 0)]
+    shown = np.append(means[np.isfinite(means) & (means > 0)], start)
     ax.set_xlim(epochs.min(), epochs.max())
-    if finite.size:
-        ax.set_ylim(finite.min() / 1.5, finite.max() * 1.5)
+    if shown.size:
+        ax.set_ylim(shown.min() / 1.5, shown.max() * 1.5)
     bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
     ticks = sorted({0, len(lambdas) - 1, *np.linspace(0, len(lambdas) - 1, 5).round().astype(int).tolist()})
     bar.set_ticks(ticks, labels=[f"{lambdas[i]:.3g}" for i in ticks])
