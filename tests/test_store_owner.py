@@ -249,19 +249,36 @@ def test_two_resumes_at_once_one_is_refused_and_nothing_is_trained_twice(cli_jso
 
 
 # -- the heartbeat ---------------------------------------------------------------------------
-def test_heartbeat_thread_refreshes_the_run_and_stops(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.db")
-    store.create_run("r", "d2l-linear", "cmd", {}, {}, "0", "0", [{"lambd": 0.0}])
-    sql(tmp_path / "s.db", "UPDATE runs SET heartbeat = 0")
-    with store.heartbeat("r", every=0.05):
-        deadline = time.monotonic() + 60
-        while sql(tmp_path / "s.db", "SELECT heartbeat FROM runs")[0][0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert sql(tmp_path / "s.db", "SELECT heartbeat FROM runs")[0][0] > time.time() - 60
-    sql(tmp_path / "s.db", "UPDATE runs SET heartbeat = 1")
-    time.sleep(0.3)  # six beats' time: a thread that did not stop would have written one
-    assert sql(tmp_path / "s.db", "SELECT heartbeat FROM runs")[0][0] == 1
-    assert not [t for t in __import__("threading").enumerate() if t.name.startswith("decaylab-heartbeat")]
+def _heartbeat(path: Path) -> float:
+    return sql(path, "SELECT heartbeat FROM runs")[0][0]
+
+
+@pytest.mark.parametrize("how", ["create_run", "claim"])
+def test_owner_beats_until_the_run_ends(tmp_path: Path, how: str) -> None:
+    """The owner's store refreshes the heartbeat from a thread; a final status or closing stops it."""
+    import threading
+
+    path = tmp_path / "s.db"
+    store = Store(path)
+    store.heartbeat_every = 0.05
+    if how == "create_run":
+        store.create_run("r", "d2l-linear", "cmd", {}, {}, "0", "0", [{"lambd": 0.0}])
+    else:
+        with Store(path) as creator:  # closing it stops its heartbeat
+            creator.create_run("r", "d2l-linear", "cmd", {}, {}, "0", "0", [{"lambd": 0.0}])
+        _own(path, _dead_pid(), socket.gethostname(), time.time())
+        store.claim("r")
+    sql(path, "UPDATE runs SET heartbeat = 0")
+    deadline = time.monotonic() + 60
+    while _heartbeat(path) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _heartbeat(path) > time.time() - 60
+    store.set_status("r", "interrupted")
+    sql(path, "UPDATE runs SET heartbeat = 1")
+    time.sleep(0.3)  # six beats' time: a thread that had not stopped would have written one
+    assert _heartbeat(path) == 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("decaylab-heartbeat")]
+    store.close()
 
 
 def test_a_stored_chunk_beats_too(tmp_path: Path) -> None:
@@ -272,3 +289,24 @@ def test_a_stored_chunk_beats_too(tmp_path: Path) -> None:
     sql(tmp_path / "s.db", "UPDATE runs SET heartbeat = 0")
     store.save_results("r", [(0, ConfigResult(params={"lambd": 0.0}))])
     assert sql(tmp_path / "s.db", "SELECT heartbeat FROM runs")[0][0] > time.time() - 60
+
+
+def test_hot_journal_of_a_read_only_store_is_one_line_until_it_can_be_rolled_back(cli_json: Any, tmp_path: Path) -> None:
+    """A read-only open cannot roll a hot journal back: never judge the file through it; say what to do."""
+    from store_helpers import decaylab, unprivileged
+
+    cut = cli_json(*SWEEP, "--store", "s.db")
+    _cut(tmp_path / "s.db", keep_done={0, 1})
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_COMMIT, str(tmp_path / "s.db")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout.readline().strip() == "writing"
+    writer.send_signal(signal.SIGKILL)
+    writer.communicate(timeout=30)
+    (tmp_path / "s.db").chmod(0o444)
+    listed = decaylab("runs", "list", "--store", "s.db", prefix=unprivileged(), cwd=tmp_path)
+    one_line_error(listed.returncode, listed.stderr, "'s.db'", "killed while writing it", "make the file and its directory writable")
+    assert (tmp_path / "s.db-journal").stat().st_size > 0  # left for a writable open
+    (tmp_path / "s.db").chmod(0o644)
+    (listed,) = cli_json("runs", "list", "--store", "s.db")
+    assert listed["run_id"] == cut["run_id"] and listed["counts"] == {"done": 2, "pending": 4}

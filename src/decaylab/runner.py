@@ -2,10 +2,10 @@
 
 The store sees a run before any training starts (status ``running``, every configuration ``pending``),
 each finished chunk in one transaction, and the run's end (``finished``, or ``failed`` when a chunk
-failed for good). Ctrl-C marks the run ``interrupted``; a kill leaves it ``running`` with an owner that
-is dead, which the store shows as ``interrupted``. Either way the finished configurations stay, and
-:func:`execute` with ``resume=RUN_ID`` trains only the rest, after taking the run's lease
-(:meth:`Store.claim`); while it trains, a background thread keeps the run's heartbeat fresh.
+failed for good). Ctrl-C marks the run ``interrupted``; a kill leaves it ``running`` with a dead owner,
+which the store shows as ``interrupted``. Either way the finished configurations stay, and
+:func:`execute` with ``resume=RUN_ID`` trains only the rest once it holds the run's lease
+(:meth:`Store.claim`). While this process owns a run, the store keeps the run's heartbeat fresh.
 """
 
 from __future__ import annotations
@@ -106,14 +106,7 @@ def _execute(store: Store, request: RunRequest, engine: str, resume: str | None,
         if record is None:
             raise parameter_error("RUN_ID", "decaylab resume", "the id of a run in the store", run_id)
         configs = [c.params for c in record.configs]
-    with store.heartbeat(run_id):
-        return _train(store, request, engine, run_id, configs, progress)
-
-
-def _train(
-    store: Store, request: RunRequest, engine: str, run_id: str, configs: list[dict[str, Any]], progress: Progress
-) -> RunRecord:
-    exp, opts = request.experiment, request.opts
+        store.set_status(run_id, "running")
 
     todo = store.pending(run_id)
     if request.chunk:

@@ -167,7 +167,7 @@ def owner_alive(pid: int | None, host: str | None, heartbeat: float | None, now:
     now = time.time() if now is None else now
     if heartbeat is None or now - heartbeat > STALE_AFTER:
         return False
-    if host == socket.gethostname() and pid is not None:
+    if host == socket.gethostname() and pid is not None and os.name == "posix":  # Windows' os.kill would kill
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -264,6 +264,8 @@ class Store:
         self.readonly = readonly
         create = create and not readonly
         self.token = secrets.token_hex(8)  # this process's lease on the runs it trains
+        self.heartbeat_every = HEARTBEAT_EVERY
+        self._beats: dict[str, tuple[threading.Event, threading.Thread]] = {}
         self._run_columns: tuple[str, ...] = _RUN_COLUMNS
         self._check_file(create)
         self._conn = self._connect()
@@ -478,6 +480,9 @@ class Store:
                 raise self._failure(exc) from None
 
     def close(self) -> None:
+        """Stop the heartbeats of the runs this store owns and close the connection."""
+        for run_id in list(self._beats):
+            self._stop_heartbeat(run_id)
         self._conn.close()
 
     def __enter__(self) -> Store:
@@ -516,14 +521,17 @@ class Store:
                 "INSERT INTO configs (run_id, idx, params, status) VALUES (?, ?, ?, 'pending')",
                 [(run_id, i, _dumps(p)) for i, p in enumerate(configs)],
             )
+        self._start_heartbeat(run_id)
 
     def claim(self, run_id: str, environment: dict[str, Any] | None = None) -> RunRecord | None:
         """Take over ``run_id`` to train the rest of it; ``None`` if there is no such run.
 
         Compare-and-set in one ``BEGIN IMMEDIATE`` transaction: if the run is ``running`` and its owner
-        is alive (another process, see :func:`owner_alive`), raise :class:`RunBusyError`; otherwise make
-        this process the owner (status ``running``, fresh heartbeat). Of two claims at once exactly one
-        succeeds. An ``environment`` that differs from the stored one is appended to its ``"resumed_in"``.
+        is alive (another process, see :func:`owner_alive`), raise :class:`RunBusyError`; otherwise, if
+        the run has configurations left to train, make this process its owner (status ``running``, fresh
+        heartbeat, kept fresh until :meth:`set_status` ends the run or the store is closed). Of two claims
+        at once exactly one succeeds. A run with nothing left to train keeps its status and owner.
+        An ``environment`` that differs from the stored one is appended to its ``"resumed_in"``.
         """
         with self.transaction() as conn:
             row = conn.execute(
@@ -538,6 +546,11 @@ class Store:
                     str(parameter_error("RUN_ID", "decaylab resume", "a run no live process is training", run_id))
                     + f" Process {pid} on {host} is training it (heartbeat {time.time() - heartbeat:.0f} s ago)."
                 )
+            left = conn.execute(
+                "SELECT COUNT(*) FROM configs WHERE run_id = ? AND status IN ('pending', 'failed')", (run_id,)
+            ).fetchone()[0]
+            if not left:
+                return self.get_run(run_id)
             stored_env = self._loads(env_text, run_id, "environment") if env_text else None
             if environment is not None:
                 if stored_env is None:
@@ -552,6 +565,7 @@ class Store:
                     None if stored_env is None else _dumps(stored_env), run_id,
                 ),
             )  # fmt: skip
+        self._start_heartbeat(run_id)
         return self.get_run(run_id, curves=False)
 
     def save_results(self, run_id: str, results: Iterable[tuple[int, ConfigResult]]) -> None:
@@ -585,22 +599,28 @@ class Store:
                 )
 
     def set_status(self, run_id: str, status: str) -> None:
+        """Set the run's status; any status but ``running`` ends this process's heartbeat for it."""
+        if status != "running":
+            self._stop_heartbeat(run_id)
         finished = time.time() if status in ("finished", "failed") else None
         with self.transaction() as conn:
             conn.execute("UPDATE runs SET status = ?, finished = ? WHERE run_id = ?", (status, finished, run_id))
 
-    @contextmanager
-    def heartbeat(self, run_id: str, every: float = HEARTBEAT_EVERY) -> Iterator[None]:
-        """Refresh ``run_id``'s heartbeat every ``every`` seconds from a background thread while inside.
+    def _start_heartbeat(self, run_id: str) -> None:
+        """Refresh ``run_id``'s heartbeat every :attr:`heartbeat_every` seconds from a daemon thread.
 
         The thread has its own connection and a short busy timeout; a beat that cannot be written (the
-        store busy or full) is skipped, never raised: the heartbeat must not stop or slow the training.
+        store busy or full) is skipped, never raised: the heartbeat must not stop or slow the training
+        (a beat is one small UPDATE, ~10 ms of mostly fsync, every 5 s).
         """
+        if run_id in self._beats:
+            return
         stop = threading.Event()
+        every, path, token = self.heartbeat_every, self.path, self.token
 
         def beat() -> None:
             try:
-                conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(path, timeout=1.0, isolation_level=None, check_same_thread=False)
             except sqlite3.Error:
                 return
             try:
@@ -608,7 +628,7 @@ class Store:
                     try:
                         conn.execute(
                             "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND owner_token = ?",
-                            (time.time(), run_id, self.token),
+                            (time.time(), run_id, token),
                         )
                     except sqlite3.Error:
                         pass
@@ -617,9 +637,11 @@ class Store:
 
         thread = threading.Thread(target=beat, name=f"decaylab-heartbeat-{run_id}", daemon=True)
         thread.start()
-        try:
-            yield
-        finally:
+        self._beats[run_id] = (stop, thread)
+
+    def _stop_heartbeat(self, run_id: str) -> None:
+        stop, thread = self._beats.pop(run_id, (None, None))
+        if stop is not None and thread is not None:
             stop.set()
             thread.join(timeout=5.0)
 
