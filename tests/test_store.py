@@ -207,12 +207,13 @@ def test_full_disk_during_a_run(cli: Any, cli_json: Any, tmp_path: Path, monkeyp
 
     with monkeypatch.context() as patch:
         patch.setattr(Store, "create_run", then_the_disk_fills)
-        code, out, err = cli("run", "d2l-linear", "--lambd", "0:3:8", "--epochs", "100", "--quiet", "--store", "s.db")
+        # 64 configurations: their packed curves (~100 KB) cannot fit in the free space of the pages there are
+        code, out, err = cli("run", "d2l-linear", "--lambd", "0:3:64", "--epochs", "100", "--quiet", "--store", "s.db")
     one_line_error(code, err, "'s.db'", "The disk is full", "database or disk is full", "everything stored before is intact")
     runs = {r["run_id"]: r for r in cli_json("runs", "list", "--store", "s.db")}
     assert runs[doc["run_id"]]["status"] == "finished"
     (cut,) = [r for r in runs.values() if r["run_id"] != doc["run_id"]]
-    assert cut["status"] == "failed" and cut["counts"] == {"pending": 8}  # no half-written chunk
+    assert cut["status"] == "failed" and cut["counts"] == {"pending": 64}  # no half-written chunk
     assert cli_json("runs", "show", doc["run_id"], "--store", "s.db")["configs"] == doc["configs"]
 
 
