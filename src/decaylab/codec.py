@@ -22,6 +22,7 @@ turns a list of numbers into a strict-JSON list (NaN and ±inf as ``None``) with
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -103,10 +104,7 @@ def unpack(blob: bytes, names: set[str] | None = None) -> dict[str, Any]:
     if blob[:4] != MAGIC or len(blob) < 8:
         raise ValueError("not a packed decaylab record (wrong magic bytes)")
     (size,) = _LENGTH.unpack_from(blob, 4)
-    try:
-        header = json.loads(blob[8 : 8 + size])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"damaged record header ({exc})") from None
+    header = _header(bytes(blob[8 : 8 + size]))
     out: dict[str, Any] = {}
     offset = 8 + size
     for name, kind, n in header:
@@ -130,6 +128,15 @@ def unpack(blob: bytes, names: set[str] | None = None) -> dict[str, Any]:
         else:
             raise ValueError(f"damaged record (unknown kind {kind!r})")
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _header(text: bytes) -> tuple[tuple[str, str, int], ...]:
+    """A record's header, parsed once per distinct header (a run's rows share a handful)."""
+    try:
+        return tuple((str(name), str(kind), int(n)) for name, kind, n in json.loads(text))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+        raise ValueError(f"damaged record header ({exc})") from None
 
 
 def json_list(values: Any) -> list[Any]:
