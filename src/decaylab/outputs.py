@@ -73,20 +73,23 @@ def _compact(value: Any) -> str:
 
 
 def document_text(doc: Any) -> str:
-    """``doc`` as JSON text: a dict one key per line, its ``configs`` one configuration per line
-    (compact, by the C encoder: ``json.dumps`` with ``indent`` falls back to the pure-Python encoder,
-    which at thousands of configurations is most of a run's time); NaN/inf as ``null``; ends in a newline.
-    Any other value is written with ``indent=1``."""
-    if not isinstance(doc, dict):
-        return json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n"
-    lines = []
-    for key, value in doc.items():
-        if key == "configs" and isinstance(value, list) and value:
-            text = "[\n  " + ",\n  ".join(map(_compact, value)) + "\n ]"
-        else:
-            text = json.dumps(json_safe(value), indent=1, allow_nan=False).replace("\n", "\n ")
-        lines.append(f" {json.dumps(str(key))}: {text}")
-    return "{\n" + ",\n".join(lines) + "\n}\n" if lines else "{}\n"
+    """``doc`` as JSON text: dicts one key per line, lists of dicts or lists (``configs``, a summary's
+    rows) one element per line, each element compact, written by the C encoder (``json.dumps`` with
+    ``indent`` falls back to the pure-Python encoder, which at thousands of configurations was most of
+    a run's time); NaN/inf as ``null``; ends in a newline."""
+    return _block(doc, 0) + "\n"
+
+
+def _block(value: Any, depth: int) -> str:
+    """A dict one key per line (recursively); a list of containers one element per line, each compact;
+    anything else compact. Every leaf goes through the C encoder."""
+    pad = " " * (depth + 1)
+    if isinstance(value, dict) and value:
+        items = (f"{pad}{json.dumps(str(k))}: {_block(v, depth + 1)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
+    if isinstance(value, list) and value and all(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(pad + _compact(v) for v in value) + "\n" + " " * depth + "]"
+    return _compact(value)
 
 
 def environment_lines(record: RunRecord) -> list[str]:
