@@ -12,7 +12,13 @@ import pytest
 from test_store_arrays import same
 
 from decaylab.experiments import get_experiment
-from decaylab.outputs import CURVES_INLINE_MAX, MAX_TABLE_ROWS, TABLE_EDGE_ROWS, document_text, run_document
+from decaylab.outputs import (
+    CURVES_INLINE_MAX,
+    MAX_TABLE_ROWS,
+    TABLE_EDGE_ROWS,
+    document_text,
+    run_document,
+)
 from decaylab.results import ConfigResult, json_safe
 from decaylab.store import Store
 
@@ -159,6 +165,7 @@ def test_norm_figure_of_many_lambdas_draws_a_few_artists(monkeypatch: pytest.Mon
 
 
 def test_group_means_of_the_norm_figure_are_nanmean_per_lambda() -> None:
+    import itertools
     import warnings
 
     import numpy as np
@@ -174,6 +181,6 @@ def test_group_means_of_the_norm_figure_are_nanmean_per_lambda() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         edges = np.cumsum([0, *sizes])
-        want = np.stack([np.nanmean(rows[a:b], axis=0) for a, b in zip(edges[:-1], edges[1:])])
+        want = np.stack([np.nanmean(rows[a:b], axis=0) for a, b in itertools.pairwise(edges)])
     np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
     assert np.isnan(got[1]).all() and np.isnan(got[2, 0])
