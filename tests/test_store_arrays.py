@@ -105,8 +105,25 @@ def _results() -> list[ConfigResult]:
     ]  # fmt: skip
 
 
-def _store(path: Path, results: list[ConfigResult]) -> Store:
+_opened: list[Store] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Any:
+    """Close every store a test opened: an owner's store keeps a heartbeat thread until then."""
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+def _open(path: Path) -> Store:
     store = Store(path)
+    _opened.append(store)
+    return store
+
+
+def _store(path: Path, results: list[ConfigResult]) -> Store:
+    store = _open(path)
     store.create_run("r1", "d2l-linear", "cmd", {}, {}, "0", "0", [r.params for r in results])
     store.save_results("r1", list(enumerate(results)))
     return store
@@ -156,7 +173,7 @@ def test_engine_float32_curves_are_stored_as_float32_exactly(tmp_path: Path, mon
     exp = get_experiment("d2l-linear")
     opts = {o.name: o.parse(o.default, o.flag, exp.name) for o in exp.options}
     opts.update(lambd=[0.0, 3.0, 1e9], epochs=3)  # λ = 1e9 diverges: NaN curves
-    record = execute(Store(tmp_path / "s.db"), RunRequest(exp, opts, chunk=3))
+    record = execute(_open(tmp_path / "s.db"), RunRequest(exp, opts, chunk=3))
     assert record.configs[2].status == "diverged" and len(trained) == 3
     for got, want in zip(record.configs, trained):
         assert same(got.curves, want.curves) and same(got.metrics, want.metrics)
@@ -213,7 +230,7 @@ def test_old_store_with_json_text_reads_and_migrates(tmp_path: Path, version: st
     for got, want in zip(old.configs, results):  # the numbers as written: JSON text kept ±inf as null, read as NaN
         assert same(got.curves, _through_json(want.curves)) and same(got.metrics, _through_json(want.metrics))
 
-    store = Store(path)  # a writer migrates: version 3, old rows untouched, new rows packed
+    store = _open(path)  # a writer migrates: version 3, old rows untouched, new rows packed
     assert sql(path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
     store.create_run("new", "d2l-linear", "cmd", {}, {}, "0", "0", [r.params for r in results])
     store.save_results("new", list(enumerate(results)))
