@@ -75,6 +75,14 @@ def test_reading_commands_on_a_missing_store_create_nothing(cli: Any, tmp_path: 
     assert list(tmp_path.iterdir()) == []  # no store, no journal, no run directory
 
 
+def test_store_names_that_look_like_uri_syntax(cli_json: Any, tmp_path: Path) -> None:
+    """The store is opened through an SQLite URI; '?', '#' and '%' in its name are part of the name."""
+    name = "runs?mode=ro#1%20.db"
+    doc = _stored_run(cli_json, name)
+    assert [r["run_id"] for r in cli_json("runs", "list", "--store", name)] == [doc["run_id"]]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [name]
+
+
 # -- schema versions and columns -------------------------------------------------------------
 def test_version_1_store_is_read_as_is_and_migrated_by_a_write(cli: Any, cli_json: Any, tmp_path: Path) -> None:
     doc = _stored_run(cli_json, "current.db")

@@ -310,3 +310,12 @@ def test_hot_journal_of_a_read_only_store_is_one_line_until_it_can_be_rolled_bac
     (tmp_path / "s.db").chmod(0o644)
     (listed,) = cli_json("runs", "list", "--store", "s.db")
     assert listed["run_id"] == cut["run_id"] and listed["counts"] == {"done": 2, "pending": 4}
+
+
+def test_runs_show_names_the_owner_of_a_running_run(cli: Any, cli_json: Any, tmp_path: Path) -> None:
+    doc = cli_json(*SWEEP, "--store", "s.db")
+    sql(tmp_path / "s.db", "UPDATE runs SET status = 'running'")
+    _own(tmp_path / "s.db", os.getpid(), socket.gethostname(), time.time() - 3)
+    code, out, _ = cli("runs", "show", doc["run_id"], "--store", "s.db")
+    assert code == 0 and "running" in out.splitlines()[0]
+    assert f"owner: process {os.getpid()} on {socket.gethostname()}, heartbeat" in out

@@ -59,6 +59,7 @@ import sqlite3
 import stat
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -371,7 +372,7 @@ class Store:
             raise self._not_a_store("It is not an SQLite database")
 
     def _connect(self) -> sqlite3.Connection:
-        uri = f"file:{self.path.resolve().as_posix()}"
+        uri = "file:" + urllib.parse.quote(self.path.resolve().as_posix())  # a '?' or '#' in a name is not a query
         if self.readonly and not self._writable():
             if self._hot_journal():
                 raise self._error(
