@@ -5,7 +5,7 @@
     decaylab sweep FILE.py:FUNCTION [options]  # λ sweeps over your own nn.Module
     decaylab resume RUN_ID
     decaylab runs list [--json]
-    decaylab runs show RUN_ID [--json]
+    decaylab runs show RUN_ID [--json [--curves]]
     decaylab audit FILE.py:FUNCTION [--json]   # findings about (model, optimizer[, scheduler]) with fixes
 
 Bad input is one line on stderr naming the option, the value and what is allowed, and exit code 2.
@@ -16,7 +16,6 @@ be written), 2 bad input, 130 interrupted (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -51,6 +50,12 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
         "--store", metavar="PATH", help="SQLite run store (default: $DECAYLAB_STORE or ./decaylab.db)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    parser.add_argument(
+        "--curves",
+        action="store_true",
+        help="keep every configuration's curves in the JSON document even when the run has more than 256"
+        " (by default a larger run's document leaves them out and says how to get them)",
+    )
 
 
 def _output_options(parser: argparse.ArgumentParser) -> None:
@@ -178,7 +183,22 @@ def _make_progress(enabled: bool) -> Any:
 
 
 def _print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    from decaylab.outputs import document_text
+
+    sys.stdout.write(document_text(doc))
+
+
+def _with_curves(record: Any, ns: argparse.Namespace) -> bool:
+    """Whether the run's JSON document carries the curves: with ``--curves``, or for a small run."""
+    from decaylab.outputs import CURVES_INLINE_MAX
+
+    return bool(ns.curves) or record.n_configs <= CURVES_INLINE_MAX
+
+
+def _say_curves_left_out(record: Any) -> None:
+    from decaylab.outputs import curves_left_out_note
+
+    print(f"decaylab: {curves_left_out_note(record)}", file=sys.stderr)
 
 
 def _console() -> Any:
@@ -233,16 +253,19 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
             store.close()
         out = _writable_dir(Path(ns.out) if ns.out else Path("runs") / record.run_id, "--out")
         figures.submit(exp.name, record.configs, opts, out)  # drawn on the other core while this one writes
-        doc = run_document(record, exp.summarize(record.configs, opts))
+        curves = _with_curves(record, ns)
+        doc = run_document(record, exp.summarize(record.configs, opts), curves=curves)
         lost: list[OSError] = []  # files that could not be written; the others still are
         try:
             written = [write_json(doc, out / "results.json")]
         except OSError as exc:
             written, lost = [], [exc]
+        if not curves:
+            _say_curves_left_out(record)
         if ns.json:
             _print_json(doc)
         elif not ns.quiet:
-            _console().print(render_table(exp.table(record.configs, opts)))
+            _console().print(render_table(exp.table(record.configs, opts), f"decaylab runs show {record.run_id} --json"))
         try:
             written = figures.collect() + written
         except OSError as exc:
@@ -340,7 +363,7 @@ def _cmd_run(argv: list[str]) -> int:
     if ns.resume:
         store = _open_store(ns.store, create=False)
         try:
-            record = store.get_run(ns.resume)
+            record = store.get_run(ns.resume, curves=False)
         finally:
             store.close()
         if record is None or record.experiment != exp.name:
@@ -409,7 +432,7 @@ def _cmd_resume(argv: list[str]) -> int:
     ns = parser.parse_args(argv)
     store = _open_store(ns.store, "decaylab resume", create=False)
     try:
-        record = store.get_run(ns.run_id)
+        record = store.get_run(ns.run_id, curves=False)
     finally:
         store.close()
     if record is None:
@@ -443,7 +466,7 @@ def _cmd_runs(argv: list[str]) -> int:
                             "run_id": r.run_id,
                             "experiment": r.experiment,
                             "status": r.status,
-                            "configs": len(r.configs),
+                            "configs": r.n_configs,
                             "counts": r.counts(),
                             "created": r.created,
                             "version": r.version,
@@ -455,14 +478,17 @@ def _cmd_runs(argv: list[str]) -> int:
             else:
                 _console().print(render_table(runs_table(records)))
             return EXIT_OK
-        record = store.get_run(ns.run_id)
+        record = _read_for_show(store, ns)
     finally:
         store.close()
     if record is None:
         raise UsageError(str(parameter_error("RUN_ID", "decaylab runs show", "the id of a run in the store", ns.run_id)))
     exp, opts = _shown_options(record)
     if ns.json:
-        _print_json(run_document(record, exp.summarize(record.configs, opts)))
+        curves = _with_curves(record, ns)
+        _print_json(run_document(record, exp.summarize(record.configs, opts), curves=curves))
+        if not curves:
+            _say_curves_left_out(record)
     else:
         from decaylab.outputs import environment_lines
 
@@ -471,7 +497,7 @@ def _cmd_runs(argv: list[str]) -> int:
         console.print(f"command: {record.command}", markup=False)
         for line in environment_lines(record):
             console.print(line, markup=False, highlight=False)
-        console.print(render_table(exp.table(record.configs, opts)))
+        console.print(render_table(exp.table(record.configs, opts), f"decaylab runs show {record.run_id} --json"))
     return EXIT_OK
 
 
@@ -555,6 +581,24 @@ def _cmd_sweep(argv: list[str]) -> int:
     exp.check_engine(opts, ns.engine or exp.engines[-1])
     raw["select"], raw["target"] = opts["select"], opts["target"]  # as checked: the absolute path, for resume
     return _run(exp, opts, raw, ns, None)
+
+
+def _read_for_show(store: Any, ns: argparse.Namespace) -> Any:
+    """The run ``runs show`` prints, read with only what it needs: without curves when the experiment's
+    table and summary come from the metrics (``Experiment.table_reads_curves`` false) and the output
+    leaves the curves out (a table, or the document of a run larger than ``CURVES_INLINE_MAX``)."""
+    from decaylab.experiments import get_experiment
+
+    record = store.get_run(ns.run_id, curves=False)
+    if record is None:
+        return None
+    try:
+        needs_curves = getattr(get_experiment(record.experiment), "table_reads_curves", True)
+    except InvalidParameterError:  # an experiment this decaylab does not know: _shown_options says so
+        return record
+    if needs_curves or (ns.json and _with_curves(record, ns)):
+        return store.get_run(ns.run_id)
+    return record
 
 
 def main(argv: Sequence[str] | None = None) -> int:

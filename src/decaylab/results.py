@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+
+from decaylab.codec import json_list
 
 __all__ = ["ConfigResult", "Outcome", "Status", "json_safe"]
 
@@ -47,25 +50,27 @@ class ConfigResult(Outcome):
         values.update(metrics=dict(outcome.metrics), curves=dict(outcome.curves))
         return cls(params=dict(params), **values)
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves``, kept ``weights``,
-        ``averaged_weights`` and ``optimizer_state`` when there are any (NaN/inf → ``None``)."""
+    def to_json(self, curves: bool = True) -> dict[str, Any]:
+        """A JSON-ready dict: ``params``, ``status``, ``metrics``, ``curves`` (left out with
+        ``curves=False``), kept ``weights``, ``averaged_weights`` and ``optimizer_state`` when there are any
+        (NaN/inf → ``None``, done per list by numpy: :func:`decaylab.codec.json_list`)."""
         doc: dict[str, Any] = {
-            "params": self.params,
+            "params": _flat_json_safe(self.params),
             "status": self.status,
             "metrics": {k: _finite_or_none(v) for k, v in self.metrics.items()},
-            "curves": {k: [_finite_or_none(v) for v in vs] for k, vs in self.curves.items()},
         }
+        if curves:
+            doc["curves"] = {k: json_list(vs) for k, vs in self.curves.items()}
         if self.diverged_epoch is not None:
             doc["diverged_epoch"] = self.diverged_epoch
         if self.error is not None:
             doc["error"] = self.error
         if self.weights is not None:
-            doc["weights"] = json_safe(self.weights)
+            doc["weights"] = json_list(self.weights)
         if self.averaged_weights is not None:
-            doc["averaged_weights"] = json_safe(self.averaged_weights)
+            doc["averaged_weights"] = json_list(self.averaged_weights)
         if self.optimizer_state is not None:
-            doc["optimizer_state"] = json_safe(self.optimizer_state)
+            doc["optimizer_state"] = {k: json_list(vs) for k, vs in self.optimizer_state.items()}
         return doc
 
     @classmethod
@@ -84,6 +89,16 @@ class ConfigResult(Outcome):
         )
 
 
+def _flat_json_safe(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` itself when it is a flat dict with no non-finite float (the common case, checked
+    without a copy), else :func:`json_safe` of it."""
+    for v in params.values():
+        kind = type(v)
+        if kind is float and not math.isfinite(v) or kind in (dict, list, tuple):
+            return json_safe(params)
+    return params
+
+
 def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -91,9 +106,21 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float, however deeply nested, replaced by ``None`` (strict JSON)."""
+    """``value`` with every non-finite float, however deeply nested, replaced by ``None`` (strict JSON).
+
+    A value that strict JSON already takes (checked by the C encoder, no copy made) is returned as it is;
+    only one holding a non-finite float (or a type ``json`` does not know) is rebuilt, value by value.
+    """
+    try:
+        json.dumps(value, allow_nan=False)
+    except (ValueError, TypeError):
+        return _json_safe(value)
+    return value
+
+
+def _json_safe(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
+        return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
+        return [_json_safe(v) for v in value]
     return _finite_or_none(value)

@@ -193,6 +193,7 @@ def engine_task(opts: dict[str, Any]) -> Any:
 class D2LLinear(Experiment):
     name = "d2l-linear"
     order = 0
+    table_reads_curves = False  # table() and summarize() use metrics only: ``runs show`` reads no curves
     summary = "D2L's weight-decay experiment: 200-feature linear regression on 20 examples, lambda/2*||w||^2."
     description = (
         "Claim: without decay (lambda=0) the model over-fits (train loss ~0, test loss large, ||w|| stays near"

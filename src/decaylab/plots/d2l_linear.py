@@ -1,4 +1,10 @@
-"""Figures of ``d2l-linear``: D2L's loss curves per lambda, and the weight norm."""
+"""Figures of ``d2l-linear``: D2L's loss curves per lambda, and the weight norm.
+
+Drawn from aggregates, so that a sweep of thousands of λ costs what a sweep of a few does: the loss
+figure shows at most :data:`MAX_PANELS` λ; the norm figure draws every λ's mean ‖w‖ curve as one
+rasterized ``LineCollection`` coloured by λ (a colour bar, not a legend) once there are more than
+:data:`MAX_LEGEND_LAMBDAS`, and its panel against λ drops the markers past :data:`MAX_MARKERS` λ.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ from decaylab.plots.common import band, seeds_note, stack
 from decaylab.results import ConfigResult
 
 MAX_PANELS = 4
-MAX_LEGEND_LAMBDAS = 6  # more λ than this: a colour bar rather than a legend
+MAX_LEGEND_LAMBDAS = 6  # more λ than this: one LineCollection coloured by λ, and a colour bar
+MAX_MARKERS = 64  # more λ than this: the panel against λ is drawn with lines only
 
 
 def _by_lambda(results: Sequence[ConfigResult]) -> dict[float, list[ConfigResult]]:
@@ -64,31 +71,35 @@ def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Pat
 def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
     """Left: ||w||_2 against epoch per lambda. Right: final losses and ||w||_2 against lambda."""
     groups = _by_lambda(results)
-    colors = lambda_colors(list(groups))
     fig, axes = new_figure(1, 2, width=4.6, height=3.4)
     left, right = axes[0]
-    shown = _spread(list(groups), 12)
-    for lambd in shown:
-        group = groups[lambd]
-        epochs = np.asarray(group[0].curves["epoch"])
-        band(left, epochs, stack(group, "w_norm"), colors[lambd], f"λ = {lambd:.3g}", lw=1.6)
-    left.axhline(np.sqrt(opts["dim"]), color="grey", lw=0.8, ls=":", label=f"√d = {np.sqrt(opts['dim']):.1f} (start)")
+    lambdas_sorted = list(groups)
+    sqrt_d = np.sqrt(opts["dim"])
+    left.axhline(sqrt_d, color="grey", lw=0.8, ls=":", label=f"√d = {sqrt_d:.1f} (start)")
+    if len(groups) > MAX_LEGEND_LAMBDAS:  # every λ, one artist: mean over seeds, coloured by λ's rank
+        _norm_collection(fig, left, groups, sqrt_d)
+        left.legend(frameon=False, loc="lower left")
+    else:
+        colors = lambda_colors(lambdas_sorted)
+        for lambd in lambdas_sorted:
+            group = groups[lambd]
+            epochs = np.asarray(group[0].curves["epoch"])
+            band(left, epochs, stack(group, "w_norm"), colors[lambd], f"λ = {lambd:.3g}", lw=1.6)
+        left.legend(frameon=False, title="penalty λ/2·‖w‖²", loc="lower left")
     left.set_yscale("log")
     left.set_xlabel("epoch")
     left.set_ylabel("‖w‖₂ (bias excluded)")
     left.set_title("Weight norm during training")
-    if len(shown) > MAX_LEGEND_LAMBDAS:  # a colour bar instead of a legend that would cover the lines
-        _lambda_colorbar(fig, left, list(groups), f"λ of λ/2·‖w‖²  ({len(shown)} of {len(groups)} drawn)")
-        left.legend(handles=left.get_lines()[-1:], frameon=False, loc="lower left")
-    else:
-        left.legend(frameon=False, title="penalty λ/2·‖w‖²", loc="lower left")
 
     lambdas = np.array(list(groups))
+    markers = len(lambdas) <= MAX_MARKERS
     for key, label, style in (("train_loss", "final train loss", "o-"), ("test_loss", "final test loss", "s--")):
-        means = [np.nanmean([r.metrics.get(key, np.nan) for r in groups[v]]) for v in lambdas]
-        right.plot(lambdas, means, style, ms=3.5, lw=1.4, label=label)
-    norms = [np.nanmean([r.metrics.get("w_norm", np.nan) for r in groups[v]]) for v in lambdas]
-    right.plot(lambdas, norms, "^:", ms=3.5, lw=1.4, color="tab:green", label="final ‖w‖₂")
+        means = _mean_metric(groups, key)
+        right.plot(lambdas, means, style if markers else style[1:], ms=3.5, lw=1.4, label=label)
+    norms = _mean_metric(groups, "w_norm")
+    right.plot(lambdas, norms, "^:" if markers else ":", ms=3.5, lw=1.4, color="tab:green", label="final ‖w‖₂")
+    if not np.isfinite(norms).any():
+        right.text(0.5, 0.5, "every λ diverged:\nno final values", transform=right.transAxes, ha="center", va="center")
     right.set_yscale("log")
     if len(lambdas) > 3 and lambdas.min() == 0:
         right.set_xscale("symlog", linthresh=max(lambdas[lambdas > 0].min(), 1e-6) if (lambdas > 0).any() else 1)
@@ -102,15 +113,49 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
     return save(fig, path)
 
 
-def _lambda_colorbar(fig: Any, ax: Any, lambdas: list[float], label: str) -> None:
-    """A colour bar beside ``ax`` mapping :func:`lambda_colors`' colours back to λ."""
-    import matplotlib as mpl
+def _group_nanmean(groups: dict[float, list[ConfigResult]], rows: np.ndarray) -> np.ndarray:
+    """Per group (λ, in the order of ``groups``) the mean of ``rows`` (one row per result, in the order
+    of the groups' results) over the group's results, NaN ignored (NaN where all are NaN): one
+    ``np.add.at`` for the whole sweep rather than a ``nanmean`` per λ."""
+    sizes = np.array([len(g) for g in groups.values()])
+    index = np.repeat(np.arange(len(sizes)), sizes)
+    finite = np.isfinite(rows)
+    sums = np.zeros((len(sizes), *rows.shape[1:]))
+    counts = np.zeros_like(sums)
+    np.add.at(sums, index, np.where(finite, rows, 0.0))
+    np.add.at(counts, index, finite)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
-    colors = lambda_colors(lambdas)
-    ordered = sorted(colors)
-    cmap = mpl.colors.ListedColormap([colors[v] for v in ordered])
-    norm = mpl.colors.BoundaryNorm(np.arange(len(ordered) + 1) - 0.5, len(ordered))
+
+def _mean_metric(groups: dict[float, list[ConfigResult]], key: str) -> np.ndarray:
+    """Per λ (in the order of ``groups``), the mean over seeds of the final metric ``key`` (NaN ignored)."""
+    values = np.array([r.metrics.get(key, np.nan) for g in groups.values() for r in g], dtype=float)
+    return _group_nanmean(groups, values)
+
+
+def _norm_collection(fig: Any, ax: Any, groups: dict[float, list[ConfigResult]], start: float) -> None:
+    """Every λ's ‖w‖ curve (mean over seeds) as one rasterized ``LineCollection`` coloured by λ's rank
+    (as :func:`lambda_colors`), with a colour bar labelled in λ; the y range covers them and ``start``."""
+    import matplotlib as mpl
+    from matplotlib.collections import LineCollection
+
+    lambdas = list(groups)
+    epochs = np.asarray(next(iter(groups.values()))[0].curves["epoch"], dtype=float)
+    curves = np.array([r.curves["w_norm"] for g in groups.values() for r in g], dtype=float)
+    means = _group_nanmean(groups, curves)  # (λ, epochs)
+    segments = np.stack([np.broadcast_to(epochs, means.shape), means], axis=-1)
+    cmap = mpl.colors.ListedColormap(mpl.colormaps["viridis"](np.linspace(0, 0.9, 256)))
+    norm = mpl.colors.Normalize(0, max(len(lambdas) - 1, 1))
+    lines = LineCollection(list(segments), cmap=cmap, norm=norm, linewidths=1.0, rasterized=True)
+    lines.set_array(np.arange(len(lambdas), dtype=float))
+    ax.add_collection(lines)
+    shown = np.append(means[np.isfinite(means) & (means > 0)], start)
+    ax.set_xlim(epochs.min(), epochs.max())
+    if shown.size:
+        ax.set_ylim(shown.min() / 1.5, shown.max() * 1.5)
     bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
-    ticks = sorted({0, len(ordered) - 1, *np.linspace(0, len(ordered) - 1, 5).round().astype(int).tolist()})
-    bar.set_ticks(ticks, labels=[f"{ordered[i]:.3g}" for i in ticks])
-    bar.set_label(label)
+    ticks = sorted({0, len(lambdas) - 1, *np.linspace(0, len(lambdas) - 1, 5).round().astype(int).tolist()})
+    bar.set_ticks(ticks, labels=[f"{lambdas[i]:.3g}" for i in ticks])
+    bar.minorticks_off()
+    bar.set_label(f"λ of λ/2·‖w‖²  (all {len(lambdas)}, mean over seeds)")

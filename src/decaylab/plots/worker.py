@@ -75,14 +75,13 @@ def _warm_up() -> None:
     plt.close(fig)
 
 
-def _draw(experiment: str, docs: list[dict[str, Any]], opts: dict[str, Any], out: str) -> list[str]:
+def _draw(experiment: str, results: list[ConfigResult], opts: dict[str, Any], out: str) -> list[str]:
     from decaylab.experiments import get_experiment
 
-    results = [ConfigResult.from_json(d) for d in docs]
     return [str(p) for p in get_experiment(experiment).figures(results, opts, Path(out))]
 
 
-def _draw_on_two_cores(experiment: str, docs: list[dict[str, Any]], opts: dict[str, Any], out: str) -> list[str]:
+def _draw_on_two_cores(experiment: str, results: list[ConfigResult], opts: dict[str, Any], out: str) -> list[str]:
     """:func:`_draw`, the figures shared with a forked helper (even ones here, odd ones there).
 
     Every figure is built in both processes (cheap) and written by one (layout and rasterizing are
@@ -102,7 +101,7 @@ def _draw_on_two_cores(experiment: str, docs: list[dict[str, Any]], opts: dict[s
         code, message = 0, b""
         try:
             with rendering_share(1, 2):
-                _draw(experiment, docs, opts, out)
+                _draw(experiment, results, opts, out)
         except BaseException as exc:
             code, message = 1, pickle.dumps(_portable(exc))
         finally:
@@ -115,7 +114,7 @@ def _draw_on_two_cores(experiment: str, docs: list[dict[str, Any]], opts: dict[s
     os.close(write_end)
     try:
         with rendering_share(0, 2):
-            paths = _draw(experiment, docs, opts, out)
+            paths = _draw(experiment, results, opts, out)
     finally:
         with os.fdopen(read_end, "rb") as pipe:
             message = pipe.read()
@@ -167,7 +166,7 @@ class FigureWorker:
     def __init__(self) -> None:
         self._conn: Connection | None = None
         self._proc: Any = None
-        self._job: tuple[str, list[dict[str, Any]], dict[str, Any], str] | None = None
+        self._job: tuple[str, list[ConfigResult], dict[str, Any], str] | None = None
         if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin":
             ctx = multiprocessing.get_context("fork")
             self._conn, child = ctx.Pipe()
@@ -182,9 +181,12 @@ class FigureWorker:
             child.close()
 
     def submit(self, experiment: str, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> None:
-        """Start drawing the figures of ``experiment`` into ``out``; :meth:`collect` waits for them."""
-        docs = [r.to_json() for r in results]
-        self._job = (experiment, docs, opts, str(out))
+        """Start drawing the figures of ``experiment`` into ``out``; :meth:`collect` waits for them.
+
+        The results go to the worker pickled as they are (lists of floats pickle in C), not as JSON
+        documents: no per-float Python work on either side.
+        """
+        self._job = (experiment, list(results), opts, str(out))
         if self._conn is None:
             return
         try:
