@@ -433,6 +433,8 @@ def _cmd_resume(argv: list[str]) -> int:
     store = _open_store(ns.store, "decaylab resume", create=False)
     try:
         record = store.get_run(ns.run_id, curves=False)
+        if record is not None and record.status == "finished" and ns.json:  # printed whole: its summary reads curves
+            record = store.get_run(ns.run_id)
     finally:
         store.close()
     if record is None:
