@@ -47,3 +47,12 @@ def cli_json(cli: Any) -> Any:
         return json.loads(out)
 
     return run
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that start a local Ray (marker ``ray``) run one after another on one pytest-xdist worker
+    (``--dist loadgroup`` in pyproject.toml): two local Rays at once on a 2-core machine compete for its
+    CPUs, and one's start-up messages land in the other's stderr."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
