@@ -430,7 +430,24 @@ def _same_target(schedulers: Sequence[WDScheduler], owner: str, optimizer: Any =
     return target
 
 
-class SequentialWD(WDScheduler):
+class _ComposedWD(WDScheduler):
+    """A scheduler made of others (``self.schedulers``): its state holds each part's state too."""
+
+    schedulers: list[WDScheduler]
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["_schedulers"] = [s.state_dict() for s in self.schedulers]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        for s, sd in zip(self.schedulers, state.pop("_schedulers")):
+            s.__dict__.update({k: v for k, v in sd.items() if k not in s._unsaved})
+        super().load_state_dict(state)
+
+
+class SequentialWD(_ComposedWD):
     r"""One schedule after another: schedule ``k`` runs for ``milestones[k-1] ≤ t < milestones[k]``.
 
     ``λ_t = S_k(λ₀, t − m_{k−1})`` with ``k = #{milestones ≤ t}`` and ``m_0 = 0``: each schedule restarts
@@ -475,19 +492,8 @@ class SequentialWD(WDScheduler):
                 s.last_epoch = local
             s._last_wd = self._last_wd
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["_schedulers"] = [s.state_dict() for s in self.schedulers]
-        return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        for s, sd in zip(self.schedulers, state.pop("_schedulers")):
-            s.__dict__.update({k: v for k, v in sd.items() if k not in s._unsaved})
-        super().load_state_dict(state)
-
-
-class ChainedWD(WDScheduler):
+class ChainedWD(_ComposedWD):
     r"""Several schedules at once: their factors multiply, ``λ_t = λ₀·Π_i S_i(λ₀, t)/λ₀``.
 
     Every ``step()`` advances all of them (``torch.optim.lr_scheduler.ChainedScheduler`` for
@@ -515,14 +521,3 @@ class ChainedWD(WDScheduler):
         for s in self.schedulers:
             s.last_epoch = self.last_epoch
             s._last_wd = self._last_wd
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["_schedulers"] = [s.state_dict() for s in self.schedulers]
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        for s, sd in zip(self.schedulers, state.pop("_schedulers")):
-            s.__dict__.update({k: v for k, v in sd.items() if k not in s._unsaved})
-        super().load_state_dict(state)
