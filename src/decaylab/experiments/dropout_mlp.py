@@ -351,8 +351,8 @@ class DropoutMLP(Experiment):
         " epochs) with dropout, with weight decay (mean CE + λ/2·Σ‖W‖², biases not decayed) and with both is smaller"
         " than without. The accuracy gap (train − test accuracy) is shown too; it moves less and in steps of one"
         " test example, so it is reported, not claimed."
-        " Figures: curves.png (train/test accuracy and loss per epoch, one column per variant), gap.png (final"
-        " gap per variant and seed, and the gap per epoch). --data-dir reads (Fashion-)MNIST IDX files;"
+        " Figures: curves.png (train/test accuracy and loss per epoch, one column per variant), gap.png (the CE gap,"
+        " claimed, and the accuracy gap, shown: per variant and seed, and per epoch). --data-dir reads (Fashion-)MNIST IDX files;"
         " --dropout-impl decaylab|torch trains with decaylab.Dropout or torch.nn.Dropout in a focused loop."
     )
     engines = ("sequential", "batched")
