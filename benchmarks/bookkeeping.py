@@ -33,8 +33,8 @@ import json, sys, time
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
-from decaylab.backends import run_local
-from decaylab.experiments import get_experiment
+from decaylab.lab.backends import run_local
+from decaylab.lab.experiments import get_experiment
 from decaylab.memory import retain_freed_memory
 retain_freed_memory()  # as the decaylab command does
 exp = get_experiment("d2l-linear")
@@ -55,7 +55,7 @@ SYNTHETIC = r"""
 import sys, time
 import numpy as np
 from decaylab.results import ConfigResult
-from decaylab.store import Store
+from decaylab.lab.store import Store
 path, n, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = Store(path)
 lambdas = np.linspace(0, 10, n)
@@ -78,11 +78,11 @@ print(time.perf_counter() - start)
 
 RAY = r"""
 import json, pickle, resource, sys, time
-import decaylab.runner as runner
-from decaylab.experiments import get_experiment
+import decaylab.lab.runner as runner
+from decaylab.lab.experiments import get_experiment
 from decaylab.memory import retain_freed_memory
-from decaylab.runner import RunRequest, execute
-from decaylab.store import Store
+from decaylab.lab.runner import RunRequest, execute
+from decaylab.lab.store import Store
 retain_freed_memory()
 path, n = sys.argv[1], int(sys.argv[2])
 exp = get_experiment("d2l-linear")
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--ray", type=int, default=0, metavar="N", help="also simulate N configurations on Ray")
     args = parser.parse_args()
     py = sys.executable
-    cli = [py, "-m", "decaylab.cli"]
+    cli = [py, "-m", "decaylab.lab.cli"]
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from decaylab.cli import main
+from decaylab.lab.cli import main
 from decaylab.threads import limited_threads
 
 

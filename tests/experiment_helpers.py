@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from decaylab.experiments.base import Experiment
+from decaylab.lab.experiments.base import Experiment
 from decaylab.results import ConfigResult
 
 

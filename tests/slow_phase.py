@@ -37,29 +37,29 @@ def _held(name: str, original: Any) -> Any:
 def main() -> None:
     phase, argv = sys.argv[1], sys.argv[2:]
     if phase == "startup":
-        import decaylab.runner
+        import decaylab.lab.runner
 
-        decaylab.runner.new_run_id = _held(phase, decaylab.runner.new_run_id)
+        decaylab.lab.runner.new_run_id = _held(phase, decaylab.lab.runner.new_run_id)
     elif phase == "planning":
-        from decaylab.experiments import get_experiment
+        from decaylab.lab.experiments import get_experiment
 
         cls = type(get_experiment(argv[1]))
         cls.chunk_size = _held(phase, cls.chunk_size)
     elif phase == "training":
-        import decaylab.backends
+        import decaylab.lab.backends
 
-        decaylab.backends.run_chunk = _held(phase, decaylab.backends.run_chunk)
+        decaylab.lab.backends.run_chunk = _held(phase, decaylab.lab.backends.run_chunk)
     elif phase == "figures":
-        import decaylab.plots.worker
+        import decaylab.lab.plots.worker
 
-        decaylab.plots.worker._draw = _held(phase, decaylab.plots.worker._draw)
+        decaylab.lab.plots.worker._draw = _held(phase, decaylab.lab.plots.worker._draw)
     elif phase == "ray":
-        import decaylab.runner
+        import decaylab.lab.runner
 
-        decaylab.runner._store_chunk = _held(phase, decaylab.runner._store_chunk)
+        decaylab.lab.runner._store_chunk = _held(phase, decaylab.lab.runner._store_chunk)
     else:
         raise SystemExit(f"unknown phase {phase!r}")
-    from decaylab.cli import console
+    from decaylab.lab.cli import console
 
     sys.argv = ["decaylab", *argv]
     console()

@@ -80,7 +80,7 @@ def unprivileged() -> list[str]:
 def decaylab(*args: str, prefix: list[str] | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """``decaylab ARGS`` in a subprocess (the environment, PYTHONPATH included, is inherited)."""
     return subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "decaylab.cli", *args],
+        [*(prefix or []), sys.executable, "-m", "decaylab.lab.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,

@@ -12,10 +12,10 @@ from typing import IO, Any
 
 import pytest
 
-import decaylab.atomic
-from decaylab.atomic import atomic_write
-from decaylab.outputs import write_json
-from decaylab.store import Store
+import decaylab.lab.atomic
+from decaylab.lab.atomic import atomic_write
+from decaylab.lab.outputs import write_json
+from decaylab.lab.store import Store
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"  # the last chunk of every complete PNG
@@ -49,13 +49,13 @@ class _DiskFullAfter:
 
 def disk_full_for(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...], room: int = 100) -> None:
     """Writes of files named ``names`` get ``room`` bytes, then ENOSPC (in this process and forked ones)."""
-    opener = decaylab.atomic._open_temporary
+    opener = decaylab.lab.atomic._open_temporary
 
     def full(target: Path) -> tuple[Any, str]:
         f, tmp = opener(target)
         return (_DiskFullAfter(f, room) if target.name in names else f), tmp
 
-    monkeypatch.setattr(decaylab.atomic, "_open_temporary", full)
+    monkeypatch.setattr(decaylab.lab.atomic, "_open_temporary", full)
 
 
 def leftovers(directory: Path) -> list[str]:

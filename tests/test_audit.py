@@ -19,7 +19,7 @@ from torch import nn
 
 import decaylab
 from decaylab.audit import audit
-from decaylab.cli import main
+from decaylab.lab.cli import main
 from decaylab.policy import DecayPolicy, param_groups
 from decaylab.steps import CautiousDecay, DecoupledDecay, attach
 from decaylab.validation import InvalidParameterError
@@ -286,7 +286,7 @@ def test_cli_audit_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pyte
 def test_cli_audit_runs_as_a_command(tmp_path: Path) -> None:
     script = tmp_path / "setup_file.py"
     script.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, "-m", "decaylab.cli", "audit", f"{script}:coupled", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "decaylab.lab.cli", "audit", f"{script}:coupled", "--json"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout)["findings"][0]["severity"] == "warning"

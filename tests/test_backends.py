@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from decaylab.backends import run_on_ray  # noqa: E402
+from decaylab.lab.backends import run_on_ray  # noqa: E402
 from decaylab.results import Outcome  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -76,7 +76,7 @@ def _threads_seen(experiment: str, opts: Any, chunk_configs: Any, engine: str) -
 def test_a_task_is_pinned_to_one_thread_whatever_its_environment() -> None:
     import torch
 
-    from decaylab.backends import _pinned
+    from decaylab.lab.backends import _pinned
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # as a worker whose OMP_NUM_THREADS says 2
@@ -96,13 +96,13 @@ def test_an_address_without_a_cluster_is_one_line_and_stores_nothing(tmp_path: P
     """In a fresh process (this module's own Ray session would be used otherwise)."""
     import subprocess
 
-    from decaylab.store import Store
+    from decaylab.lab.store import Store
 
     store = tmp_path / "s.db"
     assert cli("run", "d2l-linear", "--epochs", "2", "--quiet", "--store", str(store))[0] == 0
     argv = ["run", "d2l-linear", "--epochs", "2", "--backend", "ray", "--address", "not-an-address"]
     argv += ["--store", str(store)]
-    done = subprocess.run([sys.executable, "-m", "decaylab.cli", *argv], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "decaylab.lab.cli", *argv], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         "decaylab: error: The '--address' parameter of decaylab run must be the address of a running Ray cluster,"
@@ -117,12 +117,12 @@ def test_an_address_nobody_answers_fails_fast_in_one_line(tmp_path: Path, addres
     import subprocess
     import time
 
-    from decaylab.store import Store
+    from decaylab.lab.store import Store
 
     store = tmp_path / "s.db"
     argv = ["run", "d2l-linear", "--epochs", "2", "--backend", "ray", "--address", address, "--store", str(store)]
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "decaylab.cli", *argv], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "decaylab.lab.cli", *argv], capture_output=True, text=True, timeout=120)
     assert time.monotonic() - start < 30, "an address nobody answers must fail within 30 s"
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [

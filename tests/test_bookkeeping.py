@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from test_store_arrays import same
 
-from decaylab.experiments import get_experiment
-from decaylab.outputs import (
+from decaylab.lab.experiments import get_experiment
+from decaylab.lab.outputs import (
     CURVES_INLINE_MAX,
     MAX_TABLE_ROWS,
     TABLE_EDGE_ROWS,
@@ -20,7 +20,7 @@ from decaylab.outputs import (
     run_document,
 )
 from decaylab.results import ConfigResult, json_safe
-from decaylab.store import Store
+from decaylab.lab.store import Store
 
 
 # -- the old code path, as it was before the document was vectorized ----------------------------
@@ -142,7 +142,7 @@ def test_short_table_is_whole(cli: Any) -> None:
 
 
 def test_norm_figure_of_many_lambdas_draws_a_few_artists(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import decaylab.plots.d2l_linear as figures
+    import decaylab.lab.plots.d2l_linear as figures
 
     drawn: list[Any] = []
     monkeypatch.setattr(figures, "save", lambda fig, path: drawn.append(fig) or path)
@@ -170,7 +170,7 @@ def test_group_means_of_the_norm_figure_are_nanmean_per_lambda() -> None:
 
     import numpy as np
 
-    from decaylab.plots.d2l_linear import _group_nanmean
+    from decaylab.lab.plots.d2l_linear import _group_nanmean
 
     rng = np.random.default_rng(0)
     sizes = [3, 1, 2, 4]

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from decaylab import cli as cli_module
-from decaylab.store import Store
+from decaylab.lab import cli as cli_module
+from decaylab.lab.store import Store
 
 FAST = ("--epochs", "5", "--quiet")
 
@@ -91,7 +91,7 @@ def test_interrupted_run_keeps_earlier_runs_and_marks_itself(
     cli: Any, cli_json: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = cli_json("run", "d2l-linear", *FAST)
-    from decaylab.experiments.d2l_linear import D2LLinear
+    from decaylab.lab.experiments.d2l_linear import D2LLinear
 
     original = D2LLinear.run_chunk
     calls = {"n": 0}
@@ -209,24 +209,24 @@ def test_console_script_flushes_its_output_and_keeps_the_exit_code() -> None:
     import sys
     import tomllib
 
-    from decaylab.experiments import list_experiments
+    from decaylab.lab.experiments import list_experiments
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["decaylab"] == "decaylab.cli:console"
+    assert pyproject["project"]["scripts"]["decaylab"] == "decaylab.lab.cli:console"
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     listing = subprocess.run(
-        [sys.executable, "-m", "decaylab.cli", "run", "--list"], capture_output=True, text=True, env=buffered
+        [sys.executable, "-m", "decaylab.lab.cli", "run", "--list"], capture_output=True, text=True, env=buffered
     )
     assert listing.returncode == 0, listing.stderr
     assert [line.split()[0] for line in listing.stdout.splitlines()] == [e.name for e in list_experiments()]
     bad = subprocess.run(
-        [sys.executable, "-m", "decaylab.cli", "run", "d2l-linear", "--lr", "0"], capture_output=True, text=True, env=buffered
+        [sys.executable, "-m", "decaylab.lab.cli", "run", "d2l-linear", "--lr", "0"], capture_output=True, text=True, env=buffered
     )
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "--lr" in bad.stderr
     if Path("/dev/full").exists():  # output that cannot be written is not a success
         with open("/dev/full", "w") as full:
-            lost = subprocess.run([sys.executable, "-m", "decaylab.cli", "--version"], stdout=full, stderr=subprocess.PIPE,
+            lost = subprocess.run([sys.executable, "-m", "decaylab.lab.cli", "--version"], stdout=full, stderr=subprocess.PIPE,
                                   text=True, env=buffered)
         assert lost.returncode == 120 and "could not write the output" in lost.stderr
 
@@ -238,7 +238,7 @@ def test_listing_and_help_do_not_import_torch() -> None:
 
     code = (
         "import sys\n"
-        "from decaylab.cli import main\n"
+        "from decaylab.lab.cli import main\n"
         "main(['run', '--list'])\n"
         "for name in ('d2l-linear', 'sparsity', 'constraint', 'scaling'):\n"
         "    try:\n"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from decaylab.data.synthetic import d2l_linear_data
-from decaylab.experiments.d2l_linear import (
+from decaylab.lab.experiments.d2l_linear import (
     _initial_weights,
     concise_optimizer,
     scratch_step,
@@ -70,7 +70,7 @@ def test_scratch_and_concise_follow_the_same_trajectory(lambd: float) -> None:
 @pytest.mark.claim
 def test_the_batched_engine_follows_the_scratch_trajectories() -> None:
     from decaylab.engine import Hyper, run_chunk
-    from decaylab.experiments.d2l_linear import engine_task
+    from decaylab.lab.experiments.d2l_linear import engine_task
 
     opts = {"n_train": 20, "n_test": 100, "dim": 200, "batch_size": 5, "epochs": 30}
     grid = [(0.0, 0), (3.0, 0), (1.0, 5)]

@@ -12,7 +12,7 @@ import torch
 from decaylab.closed_form import ridge
 from decaylab.data.sparse import sparse_linear_data
 from decaylab.engine import Hyper, run_chunk
-from decaylab.experiments import get_experiment
+from decaylab.lab.experiments import get_experiment
 from decaylab.closed_form import hessian_eigs
 from decaylab.results import ConfigResult
 

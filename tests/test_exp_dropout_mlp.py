@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from decaylab.experiments import get_experiment
-from decaylab.experiments.dropout_mlp import compare_dropout, end_mean, train_focused
+from decaylab.lab.experiments import get_experiment
+from decaylab.lab.experiments.dropout_mlp import compare_dropout, end_mean, train_focused
 from decaylab.results import ConfigResult
 
 from experiment_helpers import options, train

@@ -17,8 +17,8 @@ from decaylab.closed_form import rotational_equilibrium
 from decaylab.engine import Hyper, Task, run_chunk
 from decaylab.engine.batched import run_batched_chunk
 from decaylab.engine.sequential import NormalizedLinear, build_model
-from decaylab.experiments import get_experiment
-from decaylab.experiments.equilibrium import angular_updates, teacher_data
+from decaylab.lab.experiments import get_experiment
+from decaylab.lab.experiments.equilibrium import angular_updates, teacher_data
 from decaylab.validation import InvalidParameterError
 
 from experiment_helpers import options, train

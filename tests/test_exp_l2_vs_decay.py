@@ -13,9 +13,9 @@ import decaylab
 from decaylab.engine import Hyper, run_chunk
 from decaylab.engine.semantics import epoch_batches, load_data
 from decaylab.engine.sequential import build_model
-from decaylab.experiments import get_experiment
-from decaylab.experiments.dropout_mlp import train_epoch
-from decaylab.experiments.l2_vs_decay import HIST_EDGES, adam_l2_effective_decay, effective_decay_stats
+from decaylab.lab.experiments import get_experiment
+from decaylab.lab.experiments.dropout_mlp import train_epoch
+from decaylab.lab.experiments.l2_vs_decay import HIST_EDGES, adam_l2_effective_decay, effective_decay_stats
 from decaylab.results import ConfigResult
 from decaylab.rng import generator
 

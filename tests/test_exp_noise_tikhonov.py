@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from decaylab.experiments.noise_tikhonov import (
+from decaylab.lab.experiments.noise_tikhonov import (
     INIT_STD,
     NoiseTikhonov,
     first_averaged_epoch,

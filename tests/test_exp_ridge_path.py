@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from decaylab.experiments import get_experiment
-from decaylab.experiments.ridge_path import load_data, ridgecv_reference
+from decaylab.lab.experiments import get_experiment
+from decaylab.lab.experiments.ridge_path import load_data, ridgecv_reference
 from decaylab.results import ConfigResult
 
 from experiment_helpers import options, train

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from decaylab.data.moons import moons_data
-from decaylab.experiments.scaling import Scaling, _verdict, fit_slope, l2_coefficient
+from decaylab.lab.experiments.scaling import Scaling, _verdict, fit_slope, l2_coefficient
 from decaylab.results import ConfigResult
 
 from experiment_helpers import options, train

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from decaylab.data.sparse import sparse_linear_data
-from decaylab.experiments import get_experiment
+from decaylab.lab.experiments import get_experiment
 from decaylab.closed_form import hessian_eigs
-from decaylab.experiments.sparsity import sklearn_solutions, strengths
+from decaylab.lab.experiments.sparsity import sklearn_solutions, strengths
 from decaylab.results import ConfigResult
 
 EXP = get_experiment("sparsity")

@@ -3,8 +3,8 @@ import warnings
 
 import pytest
 
-from decaylab.experiments.base import float_grid
-from decaylab.grid import MAX_GRID, GridNote, parse_float_grid, parse_int_grid
+from decaylab.lab.experiments.base import float_grid
+from decaylab.lab.grid import MAX_GRID, GridNote, parse_float_grid, parse_int_grid
 from decaylab.validation import InvalidParameterError
 
 lambd = float_grid(low=0.0)
@@ -107,7 +107,7 @@ def test_distinct_values_give_no_note_and_lists_of_widths_keep_duplicates() -> N
 
 
 def test_a_repeated_choice_is_merged_with_a_note() -> None:
-    from decaylab.experiments.base import choice_list
+    from decaylab.lab.experiments.base import choice_list
 
     variants = choice_list("none", "dropout", "decay")
     with pytest.warns(GridNote, match=r"--variants 'decay,none,decay': 1 duplicate value\(s\) \(decay\) merged"):

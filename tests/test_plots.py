@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from decaylab.plots import new_figure, rendering_share, save
-from decaylab.plots.worker import FigureWorker
+from decaylab.lab.plots import new_figure, rendering_share, save
+from decaylab.lab.plots.worker import FigureWorker
 from decaylab.results import ConfigResult
 
 
@@ -75,7 +75,7 @@ def test_close_terminates_a_worker_that_does_not_end(monkeypatch: pytest.MonkeyP
     leave a worker behind (one still warming up, say, holding the terminal's pipes)."""
     import time
 
-    from decaylab.plots import worker as worker_module
+    from decaylab.lab.plots import worker as worker_module
 
     monkeypatch.setattr(worker_module, "_warm_up", lambda: time.sleep(60))  # forked with the worker
     monkeypatch.setattr(worker_module, "CLOSE_TIMEOUT_S", 0.2)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from decaylab.store import Store
+from decaylab.lab.store import Store
 
 SWEEP = ["run", "d2l-linear", "--lambd", "0:4:24", "--epochs", "40", "--engine", "sequential", "--chunk", "1"]
 
@@ -28,7 +28,7 @@ def _as_in_a_terminal() -> None:
 
 def _decaylab(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "decaylab.cli", *args],
+        [sys.executable, "-m", "decaylab.lab.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

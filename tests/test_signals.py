@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from decaylab.store import Store
+from decaylab.lab.store import Store
 
 HERE = Path(__file__).parent
 TINY = ["run", "d2l-linear", "--lambd", "0,1,2", "--epochs", "2", "--quiet"]
@@ -145,8 +145,8 @@ def test_a_signal_with_ray_running_ends_interrupted_and_stops_ray(tmp_path: Path
 def test_an_error_after_a_swallowed_interrupt_is_no_failed_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     """An import that Ctrl-C cut off fails again on every later import ("cannot load module more than
     once per process"): after a signal, such an error ends the run as interrupted, not as failed chunks."""
-    import decaylab.backends
-    from decaylab.interrupts import signals_as_interrupt
+    import decaylab.lab.backends
+    from decaylab.lab.interrupts import signals_as_interrupt
 
     def interrupted_import(*args: object, **kwargs: object) -> None:
         try:
@@ -158,11 +158,11 @@ def test_an_error_after_a_swallowed_interrupt_is_no_failed_chunk(monkeypatch: py
     def broken_import(*args: object, **kwargs: object) -> None:
         raise ImportError("cannot load module more than once per process")
 
-    monkeypatch.setattr(decaylab.backends, "run_chunk", broken_import)
+    monkeypatch.setattr(decaylab.lab.backends, "run_chunk", broken_import)
     with signals_as_interrupt():  # without a signal, the error is the chunk's failure
-        ((chunk, outcome),) = decaylab.backends.run_local("d2l-linear", {}, [{}], [[0]], "batched")
+        ((chunk, outcome),) = decaylab.lab.backends.run_local("d2l-linear", {}, [{}], [[0]], "batched")
     assert chunk == [0] and isinstance(outcome, ImportError)
 
-    monkeypatch.setattr(decaylab.backends, "run_chunk", interrupted_import)
+    monkeypatch.setattr(decaylab.lab.backends, "run_chunk", interrupted_import)
     with signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
-        list(decaylab.backends.run_local("d2l-linear", {}, [{}, {}], [[0], [1]], "batched"))
+        list(decaylab.lab.backends.run_local("d2l-linear", {}, [{}, {}], [[0], [1]], "batched"))

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from experiment_helpers import options
 
-import decaylab.backends
-import decaylab.runner
-from decaylab.experiments import get_experiment
-from decaylab.runner import RunFailed, RunInterrupted, RunRequest, execute
-from decaylab.store import Store
+import decaylab.lab.backends
+import decaylab.lab.runner
+from decaylab.lab.experiments import get_experiment
+from decaylab.lab.runner import RunFailed, RunInterrupted, RunRequest, execute
+from decaylab.lab.store import Store
 
 # a tiny setting of every experiment (seconds each, closed form or a few epochs)
 TINY = {
@@ -49,7 +49,7 @@ def test_resuming_a_finished_run_trains_nothing_and_changes_nothing(
     record = execute(store, _request(name))
     assert record.status == "finished", [c.error for c in record.configs]
 
-    monkeypatch.setattr(decaylab.runner, "run_local", _nothing_trains)
+    monkeypatch.setattr(decaylab.lab.runner, "run_local", _nothing_trains)
     again = execute(store, _request(name), resume=record.run_id)  # the library: the stored run as it is
     assert (again.status, again.finished) == ("finished", record.finished)
     assert [c.curves for c in again.configs] == [c.curves for c in record.configs]
@@ -114,14 +114,14 @@ def test_the_runner_names_the_run_it_ends(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_a_chunk_that_fails_is_recorded_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) -> None:
     """A chunk's own error is the chunk's failure (exit 1, the table), not the run's."""
-    original = decaylab.backends.run_chunk
+    original = decaylab.lab.backends.run_chunk
 
     def second_fails(experiment: str, opts: Any, configs: Any, engine: str, progress: Any = None) -> Any:
         if configs[0]["lambd"] == 1.0:
             raise ValueError("this chunk only")
         return original(experiment, opts, configs, engine, progress)
 
-    monkeypatch.setattr(decaylab.backends, "run_chunk", second_fails)
+    monkeypatch.setattr(decaylab.lab.backends, "run_chunk", second_fails)
     store = tmp_path / "s.db"
     code, out, err = cli("run", "d2l-linear", "--lambd", "0,1,2", "--epochs", "2", "--chunk", "1",
                          "--store", str(store), "--json")

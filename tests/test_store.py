@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from store_helpers import decaylab, one_line_error, sql, unprivileged, write_v1_store
 
-from decaylab import store as store_module
-from decaylab.store import Store
+from decaylab.lab import store as store_module
+from decaylab.lab.store import Store
 
 FAST = ("--epochs", "4", "--quiet")
 
@@ -31,7 +31,7 @@ def _files(directory: Path) -> dict[str, bytes]:
 # -- creating a store ------------------------------------------------------------------------
 CREATE = """
 import sys, time
-from decaylab.store import Store
+from decaylab.lab.store import Store
 start, path, run_id = float(sys.argv[1]), sys.argv[2], sys.argv[3]
 while time.time() < start:
     pass
@@ -45,7 +45,7 @@ def test_processes_creating_one_store_at_once_all_succeed_with_one_schema(tmp_pa
     """Four processes open a store that does not exist yet at the same instant (three times over)."""
     for trial in range(3):
         path = tmp_path / f"new{trial}.db"
-        start = time.time() + 1.5  # every child has imported decaylab.store by then and spins until it
+        start = time.time() + 1.5  # every child has imported decaylab.lab.store by then and spins until it
         children = [
             subprocess.Popen([sys.executable, "-c", CREATE, str(start), str(path), f"run{i}"], stderr=subprocess.PIPE, text=True)
             for i in range(4)
@@ -295,7 +295,7 @@ def test_runs_list_and_show_do_not_import_torch(cli_json: Any, tmp_path: Path) -
     doc = _stored_run(cli_json)
     code = (
         "import sys\n"
-        "from decaylab.cli import main\n"
+        "from decaylab.lab.cli import main\n"
         f"assert main(['runs', 'list', '--store', 's.db']) == 0\n"
         f"assert main(['runs', 'show', {doc['run_id']!r}, '--store', 's.db']) == 0\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

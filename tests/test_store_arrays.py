@@ -16,8 +16,8 @@ from store_helpers import CONFIG_COLUMNS, V1_RUN_COLUMNS, V1_SCHEMA, sql
 
 from decaylab import codec
 from decaylab.results import ConfigResult, json_safe
-from decaylab.runner import RunRequest, execute
-from decaylab.store import Store
+from decaylab.lab.runner import RunRequest, execute
+from decaylab.lab.store import Store
 
 NAN, INF = float("nan"), float("inf")
 
@@ -158,8 +158,8 @@ def test_reads_that_skip_curves(tmp_path: Path) -> None:
 
 def test_engine_float32_curves_are_stored_as_float32_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the engine produced in the run (Python floats read out of float32 tensors) comes back bit for bit."""
-    from decaylab.experiments import get_experiment
-    from decaylab.experiments.d2l_linear import D2LLinear
+    from decaylab.lab.experiments import get_experiment
+    from decaylab.lab.experiments.d2l_linear import D2LLinear
 
     trained: list[Any] = []
     original = D2LLinear.run_chunk

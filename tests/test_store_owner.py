@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from store_helpers import one_line_error, sql
 
-from decaylab import store as store_module
-from decaylab.store import RunBusyError, Store, owner_alive
+from decaylab.lab import store as store_module
+from decaylab.lab.store import RunBusyError, Store, owner_alive
 
 SWEEP = ("run", "d2l-linear", "--lambd", "0:3:6", "--epochs", "20", "--engine", "sequential", "--chunk", "1", "--quiet")
 RESUME = ("--engine", "sequential", "--chunk", "1", "--quiet")  # as the sweep trained: the same numbers
@@ -80,8 +80,8 @@ def test_kill_during_a_commit_leaves_a_store_that_lists_and_resumes(cli: Any, cl
 
 KILL_IN_SAVE = """
 import os, signal, sys
-from decaylab.store import Store
-from decaylab.cli import main
+from decaylab.lab.store import Store
+from decaylab.lab.cli import main
 original = Store.save_results
 calls = {"n": 0}
 def save_then_die(self, run_id, results):
@@ -174,7 +174,7 @@ def test_owner_alive_rules() -> None:
 # -- two resumes at once ------------------------------------------------------------------------
 CLAIM = """
 import sys, time
-from decaylab.store import RunBusyError, Store
+from decaylab.lab.store import RunBusyError, Store
 start, path, run_id = float(sys.argv[1]), sys.argv[2], sys.argv[3]
 store = Store(path)
 while time.time() < start:
@@ -206,8 +206,8 @@ def test_simultaneous_claims_exactly_one_wins(cli_json: Any, tmp_path: Path) -> 
 
 COUNTING_RESUME = """
 import os, sys, time
-from decaylab.experiments.d2l_linear import D2LLinear
-from decaylab.cli import main
+from decaylab.lab.experiments.d2l_linear import D2LLinear
+from decaylab.lab.cli import main
 counter, go = sys.argv[1], sys.argv[2]
 original = D2LLinear.run_chunk
 def counted(self, opts, configs, engine, progress=None):

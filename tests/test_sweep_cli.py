@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import decaylab
-from decaylab.store import Store
+from decaylab.lab.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,10 +65,10 @@ def test_cli_sweep_stores_prints_and_draws(tmp_path: Path, cli: Any, cli_json: A
 def test_python_api_gives_the_cli_s_numbers(tmp_path: Path, cli_json: Any) -> None:
     path = write(tmp_path)
     doc = cli_json("sweep", f"{path}:setup", *ARGS, "--quiet")
-    import decaylab.sweep as module  # the module is callable: decaylab.sweep(...) works after this import too
+    import decaylab.lab.sweep as module  # importing the lab's module first must not shadow the function
 
     result = decaylab.sweep(f"{path}:setup", lambd="0,0.01,0.1", seed=[0, 1], lr=0.1, momentum=0.9, batch_size=32, epochs=2)
-    assert module is decaylab.sweep or callable(module)
+    assert decaylab.sweep is module.sweep
     assert [r.params for r in result.results] == [c["params"] for c in doc["configs"]]
     for r, c in zip(result.results, doc["configs"]):
         assert r.curves["val_loss"] == pytest.approx(c["curves"]["val_loss"], rel=1e-6)
@@ -134,7 +134,7 @@ def test_bad_target_is_one_line_and_exit_2(tmp_path: Path, cli: Any) -> None:
 
 def _decaylab(*args: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "decaylab.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+        [sys.executable, "-m", "decaylab.lab.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
     )
 
 
@@ -163,7 +163,7 @@ def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_js
     (run,) = Store(store).list_runs()
     assert run.status == "interrupted" and 2 <= run.counts().get("done", 0) < 6  # killed: its dead owner shows it interrupted
     (tmp_path / "elsewhere").mkdir()
-    resumed = subprocess.run([sys.executable, "-m", "decaylab.cli", "resume", run.run_id, "--store", str(store), "--json"],
+    resumed = subprocess.run([sys.executable, "-m", "decaylab.lab.cli", "resume", run.run_id, "--store", str(store), "--json"],
                              capture_output=True, text=True, cwd=tmp_path / "elsewhere", timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stderr
     whole = cli_json("sweep", target, *ARGS, "--chunk", "1", "--quiet")

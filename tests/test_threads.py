@@ -38,11 +38,11 @@ def test_rejects_a_non_positive_count():
 
 
 def test_chunks_and_the_chunk_probe_run_with_the_experiments_thread_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from decaylab.backends import run_chunk
-    from decaylab.experiments import get_experiment
+    from decaylab.lab.backends import run_chunk
+    from decaylab.lab.experiments import get_experiment
     from decaylab.results import Outcome
-    from decaylab.runner import RunRequest, execute
-    from decaylab.store import Store
+    from decaylab.lab.runner import RunRequest, execute
+    from decaylab.lab.store import Store
 
     exp = get_experiment("ridge-path")
     assert exp.threads == 1

@@ -1,6 +1,6 @@
 """Bad input on the command line: refused up front (before a run is created), one line, exit 2.
 
-Each case goes through ``decaylab.cli.main`` in-process with ``--store tmp_path/s.db`` and checks
+Each case goes through ``decaylab.lab.cli.main`` in-process with ``--store tmp_path/s.db`` and checks
 the exit code, that stderr is one line naming the option, and that the store holds no run.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from decaylab.store import Store
+from decaylab.lab.store import Store
 
 
 def _no_run_stored(path: Path) -> bool:
@@ -138,7 +138,7 @@ COUNTED = [
 @pytest.mark.parametrize("experiment,given", COUNTED, ids=[e for e, _ in COUNTED])
 def test_the_count_checked_up_front_is_the_number_of_configurations(experiment: str, given: dict[str, str]) -> None:
     """The bound is checked on n_configs (from the grid sizes); it must be what configs() then expands to."""
-    from decaylab.experiments import get_experiment
+    from decaylab.lab.experiments import get_experiment
     from experiment_helpers import options
 
     exp = get_experiment(experiment)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from decaylab.data.csvfile import CsvError, read_numeric_csv
-from decaylab.store import Store
+from decaylab.lab.store import Store
 
 GOOD = "a,b,y\n1,2,3\n4,5,6.5\n7,8,9\n"
 

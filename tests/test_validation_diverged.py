@@ -3,6 +3,7 @@ warnings, an all-diverged figure says so, and the run exits 0 with one note "N o
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import warnings
@@ -11,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from decaylab.experiments import get_experiment
-from decaylab.experiments.base import status_text, unfinished_note
+from decaylab.lab.experiments import get_experiment
+from decaylab.lab.experiments.base import status_text, unfinished_note
 from decaylab.results import ConfigResult
 from experiment_helpers import options, train
 
@@ -50,7 +51,7 @@ def test_every_experiment_shows_and_draws_diverged_configurations(name: str, tmp
     some = [_diverged(r, 2) if i % 2 == 0 else r for i, r in enumerate(results)]
     every = [_diverged(r, 2 + i % 2) for i, r in enumerate(results)]
     said: list[tuple[str, str]] = []
-    import decaylab.plots as plots
+    import decaylab.lab.plots as plots
 
     real = plots.nothing_finished
     monkeypatch.setattr(plots, "nothing_finished", lambda path, title, note: said.append((path.name, note)) or real(path, title, note))
@@ -62,17 +63,18 @@ def test_every_experiment_shows_and_draws_diverged_configurations(name: str, tmp
             shown = repr(table.rows) + repr(table.notes)
             assert "diverged at epoch 2" in shown, shown
             exp.summarize(rs, opts)
-            paths = exp.figures(rs, opts, tmp_path / label)
+            paths = plots.figures(exp, rs, opts, tmp_path / label)
             assert paths and all(p.stat().st_size > 0 for p in paths)
     # every figure of the all-diverged run is the panel that says so, with how many and when
     note = f"{len(every)} of {len(every)} configurations diverged (at epoch{'s 2–3' if len(every) > 1 else ' 2'})"
-    assert said == [(n, note) for n in exp.figure_names(opts)]
+    figure_names = importlib.import_module(f"decaylab.lab.plots.{exp.name.replace('-', '_')}").figure_names
+    assert said == [(n, note) for n in figure_names(opts)]
 
 
 def test_the_all_diverged_panel_says_so(tmp_path: Path) -> None:
     import matplotlib
 
-    from decaylab.plots import nothing_finished
+    from decaylab.lab.plots import nothing_finished
 
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # text kept as text in the SVG
         path = nothing_finished(tmp_path / "curves.svg", "d2l-linear: curves.png", "2 of 2 configurations diverged")

@@ -67,8 +67,8 @@ _EXPORTS: dict[str, str] = {
     "audit": "decaylab.audit",
     "Finding": "decaylab.audit",
     "AuditReport": "decaylab.audit",
-    # λ sweeps over any nn.Module (the module decaylab.sweep is callable: decaylab.sweep(setup, lambd=...))
-    "sweep": "decaylab.sweep",
+    # λ sweeps over any nn.Module: the lab's function, loaded (with the lab) on first use
+    "sweep": "decaylab.lab.sweep",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -79,7 +79,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'decaylab' has no attribute {name!r}")
     imported = importlib.import_module(module)
-    value = imported if module == f"decaylab.{name}" else getattr(imported, name)  # decaylab.sweep: a callable module
+    value = getattr(imported, name)
     globals()[name] = value
     return value
 
@@ -92,6 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from decaylab.audit import AuditReport, Finding, audit
     from decaylab.closed_form import decay_timescale, ridge, ridge_path, rotational_equilibrium
     from decaylab.conventions import convert
+    from decaylab.lab.sweep import sweep
     from decaylab.layers import Dropout, GaussianNoise
     from decaylab.penalties import elastic_net_penalty, l1_penalty, l2_penalty
     from decaylab.policy import DecayPolicy, explain, param_groups, unwrap
@@ -107,5 +108,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         WDScheduler,
     )
     from decaylab.steps import CautiousDecay, DecoupledDecay, L1Prox, MaxNorm, attach, attached
-    from decaylab.sweep import sweep
     from decaylab.validation import InvalidParameterError

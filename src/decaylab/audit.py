@@ -387,7 +387,7 @@ def _simulate(scheduler: Any, optimizer: torch.optim.Optimizer, steps: int) -> l
         groups.append({k: copy.deepcopy(v) for k, v in g.items() if k not in ("params", "param_names")}
                       | {"params": [torch.zeros(1)]})
     fake = torch.optim.SGD(groups, lr=float(optimizer.param_groups[0]["lr"]))
-    for g, src in zip(fake.param_groups, optimizer.param_groups):
+    for g, src in zip(fake.param_groups, optimizer.param_groups, strict=True):
         g.update({k: v for k, v in src.items() if k not in ("params", "param_names")})
     try:
         twin = copy.deepcopy(scheduler, memo={id(optimizer): fake})
@@ -401,7 +401,7 @@ def _simulate(scheduler: Any, optimizer: torch.optim.Optimizer, steps: int) -> l
                 twin.step()
             except (ValueError, IndexError, ZeroDivisionError):  # e.g. OneCycleLR past total_steps
                 break
-            top = [max(a, float(g["lr"])) for a, g in zip(top, fake.param_groups)]
+            top = [max(a, float(g["lr"])) for a, g in zip(top, fake.param_groups, strict=True)]
     return top
 
 
@@ -415,7 +415,7 @@ def _check_schedule(optimizer: torch.optim.Optimizer, scheduler: Any, total: int
     top = _simulate(scheduler, optimizer, total)
     if top is None:
         return
-    for handle, step in steps:
+    for _handle, step in steps:
         attr = "lr0" if step.scaled_by == "schedule" else "lr_max"  # type: ignore[attr-defined]
         for index, group in enumerate(optimizer.param_groups):
             try:

@@ -601,7 +601,7 @@ class DecayTable(list[ExplainRow]):
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
         def line(cells: list[str]) -> str:
-            parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+            parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
             return "  ".join(parts).rstrip()
 
         rule = "-" * len(line(["-" * w for w in widths]))
@@ -615,7 +615,7 @@ class DecayTable(list[ExplainRow]):
         for i, title in enumerate(header):
             table.add_column(title, justify="right" if title in ("count", "mult", "λ") else "left",
                              no_wrap=i < 2)
-        for row, cells in zip(self, body):
+        for row, cells in zip(self, body, strict=True):
             table.add_row(*cells, style=None if row.decayed else "dim")
         return table
 

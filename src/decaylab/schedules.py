@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -89,7 +90,7 @@ class _Target:
                 type(target).__name__,
             )
         bases: list[float] = []
-        for i, (slot, ok) in enumerate(zip(slots, has)):
+        for i, (slot, ok) in enumerate(zip(slots, has, strict=True)):
             if not ok:
                 bases.append(0.0)
                 continue
@@ -109,7 +110,7 @@ class _Target:
                     )
             bases.append(check_float(base, INITIAL_WD_KEY, owner, low=0.0))
         self.bases = bases
-        self.driven = [ok and b > 0 for ok, b in zip(has, bases)]
+        self.driven = [ok and b > 0 for ok, b in zip(has, bases, strict=True)]
         if not any(self.driven):
             what = (
                 "an optimizer with a parameter group whose weight_decay is > 0"
@@ -139,14 +140,14 @@ class _Target:
         return [float(self._get(s, "weight_decay", 0.0)) for s in self.slots]
 
     def write(self, values: list[float | None]) -> None:
-        for slot, value in zip(self.slots, values):
+        for slot, value in zip(self.slots, values, strict=True):
             if value is not None:
                 self._set(slot, "weight_decay", value)
 
     def restore_bases(self, bases: list[float]) -> None:
         self.bases = list(bases)
         self.driven = [b > 0 for b in self.bases]
-        for slot, base in zip(self.slots, self.bases):
+        for slot, base in zip(self.slots, self.bases, strict=True):
             self._set(slot, INITIAL_WD_KEY, base)
 
 
@@ -185,7 +186,7 @@ class WDScheduler:
 
     def _values(self, t: int) -> list[float | None]:
         out: list[float | None] = []
-        for i, (base, driven) in enumerate(zip(self.target.bases, self.target.driven)):
+        for i, (base, driven) in enumerate(zip(self.target.bases, self.target.driven, strict=True)):
             if not driven:
                 out.append(None)
                 continue
@@ -442,7 +443,7 @@ class _ComposedWD(WDScheduler):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
-        for s, sd in zip(self.schedulers, state.pop("_schedulers")):
+        for s, sd in zip(self.schedulers, state.pop("_schedulers"), strict=True):
             s.__dict__.update({k: v for k, v in sd.items() if k not in s._unsaved})
         super().load_state_dict(state)
 
@@ -470,7 +471,7 @@ class SequentialWD(_ComposedWD):
                 milestones,
             )
         ms = [check_int(m, "milestones", self.owner, low=1) for m in ms]
-        if any(b <= a for a, b in zip(ms, ms[1:])):
+        if any(b <= a for a, b in pairwise(ms)):
             raise parameter_error("milestones", self.owner, "strictly increasing steps", milestones)
         self.schedulers = schedulers
         self.milestones = ms

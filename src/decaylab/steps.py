@@ -232,7 +232,7 @@ class DecoupledDecay(_Decay):
         if self.weight_decay == 0:
             return
         factors = self._factors(group, buckets)
-        for c, (_, params) in zip(factors, buckets):
+        for c, (_, params) in zip(factors, buckets, strict=True):
             if c != 0:
                 # the same float AdamW computes (1 - lr * weight_decay) when multiplier == 1
                 torch._foreach_mul_(params, 1 - c)
@@ -271,7 +271,7 @@ class CautiousDecay(_Decay):
         before = ctx.scratch.pop((id(self), id(group)), None)
         if before is None:
             return
-        for c, (_, params), old in zip(self._factors(group, buckets), buckets, before):
+        for c, (_, params), old in zip(self._factors(group, buckets), buckets, before, strict=True):
             if c == 0:
                 continue
             moved = torch._foreach_sub(params, old)  # −η_t·u_t
@@ -509,7 +509,7 @@ class AttachHandle:
         for group in groups:
             params = group["params"]
             names = group.get("param_names") or [""] * len(params)
-            missing += [(n, p) for n, p in zip(names, params) if id(p) not in known]
+            missing += [(n, p) for n, p in zip(names, params, strict=True) if id(p) not in known]
         if missing:
             named = all(n for n, _ in missing)
             pairs: Any = missing if named else [p for _, p in missing]
@@ -528,7 +528,7 @@ class AttachHandle:
     def _select(self) -> list[tuple[dict[str, Any], _Buckets]]:
         """Per group, the tensors with a gradient at this step (what ``torch.optim`` updates)."""
         out = []
-        for group, buckets in zip(self.optimizer.param_groups, self.buckets()):
+        for group, buckets in zip(self.optimizer.param_groups, self.buckets(), strict=True):
             live = [(m, [p for p in ps if p.grad is not None]) for m, ps in buckets]
             live = [(m, ps) for m, ps in live if ps]
             if live:
@@ -564,7 +564,7 @@ class AttachHandle:
 def _own_decay_conflicts(handle: AttachHandle) -> str | None:
     """A description of the tensors the optimizer decays itself and a decay step would decay again."""
     opt = handle.optimizer
-    for index, (group, buckets) in enumerate(zip(opt.param_groups, handle.buckets())):
+    for index, (group, buckets) in enumerate(zip(opt.param_groups, handle.buckets(), strict=True)):
         wd = group.get("weight_decay", 0)
         if not (isinstance(wd, int | float) and wd > 0) or not buckets:
             continue

@@ -89,6 +89,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +139,7 @@ def decay_multipliers(task: Task) -> list[float]:
     """
     from decaylab.policy import DecayPolicy, decay_plan
 
-    pairs = [(f"layers.{l}.weight", torch.empty(o, i, device="meta")) for l, (i, o) in enumerate(zip(task.layers[:-1], task.layers[1:]))]
+    pairs = [(f"layers.{l}.weight", torch.empty(o, i, device="meta")) for l, (i, o) in enumerate(pairwise(task.layers))]
     pairs += [(f"layers.{l}.bias", torch.empty(o, device="meta")) for l, o in enumerate(task.layers[1:])]
     # the MLP has no norm-layer parameters (Task(norm="layer") is scale-free, its shift is the layer's bias)
     policy = DecayPolicy(exclude_bias=False, exclude_1d=False, exclude_norm=False) if task.decay_bias else DecayPolicy()
@@ -261,7 +262,7 @@ class BatchedRun:
 
     def _initial_stack(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Draw each seed's initial parameters once and copy them to its configurations' rows."""
-        Ws = [torch.empty(self.K, o, i, dtype=self.dtype) for i, o in zip(self.task.layers[:-1], self.task.layers[1:])]
+        Ws = [torch.empty(self.K, o, i, dtype=self.dtype) for i, o in pairwise(self.task.layers)]
         bs = [torch.empty(self.K, o, 1, dtype=self.dtype) for o in self.task.layers[1:]]
         for g in self.groups:
             for l, (W, b) in enumerate(initial_parameters(self.task, g.seed)):
@@ -340,7 +341,7 @@ class BatchedRun:
         xs, ys, noises = [], [], []
         uniforms: list[list[torch.Tensor] | None] = [[] if self.task.dropout else None for _ in range(self.task.n_hidden)]
         widths = self.task.layers[1:-1]
-        for g, idx in zip(self.groups, indices):
+        for g, idx in zip(self.groups, indices, strict=True):
             X = g.data.X_train if idx is None else g.data.X_train.index_select(0, idx)
             Y = g.data.y_train if idx is None else g.data.y_train.index_select(0, idx)
             xs.append(X)
@@ -363,7 +364,7 @@ class BatchedRun:
         parts = [
             torch.addmm(b[g.rows].reshape(-1, 1), W[g.rows].reshape(-1, d_in), x.T) if bias
             else torch.mm(W[g.rows].reshape(-1, d_in), x.T)
-            for g, x in zip(self.groups, batch.xs)
+            for g, x in zip(self.groups, batch.xs, strict=True)
         ]
         Z = parts[0] if len(parts) == 1 else torch.cat(parts)
         return Z.view(self.K, out, batch.m)
@@ -372,7 +373,7 @@ class BatchedRun:
         if batch.x is not None:
             return torch.bmm(dZ, batch.x)
         out = dZ.shape[1]
-        parts = [torch.mm(dZ[g.rows].reshape(-1, batch.m), x) for g, x in zip(self.groups, batch.xs)]
+        parts = [torch.mm(dZ[g.rows].reshape(-1, batch.m), x) for g, x in zip(self.groups, batch.xs, strict=True)]
         dW = parts[0] if len(parts) == 1 else torch.cat(parts)
         return dW.view(self.K, out, -1)
 
@@ -518,7 +519,7 @@ class BatchedRun:
 
     def _project(self) -> None:
         """Every configuration's decayed tensors onto its ball ``‖w‖₂ ≤ radius`` (their joint norm)."""
-        decayed = [P for P, d in zip(self.params, self.decayed) if d]
+        decayed = [P for P, d in zip(self.params, self.decayed, strict=True) if d]
         norm = torch.sqrt(sum((P * P).sum(dim=(1, 2)) for P in decayed)).view(self.K, 1, 1)
         factor = torch.where(norm > self.radius, self.radius / norm, torch.ones_like(norm))  # inf radius: 1
         for P in decayed:
@@ -566,7 +567,7 @@ class BatchedRun:
         """Train one epoch; if ``evaluate``, evaluate, detect divergence and return the metrics (K, M)."""
         per_group = [epoch_batches(g.data.n_train, self.task.batch_size, g.order) for g in self.groups]
         average = self.averaged is not None and epoch >= self.task.average_from
-        for indices in zip(*per_group):
+        for indices in zip(*per_group, strict=True):
             self.train_step(indices)
             if average:
                 self._accumulate_average()
@@ -584,7 +585,7 @@ class BatchedRun:
     def _accumulate_average(self) -> None:
         """Add the current parameters to the running means: ``θ̄ ← θ̄ + (θ − θ̄)/n``, in float64."""
         self.n_averaged += 1
-        for A, P in zip(self.averaged, self.params):  # type: ignore[arg-type]
+        for A, P in zip(self.averaged, self.params, strict=True):  # type: ignore[arg-type]
             A.add_((P.detach().to(torch.float64) - A) / self.n_averaged)
 
     def parameter_vectors(self) -> torch.Tensor:
@@ -596,7 +597,7 @@ class BatchedRun:
         ``parameters_to_vector``'s layout: layer by layer, the ``(out, in)`` weight row by row, then the bias."""
         n = len(self.W)
         parts = []
-        for W, b in zip(params[:n], params[n:]):
+        for W, b in zip(params[:n], params[n:], strict=True):
             parts += [W.detach().reshape(self.K, -1), b.detach().reshape(self.K, -1)]
         return torch.cat(parts, dim=1)
 

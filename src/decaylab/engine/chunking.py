@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 
@@ -71,7 +72,7 @@ def run_in_chunks(
     for part in plan_chunks(task, len(hypers), memory_budget_bytes, chunk, **sizes):
         indices = [order[i] for i in part]
         done = run([hypers[i] for i in indices])
-        for i, outcome in zip(indices, done):
+        for i, outcome in zip(indices, done, strict=True):
             outcomes[i] = outcome
         if on_chunk_done is not None:
             on_chunk_done(indices, done)
@@ -88,7 +89,7 @@ def bytes_per_config(task: Task, n_train: int, n_test: int) -> int:
     Python lists, ``PY_FLOAT_BYTES`` a number, on top of the tensors they are cut from.
     """
     widths = task.layers
-    n_params = sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
+    n_params = sum(i * o + o for i, o in pairwise(widths))
     state = (1 if task.momentum else 0) + (2 if task.optimizer == "adam" else 0)  # optimizer buffers
     copies = 4 + state + (1 if task.optimizer == "adam" else 0)  # θ, g, temporaries, buffers, Adam's denominator
     kept = {"none": 0, "final": 1, "epochs": task.epochs}[task.keep_weights]  # kept parameter vectors
@@ -137,7 +138,7 @@ def plan_chunks(
 def _balanced(n: int, size: int) -> list[range]:
     n_chunks = -(-n // min(size, n))
     bounds = [round(i * n / n_chunks) for i in range(n_chunks + 1)]
-    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [range(a, b) for a, b in pairwise(bounds)]
 
 
 def best_chunk(

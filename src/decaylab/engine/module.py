@@ -236,7 +236,7 @@ def check_same_architecture(models: Mapping[int, nn.Module]) -> None:
         other = _signature(models[seed])
         if other == first:
             continue
-        for a, b in zip(first + [("(nothing)", "")] * len(other), other + [("(nothing)", "")] * len(first)):
+        for a, b in zip(first + [("(nothing)", "")] * len(other), other + [("(nothing)", "")] * len(first), strict=True):
             if a != b:
                 got = f"seed {seeds[0]}: {a[0]} {a[1]}, seed {seed}: {b[0]} {b[1]}".replace("  ", " ")
                 raise parameter_error("model", OWNER, "a function that builds the same architecture for every seed", got)
@@ -293,7 +293,7 @@ class StreamDropout(nn.Module):
 def _with_stream_dropout(model: nn.Module, draws: _Draws) -> int:
     """Replace every elementwise dropout module of ``model`` (in place) by :class:`StreamDropout`; return how many."""
     count = 0
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             p = _dropout_p(child)
             if p is not None:
@@ -625,7 +625,7 @@ class ModuleStack:
                     total[key] += self._losses(fn, out, y, None).to(torch.float64) * int(X.shape[0])
             for key, value in total.items():
                 cols[f"{split}_{key}"] = value / n
-        decayed = [self.params[n] for n, m in zip(self.names, self.multipliers) if m > 0]
+        decayed = [self.params[n] for n, m in zip(self.names, self.multipliers, strict=True) if m > 0]
         sq = sum((P.detach().double() ** 2).reshape(self.K, -1).sum(dim=1) for P in decayed)
         cols["w_norm"] = torch.sqrt(sq) if decayed else torch.zeros(self.K, dtype=torch.float64)
         self.base.train()
@@ -650,7 +650,7 @@ class ModuleStack:
         history = []
         for epoch in range(1, self.task.epochs + 1):
             per_seed = [epoch_batches(self.task.n_train, self.task.batch_size, g) for g in self.order]
-            for indices in zip(*per_seed):
+            for indices in zip(*per_seed, strict=True):
                 self.train_step(indices)
             metrics = self.evaluate()
             self._check_divergence(metrics, epoch)
@@ -706,7 +706,7 @@ def train_module_batched(
     for part in sizes:
         idx = [order[i] for i in part]
         done = ModuleStack(task, [hypers[i] for i in idx], models).run(progress)
-        for i, o in zip(idx, done):
+        for i, o in zip(idx, done, strict=True):
             outcomes[i] = o
     return outcomes  # type: ignore[return-value]
 

@@ -92,6 +92,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
@@ -174,7 +175,7 @@ def initial_parameters(task: Task, seed: int) -> list[tuple[torch.Tensor, torch.
     g = generator(seed, "init")
     dtype = dtype_of(task)
     params = []
-    for fan_in, fan_out in zip(task.layers[:-1], task.layers[1:]):
+    for fan_in, fan_out in pairwise(task.layers):
         if task.init == "normal":
             W = torch.normal(0.0, task.init_std, (fan_in, fan_out), generator=g, dtype=dtype)
             b = torch.zeros(fan_out, dtype=dtype)
@@ -191,11 +192,11 @@ def layer_tensors(task: Task, vector: Sequence[float] | torch.Tensor) -> list[tu
     ``(W, b)`` per layer, ``W`` of shape ``(out, in)`` as ``nn.Linear.weight``, ``b`` of shape ``(out,)``, in the
     task's dtype."""
     flat = torch.as_tensor(vector, dtype=dtype_of(task)).reshape(-1)
-    sizes = [n for i, o in zip(task.layers[:-1], task.layers[1:]) for n in (o * i, o)]
+    sizes = [n for i, o in pairwise(task.layers) for n in (o * i, o)]
     if flat.numel() != sum(sizes):
         raise parameter_error("vector", "layer_tensors", f"{sum(sizes)} numbers for layers {task.layers}", f"{flat.numel()} numbers")
     parts = flat.split(sizes)
-    return [(parts[2 * l].view(o, i), parts[2 * l + 1]) for l, (i, o) in enumerate(zip(task.layers[:-1], task.layers[1:]))]
+    return [(parts[2 * l].view(o, i), parts[2 * l + 1]) for l, (i, o) in enumerate(pairwise(task.layers))]
 
 
 def epoch_batches(n_train: int, batch_size: int | None, order: torch.Generator) -> list[torch.Tensor | None]:
@@ -230,7 +231,7 @@ def make_outcome(
     names = task.metric_names
     epochs = list(task.eval_epochs)
     if diverged_epoch is not None:
-        rows = [row if epoch <= diverged_epoch else [nan] * len(names) for epoch, row in zip(epochs, rows)]
+        rows = [row if epoch <= diverged_epoch else [nan] * len(names) for epoch, row in zip(epochs, rows, strict=True)]
     curves: dict[str, list[float]] = {"epoch": epochs}
     for j, name in enumerate(names):
         curves[name] = [float(row[j]) for row in rows]

@@ -122,7 +122,7 @@ class StackedUpdate:
     def _set_coefficients(self) -> None:
         """(Re)build the coefficient tensors of every tensor; frozen configurations get lr = 0."""
         c, act = self.coefficients, self.active.tolist()
-        lr = [float(x) if a else 0.0 for x, a in zip(c.lr, act)]
+        lr = [float(x) if a else 0.0 for x, a in zip(c.lr, act, strict=True)]
         self._lr = lr
         cache: dict[tuple, torch.Tensor | None] = {}
 
@@ -137,14 +137,14 @@ class StackedUpdate:
                     cache[key] = self._coef([h * m for h in c.l2], ndim) if m and any(c.l2) else None
                 elif kind == "decay":
                     has = m and any(c.decoupled)
-                    cache[key] = self._coef([1 - x * (h * m) for x, h in zip(lr, c.decoupled)], ndim) if has else None
+                    cache[key] = self._coef([1 - x * (h * m) for x, h in zip(lr, c.decoupled, strict=True)], ndim) if has else None
                 else:  # l1 threshold η·m·λ₁
-                    cache[key] = self._coef([x * h * m for x, h in zip(lr, c.l1)], ndim) if m and any(c.l1) else None
+                    cache[key] = self._coef([x * h * m for x, h in zip(lr, c.l1, strict=True)], ndim) if m and any(c.l1) else None
             return cache[key]
 
         self._per_tensor = [
             {kind: coef(kind, m, P.dim()) for kind in ("lr64", "neg_lr", "l2", "decay", "l1")}
-            for P, m in zip(self.params, self.multipliers)
+            for P, m in zip(self.params, self.multipliers, strict=True)
         ]
 
     # ----------------------------------------------------------------- the step
@@ -156,7 +156,7 @@ class StackedUpdate:
             beta1, beta2 = s.betas
             bias_correction2_sqrt = (1 - beta2**self.t) ** 0.5
             bias_correction1 = 1 - beta1**self.t
-        for P, g, coef, state in zip(self.params, grads, self._per_tensor, self.state):
+        for P, g, coef, state in zip(self.params, grads, self._per_tensor, self.state, strict=True):
             # coefficients expanded to θ's shape: the same operation and numbers as broadcasting them, but
             # PyTorch's CPU kernels run it 2-3× faster on large tensors (measured on 2048² rows)
             if coef["l2"] is not None:
@@ -198,7 +198,7 @@ class StackedUpdate:
         if not bool(newly.any()):
             return
         self.active &= ~newly
-        for P, state in zip(self.params, self.state):
+        for P, state in zip(self.params, self.state, strict=True):
             P[newly] = 0.0
             for buf in state.values():
                 buf[newly] = 0.0

@@ -1,0 +1,197 @@
+"""What a run shows: the JSON document, tables on the terminal, the files of the run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from decaylab.lab.atomic import atomic_write
+from decaylab.lab.experiments.base import Table
+from decaylab.lab.store import RunRecord
+from decaylab.results import json_safe
+
+__all__ = [
+    "CURVES_INLINE_MAX",
+    "MAX_TABLE_ROWS",
+    "curves_left_out_note",
+    "diverged_note",
+    "document_text",
+    "environment_lines",
+    "format_cell",
+    "render_table",
+    "run_document",
+    "runs_table",
+    "write_json",
+]
+
+CURVES_INLINE_MAX = 256  # more configurations than this: curves left out of the document unless --curves
+MAX_TABLE_ROWS = 100  # a longer table shows its first and last TABLE_EDGE_ROWS rows and says how many it left out
+TABLE_EDGE_ROWS = 20
+
+
+def curves_left_out_note(record: RunRecord) -> str:
+    """What the document says (key ``curves_left_out``) when its configurations' curves are not in it."""
+    return (
+        f"{record.n_configs} configurations (more than {CURVES_INLINE_MAX}): their curves are in the store, "
+        f"not in this document; `decaylab runs show {record.run_id} --json --curves` prints them "
+        "(or pass --curves to decaylab run)"
+    )
+
+
+def run_document(record: RunRecord, summary: dict[str, Any], curves: bool = True) -> dict[str, Any]:
+    """The run as one JSON document (``--json``, ``results.json``, ``runs show --json``).
+
+    ``curves=False`` leaves every configuration's ``curves`` out and adds ``curves_left_out`` (a
+    sentence saying where they are). Non-finite numbers are ``None``: the run's own fields and the
+    summary through :func:`~decaylab.results.json_safe`, the configurations list by list with numpy
+    (:meth:`~decaylab.results.ConfigResult.to_json`), never float by float over the whole document.
+    """
+    doc = json_safe(
+        {
+            "run_id": record.run_id,
+            "experiment": record.experiment,
+            "status": record.status,
+            "version": record.version,
+            "command": record.command,
+            "options": record.options,
+            "environment": record.environment,
+            "summary": summary,
+        }
+    )
+    if not curves:
+        doc["curves_left_out"] = curves_left_out_note(record)
+    doc["configs"] = [c.to_json(curves) for c in record.configs]
+    return doc
+
+
+def _compact(value: Any) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a NaN or infinity somewhere: the slow path, for this value only
+        return json.dumps(json_safe(value), separators=(",", ":"), allow_nan=False)
+
+
+def document_text(doc: Any) -> str:
+    """``doc`` as JSON text: dicts one key per line, lists of dicts or lists (``configs``, a summary's
+    rows) one element per line, each element compact, written by the C encoder (``json.dumps`` with
+    ``indent`` falls back to the pure-Python encoder, which at thousands of configurations was most of
+    a run's time); NaN/inf as ``null``; ends in a newline."""
+    return _block(doc, 0) + "\n"
+
+
+def _block(value: Any, depth: int) -> str:
+    """A dict one key per line (recursively); a list of containers one element per line, each compact;
+    anything else compact. Every leaf goes through the C encoder."""
+    pad = " " * (depth + 1)
+    if isinstance(value, dict) and value:
+        items = (f"{pad}{json.dumps(str(k))}: {_block(v, depth + 1)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
+    if isinstance(value, list) and value and all(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(pad + _compact(v) for v in value) + "\n" + " " * depth + "]"
+    return _compact(value)
+
+
+def environment_lines(record: RunRecord) -> list[str]:
+    """``runs show``'s lines about where the run ran (:func:`decaylab.lab.environment.describe`) and, while
+    it runs, which process owns it."""
+    from decaylab.lab.environment import describe
+
+    lines = describe(record.environment)
+    if record.status == "running" and record.heartbeat is not None:
+        import time
+
+        lines.append(
+            f"owner: process {record.owner_pid} on {record.owner_host}, heartbeat {time.time() - record.heartbeat:.0f} s ago"
+        )
+    return lines
+
+
+def write_json(doc: Any, path: Path) -> Path:
+    """Write ``doc`` as JSON (UTF-8, non-finite numbers as ``null``, :func:`document_text`) to ``path``,
+    atomically: ``path`` holds the whole new document or is left as it was
+    (:func:`decaylab.lab.atomic.atomic_write`).
+
+    Raises ``OSError`` (e.g. ``ENOSPC``) if the file cannot be written.
+    """
+    text = document_text(doc)
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
+    return path
+
+
+def format_cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_table(table: Table, more: str = "--json") -> Any:
+    """A ``rich`` table: numbers right-aligned with four significant digits.
+
+    A table longer than :data:`MAX_TABLE_ROWS` rows shows its first and last :data:`TABLE_EDGE_ROWS` and,
+    between them a row of "…", and below a line saying how many rows were left out and that ``more`` (a
+    command) prints them all.
+    """
+    from rich.console import Group
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    out = RichTable(header_style="bold")
+    numeric = [
+        all(isinstance(row[i], (int, float)) or row[i] is None for row in table.rows) for i in range(len(table.columns))
+    ]
+    for name, is_number in zip(table.columns, numeric, strict=True):
+        out.add_column(name, justify="right" if is_number else "left", no_wrap=True)
+    rows = table.rows
+    if len(rows) > MAX_TABLE_ROWS:
+        head, tail = rows[:TABLE_EDGE_ROWS], rows[-TABLE_EDGE_ROWS:]
+        left_out = len(rows) - len(head) - len(tail)
+    else:
+        head, tail, left_out = rows, [], 0
+    for row in head:
+        out.add_row(*(format_cell(v) for v in row))
+    if left_out:
+        out.add_row(*(["…"] * len(table.columns)))
+    for row in tail:
+        out.add_row(*(format_cell(v) for v in row))
+    parts: list[Any] = [Text(table.title, style="bold")] if table.title else []
+    parts.append(out)
+    if left_out:
+        parts.append(Text(f"{left_out} of {len(rows)} rows left out; {more} prints them all", style="italic"))
+    if table.notes:
+        parts.append(Text("did not finish:\n" + "\n".join(f"  {line}" for line in table.notes)))
+    return Group(*parts) if len(parts) > 1 else out
+
+
+def diverged_note(record: RunRecord) -> str | None:
+    """``"N of M configurations diverged"`` (with the epochs) when some did; printed once after a run.
+
+    A diverged configuration is a result, not a failure: the run still exits 0.
+    """
+    diverged = [c for c in record.configs if c.status == "diverged"]
+    if not diverged:
+        return None
+    epochs = sorted({c.diverged_epoch for c in diverged if c.diverged_epoch is not None})
+    when = ""
+    if epochs:
+        when = f" (at epoch {epochs[0]})" if len(epochs) == 1 else f" (at epochs {epochs[0]}–{epochs[-1]})"
+    return f"{len(diverged)} of {len(record.configs)} configurations diverged{when}"
+
+
+def runs_table(records: Sequence[RunRecord]) -> Table:
+    import time
+
+    rows = []
+    for r in records:
+        counts = r.counts()
+        done = counts.get("done", 0) + counts.get("diverged", 0)
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
+        rows.append([r.run_id, r.experiment, r.status, f"{done}/{r.n_configs}", when, r.version])
+    return Table(["run", "experiment", "status", "configs done", "started", "version"], rows)

@@ -1,0 +1,171 @@
+"""Figures of ``d2l-linear``: D2L's loss curves per lambda, and the weight norm.
+
+Drawn from aggregates, so that a sweep of thousands of λ costs what a sweep of a few does: the loss
+figure shows at most :data:`MAX_PANELS` λ; the norm figure draws every λ's mean ‖w‖ curve as one
+rasterized ``LineCollection`` coloured by λ (a colour bar, not a legend) once there are more than
+:data:`MAX_LEGEND_LAMBDAS`, and its panel against λ drops the markers past :data:`MAX_MARKERS` λ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from decaylab.lab.experiments.base import Experiment, group_by
+from decaylab.lab.plots import lambda_colors, new_figure, save
+from decaylab.lab.plots.common import band, seeds_note, stack
+from decaylab.results import ConfigResult
+
+MAX_PANELS = 4
+MAX_LEGEND_LAMBDAS = 6  # more λ than this: one LineCollection coloured by λ, and a colour bar
+MAX_MARKERS = 64  # more λ than this: the panel against λ is drawn with lines only
+
+
+def _by_lambda(results: Sequence[ConfigResult]) -> dict[float, list[ConfigResult]]:
+    return dict(sorted(group_by((r for r in results if r.curves), "lambd").items()))
+
+
+def _spread(values: list[float], k: int) -> list[float]:
+    """At most ``k`` values, evenly spread over the sorted list, first and last kept."""
+    if len(values) <= k:
+        return values
+    idx = np.unique(np.round(np.linspace(0, len(values) - 1, k)).astype(int))
+    return [values[i] for i in idx]
+
+
+def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
+    """Train and test loss against epoch, log scale, one panel per lambda (as D2L's figure)."""
+    groups = _by_lambda(results)
+    shown = _spread(list(groups), MAX_PANELS)
+    ncols = min(len(shown), 4) or 1
+    nrows = max(1, -(-len(shown) // ncols))
+    fig, axes = new_figure(nrows, ncols, width=3.6, height=2.9, sharey=True)
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
+    for ax, lambd in zip(axes.flat, shown, strict=True):
+        group = groups[lambd]
+        epochs = np.asarray(group[0].curves["epoch"])
+        band(ax, epochs, stack(group, "train_loss"), "tab:blue", "train", lw=1.6)
+        band(ax, epochs, stack(group, "test_loss"), "tab:orange", "test", "--", lw=1.6)
+        w_norm = np.nanmean([r.metrics.get("w_norm", np.nan) for r in group])
+        ax.set_yscale("log")
+        ax.set_title(f"λ = {lambd:.3g}   (final ‖w‖₂ = {w_norm:.3g})")
+        ax.set_xlabel("epoch")
+        ax.legend(loc="upper right", frameon=False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("loss (ŷ−y)²/2, mean over examples")
+    n_seeds = len(next(iter(groups.values()), []))
+    subtitle = seeds_note(opts, n_seeds, with_band=True)
+    hidden = f"; {len(groups) - len(shown)} of {len(groups)} λ not shown" if len(shown) < len(groups) else ""
+    fig.suptitle(
+        f"Weight decay on D2L's linear regression (n_train={opts['n_train']}, d={opts['dim']}): "
+        f"penalty λ/2·‖w‖², {subtitle}{hidden}",
+        fontsize=10,
+    )
+    return save(fig, path)
+
+
+def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
+    """Left: ||w||_2 against epoch per lambda. Right: final losses and ||w||_2 against lambda."""
+    groups = _by_lambda(results)
+    fig, axes = new_figure(1, 2, width=4.6, height=3.4)
+    left, right = axes[0]
+    lambdas_sorted = list(groups)
+    sqrt_d = np.sqrt(opts["dim"])
+    left.axhline(sqrt_d, color="grey", lw=0.8, ls=":", label=f"√d = {sqrt_d:.1f} (start)")
+    if len(groups) > MAX_LEGEND_LAMBDAS:  # every λ, one artist: mean over seeds, coloured by λ's rank
+        _norm_collection(fig, left, groups, sqrt_d)
+        left.legend(frameon=False, loc="lower left")
+    else:
+        colors = lambda_colors(lambdas_sorted)
+        for lambd in lambdas_sorted:
+            group = groups[lambd]
+            epochs = np.asarray(group[0].curves["epoch"])
+            band(left, epochs, stack(group, "w_norm"), colors[lambd], f"λ = {lambd:.3g}", lw=1.6)
+        left.legend(frameon=False, title="penalty λ/2·‖w‖²", loc="lower left")
+    left.set_yscale("log")
+    left.set_xlabel("epoch")
+    left.set_ylabel("‖w‖₂ (bias excluded)")
+    left.set_title("Weight norm during training")
+
+    lambdas = np.array(list(groups))
+    markers = len(lambdas) <= MAX_MARKERS
+    for key, label, style in (("train_loss", "final train loss", "o-"), ("test_loss", "final test loss", "s--")):
+        means = _mean_metric(groups, key)
+        right.plot(lambdas, means, style if markers else style[1:], ms=3.5, lw=1.4, label=label)
+    norms = _mean_metric(groups, "w_norm")
+    right.plot(lambdas, norms, "^:" if markers else ":", ms=3.5, lw=1.4, color="tab:green", label="final ‖w‖₂")
+    if not np.isfinite(norms).any():
+        right.text(0.5, 0.5, "every λ diverged:\nno final values", transform=right.transAxes, ha="center", va="center")
+    right.set_yscale("log")
+    if len(lambdas) > 3 and lambdas.min() == 0:
+        right.set_xscale("symlog", linthresh=max(lambdas[lambdas > 0].min(), 1e-6) if (lambdas > 0).any() else 1)
+        right.set_xlim(0, lambdas.max() * 1.15)  # no negative half: λ ≥ 0
+    elif len(lambdas) > 3 and lambdas.max() / max(lambdas.min(), 1e-300) > 50:
+        right.set_xscale("log")
+    right.set_xlabel("λ  (penalty λ/2·‖w‖² on a mean loss)")
+    right.set_ylabel("loss (ŷ−y)²/2  and  ‖w‖₂")
+    right.set_title("After training, against λ")
+    right.legend(frameon=False)
+    return save(fig, path)
+
+
+def _group_nanmean(groups: dict[float, list[ConfigResult]], rows: np.ndarray) -> np.ndarray:
+    """Per group (λ, in the order of ``groups``) the mean of ``rows`` (one row per result, in the order
+    of the groups' results) over the group's results, NaN ignored (NaN where all are NaN): one
+    ``np.add.at`` for the whole sweep rather than a ``nanmean`` per λ."""
+    sizes = np.array([len(g) for g in groups.values()])
+    index = np.repeat(np.arange(len(sizes)), sizes)
+    finite = np.isfinite(rows)
+    sums = np.zeros((len(sizes), *rows.shape[1:]))
+    counts = np.zeros_like(sums)
+    np.add.at(sums, index, np.where(finite, rows, 0.0))
+    np.add.at(counts, index, finite)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _mean_metric(groups: dict[float, list[ConfigResult]], key: str) -> np.ndarray:
+    """Per λ (in the order of ``groups``), the mean over seeds of the final metric ``key`` (NaN ignored)."""
+    values = np.array([r.metrics.get(key, np.nan) for g in groups.values() for r in g], dtype=float)
+    return _group_nanmean(groups, values)
+
+
+def _norm_collection(fig: Any, ax: Any, groups: dict[float, list[ConfigResult]], start: float) -> None:
+    """Every λ's ‖w‖ curve (mean over seeds) as one rasterized ``LineCollection`` coloured by λ's rank
+    (as :func:`lambda_colors`), with a colour bar labelled in λ; the y range covers them and ``start``."""
+    import matplotlib as mpl
+    from matplotlib.collections import LineCollection
+
+    lambdas = list(groups)
+    epochs = np.asarray(next(iter(groups.values()))[0].curves["epoch"], dtype=float)
+    curves = np.array([r.curves["w_norm"] for g in groups.values() for r in g], dtype=float)
+    means = _group_nanmean(groups, curves)  # (λ, epochs)
+    segments = np.stack([np.broadcast_to(epochs, means.shape), means], axis=-1)
+    cmap = mpl.colors.ListedColormap(mpl.colormaps["viridis"](np.linspace(0, 0.9, 256)))
+    norm = mpl.colors.Normalize(0, max(len(lambdas) - 1, 1))
+    lines = LineCollection(list(segments), cmap=cmap, norm=norm, linewidths=1.0, rasterized=True)
+    lines.set_array(np.arange(len(lambdas), dtype=float))
+    ax.add_collection(lines)
+    shown = np.append(means[np.isfinite(means) & (means > 0)], start)
+    ax.set_xlim(epochs.min(), epochs.max())
+    if shown.size:
+        ax.set_ylim(shown.min() / 1.5, shown.max() * 1.5)
+    bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
+    ticks = sorted({0, len(lambdas) - 1, *np.linspace(0, len(lambdas) - 1, 5).round().astype(int).tolist()})
+    bar.set_ticks(ticks, labels=[f"{lambdas[i]:.3g}" for i in ticks])
+    bar.minorticks_off()
+    bar.set_label(f"λ of λ/2·‖w‖²  (all {len(lambdas)}, mean over seeds)")
+
+
+def figure_names(opts: dict[str, Any]) -> list[str]:
+    """The files :func:`draw` writes (when nothing finished, each is one panel saying so)."""
+    return ["curves.png", "norms.png"]
+
+
+def draw(experiment: Experiment, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
+    """Write the figures of ``results`` (every one finished) into ``out``; return their paths."""
+    return [plot_curves(results, opts, out / "curves.png"), plot_norms(results, opts, out / "norms.png")]
