@@ -406,6 +406,7 @@ class LambdaWD(WDScheduler):
 
     def value(self, slot: int, base: float, t: int) -> float:
         f = self._one if self.wd_lambdas is None else self.wd_lambdas[slot]
+        assert f is not None  # __init__ sets exactly one of wd_lambdas and _one
         factor = f(t)
         try:
             number = float(factor) if not isinstance(factor, bool) else math.nan

@@ -90,6 +90,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,7 @@ from decaylab.engine.semantics import (
     initial_parameters,
     load_data,
     make_outcome,
+    tensor_sum,
 )
 from decaylab.engine.task import Hyper, Task, check_hypers
 from decaylab.engine.updates import Coefficients, OptimizerSettings, StackedUpdate
@@ -190,6 +192,37 @@ class _Batch:
     onehot: torch.Tensor | None
     keeps: list[torch.Tensor | None]  # 0./1. floats
     m: int
+
+    # The fields a task's input mode and loss guarantee are set (an internal invariant, not user input):
+    @property
+    def shared_xs(self) -> list[torch.Tensor]:
+        """``xs``: the task has no input noise."""
+        return _required(self.xs, "_Batch.xs")
+
+    @property
+    def float_y(self) -> torch.Tensor:
+        """``y``: the loss is half_mse or binary cross-entropy."""
+        return _required(self.y, "_Batch.y")
+
+    @property
+    def class_labels(self) -> torch.Tensor:
+        """``labels``: the loss is cross-entropy."""
+        return _required(self.labels, "_Batch.labels")
+
+    @property
+    def onehot_targets(self) -> torch.Tensor:
+        """``onehot``: the loss is cross-entropy and the batch is a training batch."""
+        return _required(self.onehot, "_Batch.onehot")
+
+
+_T = TypeVar("_T")
+
+
+def _required(value: _T | None, name: str) -> _T:
+    """``value``, or RuntimeError if it is None (a bug in this module, not a user error)."""
+    if value is None:
+        raise RuntimeError(f"internal error: {name} is None")
+    return value
 
 
 class BatchedRun:
@@ -324,7 +357,7 @@ class BatchedRun:
         m = int(xs[0].shape[0])
         x = None
         if noises is not None:  # x + σ·ε, every configuration its own input
-            x = self._per_config(xs) + self.sigma * self._per_config(noises)
+            x = self._per_config(xs) + _required(self.sigma, "BatchedRun.sigma") * self._per_config(noises)
         y = labels = targets = None
         if self.task.loss == "cross_entropy":
             labels = self._per_config(ys)
@@ -339,7 +372,7 @@ class BatchedRun:
     def _training_batch(self, indices: Sequence[torch.Tensor | None]) -> _Batch:
         """Gather each seed's minibatch and draw its noise and dropout uniforms (once per seed)."""
         xs, ys, noises = [], [], []
-        uniforms: list[list[torch.Tensor] | None] = [[] if self.task.dropout else None for _ in range(self.task.n_hidden)]
+        drawn: list[list[torch.Tensor]] = [[] for _ in range(self.task.n_hidden)]  # per hidden layer, per seed
         widths = self.task.layers[1:-1]
         for g, idx in zip(self.groups, indices, strict=True):
             X = g.data.X_train if idx is None else g.data.X_train.index_select(0, idx)
@@ -350,7 +383,8 @@ class BatchedRun:
                 noises.append(torch.randn(X.shape, generator=g.noise, dtype=self.dtype))
             if g.dropout is not None:
                 for l, w in enumerate(widths):
-                    uniforms[l].append(torch.rand((X.shape[0], w), generator=g.dropout, dtype=self.dtype))  # type: ignore[union-attr]
+                    drawn[l].append(torch.rand((X.shape[0], w), generator=g.dropout, dtype=self.dtype))
+        uniforms: list[list[torch.Tensor] | None] = list(drawn) if self.task.dropout else [None] * self.task.n_hidden
         return self._make_batch(xs, noises if self.task.noise else None, ys, uniforms)
 
     # ----------------------------------------------------------------- forward / backward
@@ -364,7 +398,7 @@ class BatchedRun:
         parts = [
             torch.addmm(b[g.rows].reshape(-1, 1), W[g.rows].reshape(-1, d_in), x.T) if bias
             else torch.mm(W[g.rows].reshape(-1, d_in), x.T)
-            for g, x in zip(self.groups, batch.xs, strict=True)
+            for g, x in zip(self.groups, batch.shared_xs, strict=True)
         ]
         Z = parts[0] if len(parts) == 1 else torch.cat(parts)
         return Z.view(self.K, out, batch.m)
@@ -373,7 +407,7 @@ class BatchedRun:
         if batch.x is not None:
             return torch.bmm(dZ, batch.x)
         out = dZ.shape[1]
-        parts = [torch.mm(dZ[g.rows].reshape(-1, batch.m), x) for g, x in zip(self.groups, batch.xs, strict=True)]
+        parts = [torch.mm(dZ[g.rows].reshape(-1, batch.m), x) for g, x in zip(self.groups, batch.shared_xs, strict=True)]
         dW = parts[0] if len(parts) == 1 else torch.cat(parts)
         return dW.view(self.K, out, -1)
 
@@ -444,18 +478,18 @@ class BatchedRun:
     def _loss_grad(self, Z: torch.Tensor, batch: _Batch) -> torch.Tensor:
         """∂(mean loss of configuration k)/∂Z for every k, shape (K, d_out, m)."""
         if self.task.loss == "half_mse":
-            return (Z - batch.y) * (1.0 / (Z.shape[1] * batch.m))
+            return (Z - batch.float_y) * (1.0 / (Z.shape[1] * batch.m))
         if self.task.loss == "cross_entropy":
-            return (torch.softmax(Z, dim=1) - batch.onehot) / batch.m
-        return (torch.sigmoid(Z) - batch.y) / batch.m
+            return (torch.softmax(Z, dim=1) - batch.onehot_targets) / batch.m
+        return (torch.sigmoid(Z) - batch.float_y) / batch.m
 
     def _loss_sums(self, Z: torch.Tensor, batch: _Batch) -> torch.Tensor:
         """Every configuration's summed data loss over the batch, shape (K,)."""
         if self.task.loss == "half_mse":
-            return ((Z - batch.y) ** 2 / 2).sum(dim=(1, 2))
+            return ((Z - batch.float_y) ** 2 / 2).sum(dim=(1, 2))
         if self.task.loss == "cross_entropy":
-            return F.cross_entropy(Z, batch.labels.expand(self.K, -1), reduction="none").sum(dim=1)
-        return F.binary_cross_entropy_with_logits(Z, batch.y.expand_as(Z), reduction="none").sum(dim=(1, 2))
+            return F.cross_entropy(Z, batch.class_labels.expand(self.K, -1), reduction="none").sum(dim=1)
+        return F.binary_cross_entropy_with_logits(Z, batch.float_y.expand_as(Z), reduction="none").sum(dim=(1, 2))
 
     def _loss_count(self, m: int) -> int:
         """How many terms the mean loss of ``m`` rows averages over (rows × outputs, except cross-entropy)."""
@@ -464,16 +498,16 @@ class BatchedRun:
     def _correct(self, Z: torch.Tensor, batch: _Batch) -> torch.Tensor:
         """Number of correctly classified rows per configuration (argmax; for BCE a logit > 0 is class 1)."""
         if self.task.loss == "cross_entropy":
-            return (Z.argmax(dim=1) == batch.labels).sum(dim=1).to(self.dtype)
-        return ((Z > 0) == (batch.y > 0.5)).sum(dim=(1, 2)).to(self.dtype)
+            return (Z.argmax(dim=1) == batch.class_labels).sum(dim=1).to(self.dtype)
+        return ((Z > 0) == (batch.float_y > 0.5)).sum(dim=(1, 2)).to(self.dtype)
 
     def _manual_grads(self, batch: _Batch) -> list[torch.Tensor]:
         norms: list[tuple[torch.Tensor, torch.Tensor]] = []
         Z, As, Hs = self._forward(batch, norms)
         dZ = self._loss_grad(Z, batch)
         L = len(self.W)
-        dWs: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
-        dbs: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
+        dWs: dict[int, torch.Tensor] = {}  # layer -> gradient, filled from the last layer back
+        dbs: dict[int, torch.Tensor] = {}
         for l in range(L - 1, -1, -1):
             dbs[l] = dZ.sum(dim=2, keepdim=True)
             if norms and l < L - 1:  # dZ is ∂L/∂(LN(hW) + b): through the normalization to ∂L/∂(hW)
@@ -487,7 +521,7 @@ class BatchedRun:
             if keep is not None:
                 dH = dH.div_(self.q[l - 1]).mul_(keep)  # autograd's order: (dH/(1−p))·keep
             dZ = self._activation_grad(dH, As[l - 1])
-        return dWs + dbs
+        return [dWs[l] for l in range(L)] + [dbs[l] for l in range(L)]
 
     def _autograd_grads(self, batch: _Batch) -> list[torch.Tensor]:
         with torch.enable_grad():
@@ -515,13 +549,13 @@ class BatchedRun:
     def _update(self, grads: list[torch.Tensor]) -> None:
         self.updater.step(grads)  # coupled, decoupled, optimizer, L1: decaylab.engine.updates
         if self.radius is not None:
-            self._project()
+            self._project(self.radius)
 
-    def _project(self) -> None:
+    def _project(self, radius: torch.Tensor) -> None:
         """Every configuration's decayed tensors onto its ball ``‖w‖₂ ≤ radius`` (their joint norm)."""
         decayed = [P for P, d in zip(self.params, self.decayed, strict=True) if d]
-        norm = torch.sqrt(sum((P * P).sum(dim=(1, 2)) for P in decayed)).view(self.K, 1, 1)
-        factor = torch.where(norm > self.radius, self.radius / norm, torch.ones_like(norm))  # inf radius: 1
+        norm = torch.sqrt(tensor_sum((P * P).sum(dim=(1, 2)) for P in decayed)).view(self.K, 1, 1)
+        factor = torch.where(norm > radius, radius / norm, torch.ones_like(norm))  # inf radius: 1
         for P in decayed:
             P.mul_(factor)
 
@@ -546,7 +580,7 @@ class BatchedRun:
                     correct = correct + self._correct(Z, batch)
             losses.append(loss_sum / self._loss_count(n))
             accuracies.append(correct / n)
-        cols = losses + [torch.sqrt(sum((W * W).sum(dim=(1, 2)) for W in self.W))]
+        cols = losses + [torch.sqrt(tensor_sum((W * W).sum(dim=(1, 2)) for W in self.W))]
         if self.task.classification:
             cols += accuracies
         return torch.stack(cols, dim=1)
@@ -566,11 +600,12 @@ class BatchedRun:
     def run_epoch(self, epoch: int, evaluate: bool = True) -> torch.Tensor | None:
         """Train one epoch; if ``evaluate``, evaluate, detect divergence and return the metrics (K, M)."""
         per_group = [epoch_batches(g.data.n_train, self.task.batch_size, g.order) for g in self.groups]
-        average = self.averaged is not None and epoch >= self.task.average_from
+        start = self.task.average_from
+        averaged = self.averaged if start is not None and epoch >= start else None
         for indices in zip(*per_group, strict=True):
             self.train_step(indices)
-            if average:
-                self._accumulate_average()
+            if averaged is not None:
+                self._accumulate_average(averaged)
         keep = self.task.keep_weights
         if keep == "epochs" or (keep == "final" and epoch == self.task.epochs):
             self.kept.append(self.parameter_vectors())
@@ -582,10 +617,10 @@ class BatchedRun:
         return metrics
 
     @torch.no_grad()
-    def _accumulate_average(self) -> None:
-        """Add the current parameters to the running means: ``θ̄ ← θ̄ + (θ − θ̄)/n``, in float64."""
+    def _accumulate_average(self, averaged: list[torch.Tensor]) -> None:
+        """Add the current parameters to the running means ``averaged``: ``θ̄ ← θ̄ + (θ − θ̄)/n``, in float64."""
         self.n_averaged += 1
-        for A, P in zip(self.averaged, self.params, strict=True):  # type: ignore[arg-type]
+        for A, P in zip(averaged, self.params, strict=True):
             A.add_((P.detach().to(torch.float64) - A) / self.n_averaged)
 
     def parameter_vectors(self) -> torch.Tensor:
@@ -610,13 +645,13 @@ class BatchedRun:
         kept = torch.stack(self.kept, dim=1).tolist() if self.kept else None  # (K, kept epochs, n_params)
         averaged = self._flatten(self.averaged).tolist() if self.averaged is not None else None  # (K, n_params)
         states = self.optimizer_states() if self.task.keep_optimizer_state else None
-        outcomes: list[Outcome | None] = [None] * self.K
+        outcomes: dict[int, Outcome] = {}  # position in the hypers given -> outcome
         for k, original in enumerate(self.perm):
             outcomes[original] = make_outcome(
                 self.task, rows[k], self.diverged_epoch[k], kept[k] if kept else None,
                 averaged[k] if averaged else None, states[k] if states else None,
             )
-        return outcomes  # type: ignore[return-value]
+        return [outcomes[i] for i in range(self.K)]
 
     def optimizer_states(self) -> list[dict[str, list[float]]]:
         """Per configuration, every optimizer buffer flattened like :meth:`parameter_vectors`, and ``step``."""

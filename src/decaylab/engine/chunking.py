@@ -68,7 +68,7 @@ def run_in_chunks(
     if chunk is None and hypers:  # the planner needs the data's sizes: those of the first seed's data set
         data = load_data(task, hypers[order[0]].seed)
         sizes = {"n_train": data.n_train, "n_test": int(data.X_test.shape[0])}
-    outcomes: list[Outcome | None] = [None] * len(hypers)
+    outcomes: dict[int, Outcome] = {}  # position in hypers -> outcome
     for part in plan_chunks(task, len(hypers), memory_budget_bytes, chunk, **sizes):
         indices = [order[i] for i in part]
         done = run([hypers[i] for i in indices])
@@ -76,7 +76,7 @@ def run_in_chunks(
             outcomes[i] = outcome
         if on_chunk_done is not None:
             on_chunk_done(indices, done)
-    return outcomes  # type: ignore[return-value]
+    return [outcomes[i] for i in range(len(hypers))]
 
 
 PY_FLOAT_BYTES = 32  # a float in a list: its 8-byte slot and the 24-byte float object

@@ -246,7 +246,7 @@ def _dropout_p(module: nn.Module) -> float | None:
     """``p`` of an elementwise dropout module (``nn.Dropout``, :class:`decaylab.Dropout`), else None."""
     from decaylab.layers import Dropout
 
-    if type(module) in _DROPOUT_TYPES or isinstance(module, Dropout):
+    if isinstance(module, Dropout) or (isinstance(module, nn.Dropout) and type(module) in _DROPOUT_TYPES):
         return float(module.p)
     return None
 
@@ -391,7 +391,7 @@ def _first_line(exc: BaseException) -> str:
 def _optimizer(task: ModuleTask, hyper: Hyper, model: nn.Module, both: bool) -> torch.optim.Optimizer:
     """``torch.optim`` over :func:`decaylab.param_groups`, decoupled decay and L1 through :func:`decaylab.attach`."""
     from decaylab.policy import param_groups
-    from decaylab.steps import DecoupledDecay, L1Prox, attach
+    from decaylab.steps import DecoupledDecay, L1Prox, Step, attach
 
     if task.optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(
@@ -403,7 +403,7 @@ def _optimizer(task: ModuleTask, hyper: Hyper, model: nn.Module, both: bool) -> 
             opt = torch.optim.SGD(groups, lr=hyper.lr, momentum=task.momentum, nesterov=task.nesterov)
         else:
             opt = torch.optim.Adam(groups, lr=hyper.lr, betas=task.betas, eps=task.eps)
-    steps = []
+    steps: list[Step] = []
     if hyper.decoupled and task.optimizer != "adamw":
         steps.append(DecoupledDecay(hyper.decoupled))
     if hyper.l1:
@@ -423,7 +423,8 @@ def _evaluate_one(task: ModuleTask, model: nn.Module, multipliers: Mapping[str, 
             continue
         n = int(data[0].shape[0])
         total = {"loss": 0.0, **{name: 0.0 for name in task.metrics}}
-        for X, y in _batches(*data, task.eval_batch_size):
+        X_all, y_all = data
+        for X, y in _batches(X_all, y_all, task.eval_batch_size):
             out = model(X)
             rows = int(X.shape[0])
             total["loss"] += float(task.loss(out, y)) * rows
@@ -478,7 +479,7 @@ def train_one_module(task: ModuleTask, hyper: Hyper, progress: Progress | None =
                     diverged = epoch
             if progress:
                 progress(1)
-    return make_outcome(task, rows, diverged)  # type: ignore[arg-type]
+    return make_outcome(task, rows, diverged)
 
 
 def train_module_sequential(task: ModuleTask, hypers: Sequence[Hyper], progress: Progress | None = None) -> list[Outcome]:
@@ -619,7 +620,8 @@ class ModuleStack:
             n = int(data[0].shape[0])
             fns = {"loss": self.task.loss, **self.task.metrics}
             total = {key: torch.zeros(self.K, dtype=torch.float64) for key in fns}
-            for X, y in _batches(*data, self.eval_rows):
+            X_all, y_all = data
+            for X, y in _batches(X_all, y_all, self.eval_rows):
                 out = self._forward(X, None, [])
                 for key, fn in fns.items():
                     total[key] += self._losses(fn, out, y, None).to(torch.float64) * int(X.shape[0])
@@ -658,10 +660,10 @@ class ModuleStack:
             if progress:
                 progress(self.K)
         rows = torch.stack(history).transpose(0, 1).tolist()  # (K, epochs, M)
-        outcomes: list[Outcome | None] = [None] * self.K
+        outcomes: dict[int, Outcome] = {}  # position in the hypers given -> outcome
         for k, original in enumerate(self.perm):
-            outcomes[original] = make_outcome(self.task, rows[k], self.diverged_epoch[k])  # type: ignore[arg-type]
-        return outcomes  # type: ignore[return-value]
+            outcomes[original] = make_outcome(self.task, rows[k], self.diverged_epoch[k])
+        return [outcomes[i] for i in range(self.K)]
 
 
 def _alone_is_faster(task: ModuleTask, models: Mapping[int, nn.Module]) -> bool:
@@ -702,13 +704,13 @@ def train_module_batched(
     sizes = plan_module_chunks(task, len(hypers), chunk, models=models)
     if chunk is None and max(len(r) for r in sizes) == 1 and _alone_is_faster(task, models):
         return train_module_sequential(task, hypers, progress)  # the same numbers, within float32 rounding
-    outcomes: list[Outcome | None] = [None] * len(hypers)
+    outcomes: dict[int, Outcome] = {}  # position in hypers -> outcome
     for part in sizes:
         idx = [order[i] for i in part]
         done = ModuleStack(task, [hypers[i] for i in idx], models).run(progress)
         for i, o in zip(idx, done, strict=True):
             outcomes[i] = o
-    return outcomes  # type: ignore[return-value]
+    return [outcomes[i] for i in range(len(hypers))]
 
 
 def train_module(

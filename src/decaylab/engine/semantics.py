@@ -90,9 +90,10 @@ final metrics) are NaN, and it keeps no parameters (``weights=None``, ``averaged
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Protocol
 
 import torch
 
@@ -103,6 +104,7 @@ from decaylab.validation import parameter_error
 
 __all__ = [
     "LAYER_NORM_EPS",
+    "EvaluatedTask",
     "Split",
     "dtype_of",
     "epoch_batches",
@@ -111,6 +113,7 @@ __all__ = [
     "load_data",
     "make_outcome",
     "soft_threshold_",
+    "tensor_sum",
 ]
 
 
@@ -207,13 +210,40 @@ def epoch_batches(n_train: int, batch_size: int | None, order: torch.Generator) 
     return [perm[i : i + batch_size] for i in range(0, n_train, batch_size)]
 
 
+def tensor_sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    r"""``t₁ + t₂ + … + t_n`` added left to right: bit for bit what Python's ``sum`` gives (``0 + t₁`` is
+    ``t₁``), but always a tensor — ``sum`` of no terms is the int 0, which ``torch.sqrt`` rejects.
+
+    Raises:
+        InvalidParameterError: ``terms`` is empty.
+    """
+    it = iter(terms)
+    total = next(it, None)
+    if total is None:
+        raise parameter_error("terms", "tensor_sum", "at least one tensor", "none")
+    for t in it:
+        total = total + t
+    return total
+
+
 def soft_threshold_(w: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
     r"""In place :math:`w \leftarrow \operatorname{sign}(w)\max(|w| - t, 0)`, the proximal step of :math:`t\,|w|`."""
     return w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0))
 
 
+class EvaluatedTask(Protocol):
+    """What :func:`make_outcome` reads of a task: :class:`~decaylab.engine.task.Task` and
+    :class:`~decaylab.engine.module.ModuleTask` both have it."""
+
+    @property
+    def eval_epochs(self) -> tuple[int, ...]: ...
+
+    @property
+    def metric_names(self) -> tuple[str, ...]: ...
+
+
 def make_outcome(
-    task: Task,
+    task: EvaluatedTask,
     rows: list[list[float]],
     diverged_epoch: int | None,
     weights: list[list[float]] | None = None,
@@ -229,7 +259,7 @@ def make_outcome(
     """
     nan = float("nan")
     names = task.metric_names
-    epochs = list(task.eval_epochs)
+    epochs: list[float] = list(task.eval_epochs)  # ints; Outcome.curves holds floats
     if diverged_epoch is not None:
         rows = [row if epoch <= diverged_epoch else [nan] * len(names) for epoch, row in zip(epochs, rows, strict=True)]
     curves: dict[str, list[float]] = {"epoch": epochs}

@@ -44,6 +44,7 @@ from decaylab.engine.semantics import (
     load_data,
     make_outcome,
     soft_threshold_,
+    tensor_sum,
 )
 from decaylab.engine.task import Hyper, Task, check_hypers
 from decaylab.results import Outcome
@@ -126,10 +127,10 @@ def build_model(task: Task, hyper: Hyper) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-def _split_parameters(task: Task, model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+def _split_parameters(task: Task, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """``(decayed, not decayed, weight matrices)``: weights decay; biases only if ``task.decay_bias``."""
-    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    biases = [m.bias for m in model.modules() if isinstance(m, nn.Linear)]
+    weights: list[torch.Tensor] = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    biases: list[torch.Tensor] = [m.bias for m in model.modules() if isinstance(m, nn.Linear)]
     if task.decay_bias:
         return weights + biases, [], weights
     return weights, biases, weights
@@ -163,14 +164,14 @@ def _accuracy(task: Task, out: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _evaluate(task: Task, model: nn.Module, data: Split, weights: list[nn.Parameter]) -> list[float]:
+def _evaluate(task: Task, model: nn.Module, data: Split, weights: list[torch.Tensor]) -> list[float]:
     model.eval()
     row = []
     outs = {}
     for split, X, y in (("train", data.X_train, data.y_train), ("test", data.X_test, data.y_test)):
         outs[split] = (model(X), y)
         row.append(data_loss(task, *outs[split]).item())
-    row.append(torch.sqrt(sum(w.pow(2).sum() for w in weights)).item())
+    row.append(torch.sqrt(tensor_sum(w.pow(2).sum() for w in weights)).item())
     if task.classification:
         row += [_accuracy(task, *outs["train"]), _accuracy(task, *outs["test"])]
     model.train()
@@ -184,9 +185,9 @@ def _finite(model: nn.Module, row: list[float], data: Split) -> bool:
 
 
 @torch.no_grad()
-def _project(decayed: list[nn.Parameter], radius: float) -> None:
+def _project(decayed: list[torch.Tensor], radius: float) -> None:
     """``w ← w·radius/‖w‖₂`` on every decayed tensor when their joint norm exceeds ``radius``."""
-    norm = torch.sqrt(sum(w.pow(2).sum() for w in decayed))
+    norm = torch.sqrt(tensor_sum(w.pow(2).sum() for w in decayed))
     bound = norm.new_tensor(radius)  # rounded once to the task's dtype, as the batched engine does
     if norm > bound:
         for w in decayed:
@@ -223,7 +224,7 @@ def train_one(task: Task, hyper: Hyper, data: Split | None = None) -> Outcome:
                             soft_threshold_(w, hyper.lr * hyper.l1)
                 if hyper.radius is not None:
                     _project(decayed, hyper.radius)
-                if averaged is not None and epoch >= task.average_from:
+                if averaged is not None and task.average_from is not None and epoch >= task.average_from:
                     averaged.update_parameters(linears)
             if task.keep_weights == "epochs" or (task.keep_weights == "final" and epoch == task.epochs):
                 kept.append(parameters_to_vector(model.parameters()).detach().tolist())
@@ -248,10 +249,11 @@ def _optimizer_state(opt: torch.optim.Optimizer, params: list[nn.Parameter], ste
 
 
 @torch.no_grad()
-def _decay_before_step(task: Task, hyper: Hyper, decayed: list[nn.Parameter], both: bool) -> None:
+def _decay_before_step(task: Task, hyper: Hyper, decayed: list[torch.Tensor], both: bool) -> None:
     if both:
         for w in decayed:
-            w.grad.add_(w, alpha=hyper.l2)
+            if w.grad is not None:  # as torch.optim, a tensor without a gradient is skipped
+                w.grad.add_(w, alpha=hyper.l2)
     if hyper.decoupled and task.optimizer == "sgd":
         for w in decayed:
             w.mul_(1 - hyper.lr * hyper.decoupled)
