@@ -21,7 +21,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol, cast
 
 from decaylab import __version__
 from decaylab.lab.interrupts import signals_as_interrupt
@@ -45,7 +45,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- parsers -------------------------------------------------------------------------------------
-def _store_options(parser: argparse.ArgumentParser) -> None:
+class _ArgumentContainer(Protocol):
+    """An ``ArgumentParser`` or one of its argument groups: what ``add_argument`` is called on."""
+
+    def add_argument(self, *name_or_flags: str, **kwargs: Any) -> argparse.Action: ...
+
+
+def _store_options(parser: _ArgumentContainer) -> None:
     parser.add_argument(
         "--store", metavar="PATH", help="SQLite run store (default: $DECAYLAB_STORE or ./decaylab.db)"
     )
@@ -58,7 +64,7 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _output_options(parser: argparse.ArgumentParser) -> None:
+def _output_options(parser: _ArgumentContainer) -> None:
     _store_options(parser)
     parser.add_argument("--out", metavar="DIR", help="run directory for figures and results.json (default runs/RUN_ID)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no table")
@@ -553,7 +559,10 @@ def _cmd_audit(argv: list[str]) -> int:
     numbers = {key: check_int(getattr(ns, key), "--" + key.replace("_", "-"), "decaylab audit", low=1)
                for key in ("epochs", "steps_per_epoch", "dataset_size") if getattr(ns, key) is not None}
     model, optimizer, *rest = _load_setup(ns.target)
-    report = audit(model, optimizer, rest[0] if rest else None, **numbers)
+    report = audit(
+        model, optimizer, rest[0] if rest else None, epochs=numbers.get("epochs"),
+        steps_per_epoch=numbers.get("steps_per_epoch"), dataset_size=numbers.get("dataset_size"),
+    )
     print(report.to_json() if ns.json else str(report))
     return EXIT_OK if report.clean else EXIT_FAILED
 
@@ -561,9 +570,9 @@ def _cmd_audit(argv: list[str]) -> int:
 def _cmd_sweep(argv: list[str]) -> int:
     """``decaylab sweep FILE.py:FUNCTION [options]``: λ sweeps over the user's own module (:mod:`decaylab.lab.experiments.sweep`)."""
     from decaylab.lab.experiments import get_experiment
-    from decaylab.lab.experiments.sweep import BOOL_OPTIONS
+    from decaylab.lab.experiments.sweep import BOOL_OPTIONS, ModuleSweep
 
-    exp = get_experiment("sweep")
+    exp = cast(ModuleSweep, get_experiment("sweep"))  # the registry maps "sweep" to ModuleSweep
     parser = _Parser(
         prog="decaylab sweep", description=f"{exp.summary}\n\n{exp.description}",
         formatter_class=argparse.RawDescriptionHelpFormatter,

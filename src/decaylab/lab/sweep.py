@@ -190,7 +190,7 @@ def best_config(results: Sequence[ConfigResult], select: str = "val_loss") -> di
     groups: dict[tuple, list[ConfigResult]] = {}
     for r in results:
         groups.setdefault(tuple(r.params.get(k) for k in SWEPT), []).append(r)
-    best = None
+    best: dict[str, Any] | None = None
     for key, group in groups.items():
         values = [r.metrics.get(name, math.nan) for r in group if r.status == "done"]
         values = [v for v in values if math.isfinite(v)]

@@ -293,8 +293,15 @@ class Experiment(ABC):
         """Expand the options into configurations: one dict of parameters each."""
 
     @abstractmethod
-    def run_chunk(self, opts: dict[str, Any], configs: Sequence[dict[str, Any]], engine: str) -> list[Outcome]:
-        """Train ``configs`` (a chunk of :meth:`configs`) and return one outcome each, in order.
+    def run_chunk(
+        self,
+        opts: dict[str, Any],
+        configs: Sequence[dict[str, Any]],
+        engine: str,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Outcome]:
+        """Train ``configs`` (a chunk of :meth:`configs`) and return one outcome each, in order;
+        ``progress(n)`` (if given) reports ``n`` more configuration-epochs trained.
 
         Must be a pure function of its arguments: the runner may call it in another process.
         """

@@ -218,6 +218,8 @@ def evaluate(model: Any, data: Any) -> list[float]:
     import torch.nn.functional as F
     from torch import nn
 
+    from decaylab.engine.semantics import tensor_sum
+
     model.eval()
     with torch.no_grad():
         row, accs = [], []
@@ -226,7 +228,7 @@ def evaluate(model: Any, data: Any) -> list[float]:
             row.append(F.cross_entropy(out, y).item())
             accs.append((out.argmax(dim=1) == y).float().mean().item())
         weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-        row.append(torch.sqrt(sum(w.pow(2).sum() for w in weights)).item())
+        row.append(torch.sqrt(tensor_sum(w.pow(2).sum() for w in weights)).item())
     model.train()
     return row + accs
 

@@ -334,7 +334,8 @@ class L2VsDecay(Experiment):
         for wd in opts["wd"]:
             row: dict[str, Any] = {"wd": wd}
             for family, (coupled, decoupled) in PAIRS.items():
-                diffs, rel, norms = [], [], {coupled: [], decoupled: []}
+                diffs, rel = [], []
+                norms: dict[str, list[float]] = {coupled: [], decoupled: []}
                 for seed in opts["seed"]:
                     a, b = by.get((wd, coupled, seed)), by.get((wd, decoupled, seed))
                     if a is None or b is None:

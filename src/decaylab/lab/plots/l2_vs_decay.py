@@ -90,7 +90,7 @@ def plot_effective_decay(results: Sequence[ConfigResult], opts: dict[str, Any], 
     edges = np.asarray(HIST_EDGES)
     n_layers = len(opts["hidden"]) + 1
     layer_counts = [
-        np.mean([r.curves.get(f"eff_decay_counts_layer{k}", np.zeros(len(edges) - 1)) for r in adam_l2], axis=0)
+        np.mean([r.curves.get(f"eff_decay_counts_layer{k}", [0.0] * (len(edges) - 1)) for r in adam_l2], axis=0)
         for k in range(1, n_layers + 1)
     ]
     total = np.mean([r.curves["eff_decay_counts"] for r in adam_l2], axis=0)

@@ -27,7 +27,8 @@ SHORT = {"half": "λ/2·‖W‖²", "mean": "λ/(2m)·‖W‖²"}
 STYLE = {"half": ("o", "-", "tab:blue"), "mean": ("s", "--", "tab:red")}
 
 
-def _m_colors(ms: list[int]) -> dict[int, Any]:
+def _m_colors(ms: list[int]) -> dict[float, Any]:
+    """A colour per m, keyed by ``float(m)``."""
     from decaylab.lab.plots import lambda_colors
 
     return lambda_colors([float(m) for m in ms])
