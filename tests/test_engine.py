@@ -29,7 +29,7 @@ from decaylab.engine import (
     train_sequential,
 )
 from decaylab.engine.batched import BatchedRun, run_batched_chunk
-from decaylab.engine.semantics import initial_parameters, load_data
+from decaylab.engine.semantics import initial_parameters, load_data, tensor_sum
 from decaylab.engine.sequential import build_model
 from decaylab.results import Outcome
 from decaylab.rng import generator
@@ -346,3 +346,14 @@ def test_data_shapes_are_checked() -> None:
     task = Task(data=blobs, layers=(5, 3), loss="cross_entropy")
     with pytest.raises(InvalidParameterError, match=r"X_train of shape \(n, 5\)"):
         train(task, [Hyper(seed=0, lr=0.1)], chunk=1)
+
+
+def test_tensor_sum_adds_left_to_right_as_python_sum_and_rejects_no_terms() -> None:
+    # float32: 1 + 1e8 rounds to 1e8, so only the left-to-right order gives 0 (right to left gives 1)
+    terms = [torch.tensor([1.0, 3.0]), torch.tensor([1e8, 1e8]), torch.tensor([-1e8, -1e8])]
+    total = tensor_sum(iter(terms))
+    assert torch.equal(total, sum(terms)) and total.tolist() == [0.0, 0.0]
+    one = torch.tensor(2.5, dtype=torch.float64)
+    assert torch.equal(tensor_sum([one]), one) and tensor_sum([one]).dtype == torch.float64
+    with pytest.raises(InvalidParameterError, match="'terms' parameter of tensor_sum must be at least one tensor"):
+        tensor_sum([])  # Python's sum gives the int 0, which torch.sqrt rejects
