@@ -290,3 +290,19 @@ def test_cli_audit_runs_as_a_command(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout)["findings"][0]["severity"] == "warning"
+
+
+def test_a_decaying_step_of_the_users_own_without_weight_decay_is_left_out_not_a_crash() -> None:
+    class ShrinkOnce(decaylab.steps.Step):  # decays (Step.decays) but has no weight_decay/scaled_by to read
+        kind = "shrink"
+        decays = True
+        has_post = True
+
+    m = mlp()
+    opt = torch.optim.Adam(param_groups(m, 0.0, with_names=False), lr=1e-3)
+    attach(opt, DecoupledDecay(0.05), model=m)
+    attach(opt, ShrinkOnce(), model=m, allow_repeat=True)
+    rows = {r.name: r for r in decaylab.explain(opt)}
+    assert rows["0.weight"].weight_decay == pytest.approx(0.05)  # the DecoupledDecay only
+    assert "DecoupledDecay" in rows["0.weight"].reason and "ShrinkOnce" not in rows["0.weight"].reason
+    audit(m, opt, epochs=10, steps_per_epoch=100)  # read every decaying step's λ: AttributeError before

@@ -47,7 +47,7 @@ import types
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -60,6 +60,19 @@ __all__ = ["AuditReport", "Finding", "audit", "explain_optimizer"]
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
+
+
+@runtime_checkable
+class _DecayStep(Protocol):
+    """What the audit reads of a weight-decay step (``Step.decays``): decaylab's DecoupledDecay and
+    CautiousDecay have it; a decaying step of the user's own without it is left out of the sums."""
+
+    weight_decay: float
+    scaled_by: str
+
+    @property
+    def reference(self) -> float | None: ...
+
 
 # optimizers whose weight_decay is an L2 gradient divided by an adaptive denominator
 _ADAPTIVE_COUPLED = ("Adam", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta", "SparseAdam")
@@ -189,11 +202,11 @@ def _tensors(model: nn.Module, optimizer: torch.optim.Optimizer, policy: DecayPo
     for handle in attached(optimizer):
         multipliers = handle.multipliers()
         for step in handle.steps:
-            if not step.decays:
+            if not (step.decays and isinstance(step, _DecayStep)):
                 continue
             for pid, m in multipliers.items():
                 if m > 0 and pid in by_id:
-                    by_id[pid].steps += step.weight_decay * m  # type: ignore[attr-defined]
+                    by_id[pid].steps += step.weight_decay * m
                     by_id[pid].n_steps += 1
     model_tensors = [t for t in by_id.values() if t.full]
     return model_tensors, extra
@@ -348,9 +361,9 @@ def _check_timescale(model_tensors: list[_Tensor], optimizer: torch.optim.Optimi
             rate, how = eta * t_own, "own"
         for handle in attached(optimizer):
             for step in handle.steps:
-                if step.decays:
-                    s = {"lr": eta, "schedule": 1.0, "none": 1.0}.get(step.scaled_by, eta)  # type: ignore[attr-defined]
-                    rate += s * step.weight_decay  # type: ignore[attr-defined]
+                if step.decays and isinstance(step, _DecayStep):
+                    s = {"lr": eta, "schedule": 1.0, "none": 1.0}.get(step.scaled_by, eta)
+                    rate += s * step.weight_decay
                     how = how or "steps"
         if rate <= 0 or eta <= 0:
             continue
@@ -409,24 +422,24 @@ def _check_schedule(optimizer: torch.optim.Optimizer, scheduler: Any, total: int
     from decaylab.steps import reference_lr
 
     steps = [(h, s) for h in attached(optimizer) for s in h.steps
-             if s.decays and getattr(s, "scaled_by", None) in ("schedule", "corrected")]
+             if s.decays and isinstance(s, _DecayStep) and s.scaled_by in ("schedule", "corrected")]
     if not steps or scheduler is None:
         return
     top = _simulate(scheduler, optimizer, total)
     if top is None:
         return
     for _handle, step in steps:
-        attr = "lr0" if step.scaled_by == "schedule" else "lr_max"  # type: ignore[attr-defined]
+        attr = "lr0" if step.scaled_by == "schedule" else "lr_max"
         for index, group in enumerate(optimizer.param_groups):
             try:
-                ref = reference_lr(dict(group), step.scaled_by, step.reference, type(step).__name__)  # type: ignore[attr-defined]
+                ref = reference_lr(dict(group), step.scaled_by, step.reference, type(step).__name__)
             except InvalidParameterError:  # γ₀ = 0: the step itself raises at the first step, with its message
                 continue
             if top[index] <= ref * (1 + 1e-9):
                 continue
-            peak = top[index] / ref * step.weight_decay  # type: ignore[attr-defined]
-            if step.scaled_by == "corrected":  # type: ignore[attr-defined]
-                peak = top[index] * top[index] / ref * step.weight_decay  # type: ignore[attr-defined]
+            peak = top[index] / ref * step.weight_decay
+            if step.scaled_by == "corrected":
+                peak = top[index] * top[index] / ref * step.weight_decay
             names = [n for n in (group.get("param_names") or [])] or [f"<group {index}>"]
             yield Finding(
                 "schedule-above-reference", "warning", tuple(names),
@@ -434,7 +447,7 @@ def _check_schedule(optimizer: torch.optim.Optimizer, scheduler: Any, total: int
                 f"raises the learning rate to {top[index]:g} ({top[index] / ref:.3g}× the reference): the decay "
                 f"per step peaks at {peak:.3g}" + (" ≥ 1, which flips every weight's sign" if peak >= 1 else ""),
                 "for handle in decaylab.steps.attached(optimizer):\n    for step in handle.steps:\n"
-                f"        if getattr(step, \"scaled_by\", None) == {step.scaled_by!r}:\n"  # type: ignore[attr-defined]
+                f"        if getattr(step, \"scaled_by\", None) == {step.scaled_by!r}:\n"
                 f"            step.{attr} = {top[index]!r}",
             )
             break
@@ -510,11 +523,11 @@ def explain_optimizer(optimizer: torch.optim.Optimizer) -> DecayTable:
     for handle in attached(optimizer):
         multipliers = handle.multipliers()
         for step in handle.steps:
-            if step.decays:
+            if step.decays and isinstance(step, _DecayStep):
                 for pid, m in multipliers.items():
                     if m > 0:
                         parts.setdefault(pid, []).append(f"{step!r} ×{m:g}")
-                        totals[pid] = totals.get(pid, 0.0) + step.weight_decay * m  # type: ignore[attr-defined]
+                        totals[pid] = totals.get(pid, 0.0) + step.weight_decay * m
     table = DecayTable()
     name = type(optimizer).__name__
     for index, group in enumerate(optimizer.param_groups):
