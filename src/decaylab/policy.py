@@ -471,8 +471,8 @@ def decay_plan(
     if check_patterns:
         _check_patterns(items, policy, owner)
     declared = (
-        _declared(model_or_params, prefix)  # type: ignore[arg-type]
-        if (from_module and policy.use_model_no_weight_decay)
+        _declared(model_or_params, prefix)
+        if (isinstance(model_or_params, nn.Module) and policy.use_model_no_weight_decay)  # = from_module
         else _Declared()
     )
     plan: list[PlanEntry] = []

@@ -65,7 +65,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from decaylab import codec
 from decaylab.results import ConfigResult, json_safe
@@ -223,20 +223,21 @@ def _dumps(value: Any) -> str:
     return json.dumps(json_safe(value), separators=(",", ":"), allow_nan=False)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def _guarded(method: F) -> F:
+def _guarded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
     """Turn any SQLite failure inside ``method`` into a :class:`StoreError` naming the file."""
 
     @wraps(method)
-    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Store, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
             raise self._failure(exc) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class Store:
