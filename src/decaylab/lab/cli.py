@@ -564,7 +564,7 @@ def _runs_delete(ns: argparse.Namespace) -> int:
     for record in records:
         if record.run_id in deleted:
             print(f"deleted run {record.run_id} ({record.experiment}, {deleted[record.run_id]} configs) from {store.path};"
-                  " files outside the store (runs/RUN_ID/, --out) are left as they are")
+                  f" files outside the store (runs/{record.run_id}/ or the run's --out) are left as they are")
         else:
             print(f"kept run {record.run_id}")
     return EXIT_OK

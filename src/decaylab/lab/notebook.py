@@ -206,7 +206,7 @@ def run(
     with _as_parameter_errors():
         _check_out(None if out is None else str(out))
     command = _command(exp, raw, list(options), {"--engine": engine, "--chunk": chunk, "--backend": None if backend == "local" else backend, "--address": address})
-    handle = _open(store, "decaylab run", create=True, readonly=False)
+    handle = _open(store, "decaylab", create=True, readonly=False)  # the owner `decaylab run` names
     store_path = handle.path
     run_id = new_run_id()
     try:
@@ -377,9 +377,9 @@ class Run:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        from decaylab.lab.store import Store
-
         import importlib
+
+        from decaylab.lab.store import Store
 
         try:
             run_page = importlib.import_module("decaylab.lab.report").run_page
