@@ -588,11 +588,11 @@ def _runs_export(ns: argparse.Namespace) -> int:
     target = Path(path)
     if not path or target.is_dir() or not target.parent.is_dir() or not os.access(target.parent, os.W_OK | os.X_OK):
         raise UsageError(str(parameter_error(flag, owner, "a file path in an existing, writable directory", path)))
-    if fmt == "parquet":
-        import importlib.util
+    import importlib.util
 
-        if importlib.util.find_spec("pyarrow") is None:
-            raise UsageError(str(parameter_error("--parquet", owner, "used with pyarrow installed (pip install pyarrow)", path)))
+    for package in ("pandas", "pyarrow") if fmt == "parquet" else ("pandas",):
+        if importlib.util.find_spec(package) is None:
+            raise UsageError(str(parameter_error(flag, owner, f"used with {package} installed (pip install 'decaylab[lab]')", path)))
     store = _open_store(ns.store, owner, create=False, readonly=True)
     try:
         record = _stored_run(store, ns.run_id, owner, curves=ns.curves)
