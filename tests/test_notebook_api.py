@@ -176,3 +176,40 @@ def test_import_decaylab_lab_stays_cheap() -> None:
     assert {"run", "runs", "load", "Run"} <= set(dir(lab))
     with pytest.raises(AttributeError):
         lab.no_such_name  # noqa: B018
+
+
+def test_option_values_become_the_cli_text() -> None:
+    import numpy as np
+
+    from decaylab.lab.notebook import option_text
+
+    assert option_text([0, 3], "--lambd", "x") == "0,3"
+    assert option_text((1e-3, 0.5), "--lambd", "x") == "0.001,0.5"
+    assert option_text(range(3), "--seed", "x") == "0,1,2"
+    assert option_text(np.array([0.0, 3.0]), "--lambd", "x") == "0.0,3.0"
+    assert option_text(np.int64(7), "--epochs", "x") == "7"
+    assert option_text("log:1e-4:1:32", "--lambd", "x") == "log:1e-4:1:32"
+    assert option_text(True, "--decay-bias", "x") == "true"
+    for bad in ([], [[1, 2]], None, {"a": 1}):
+        with pytest.raises(InvalidParameterError, match="'--lambd' parameter of x must be"):
+            option_text(bad, "--lambd", "x")
+
+
+def test_grid_notes_are_warnings_and_grid_syntax_passes() -> None:
+    from decaylab.lab.grid import GridNote
+
+    with pytest.warns(GridNote, match="1 duplicate value"):
+        r = lab.run("d2l-linear", store="s.db", lambd=[1, 1, 2], epochs=3)
+    assert [c.params["lambd"] for c in r.results] == [1.0, 2.0]
+    r = lab.run("d2l-linear", store="s.db", lambd="0:3:4", epochs=3)
+    assert [c.params["lambd"] for c in r.results] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_verdict_is_one_line() -> None:
+    r = lab.run("d2l-linear", store="s.db", **SMALL)
+    r._summary = {"verdict": ["(a) holds:  x = 1", "(b) does not\n hold"]}
+    assert r.verdict == "(a) holds: x = 1; (b) does not hold"
+    r._summary = {"verdict": "holds —\n the test loss falls"}
+    assert r.verdict == "holds — the test loss falls"
+    r._summary = {"by_lambda": []}
+    assert r.verdict is None
