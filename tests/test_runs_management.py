@@ -200,3 +200,30 @@ def test_compare_puts_options_and_metrics_side_by_side(cli: Any, cli_json: Any) 
     assert "≠" not in epochs_line
     code, _, err = cli("runs", "compare", ids[0], "20200101-000000-abcdef", "--store", "s.db")
     one_line_error(code, err, "'RUN_ID'", "20200101-000000-abcdef")
+
+
+def test_frames_of_lists_missing_metrics_and_clashing_names(tmp_path: Path) -> None:
+    from decaylab.lab.frames import configs_frame, curves_frame, write_frame
+    from decaylab.results import ConfigResult
+
+    results = [
+        ConfigResult(params={"hidden": [256, 256], "status": 1}, status="done", metrics={"loss": 0.5, "idx": 2.0},
+                     curves={"epoch": [1.0, 2.0], "loss": [0.9, 0.5], "point": [7.0, 8.0]}),
+        ConfigResult(params={"hidden": [64], "status": 2}, status="diverged", metrics={"loss": float("nan")},
+                     curves={"epoch": [1.0], "loss": [float("nan")]}, diverged_epoch=1),
+        ConfigResult(params={"hidden": [8], "status": 3}, status="failed", error="RuntimeError: x"),
+    ]
+    frame = configs_frame(results)
+    assert list(frame.columns) == ["idx", "hidden", "param_status", "status", "diverged_epoch", "error", "loss", "metric_idx"]
+    assert frame["param_status"].tolist() == [1, 2, 3] and frame["status"].tolist() == ["done", "diverged", "failed"]
+    assert frame["hidden"].tolist() == ["[256,256]", "[64]", "[8]"]
+    assert frame["loss"].tolist()[0] == 0.5 and pd.isna(frame["loss"][1]) and pd.isna(frame["loss"][2])
+    assert frame["metric_idx"].tolist()[0] == 2.0 and frame["diverged_epoch"].tolist()[1] == 1
+    for fmt in ("csv", "parquet"):
+        write_frame(frame, tmp_path / f"f.{fmt}", fmt)
+        back = pd.read_csv(tmp_path / "f.csv") if fmt == "csv" else pd.read_parquet(tmp_path / "f.parquet")
+        assert back["hidden"].tolist() == ["[256,256]", "[64]", "[8]"] and back["loss"].tolist()[0] == 0.5
+    long = curves_frame(results)
+    assert list(long.columns) == ["idx", "hidden", "status", "point", "epoch", "loss", "curve_point"]
+    assert long["idx"].tolist() == [0, 0, 1] and long["curve_point"].tolist()[:2] == [7.0, 8.0]
+    assert pd.isna(long["curve_point"][2]) and pd.isna(long["loss"][2])

@@ -11,8 +11,8 @@
 * :func:`write_frame` — a frame to CSV or Parquet, atomically (:mod:`decaylab.lab.atomic`).
 
 A parameter whose value is not a number or a string (a list of layer widths) is kept as its JSON text,
-so that CSV and Parquet hold the same thing. A metric with the name of a parameter or of a column
-above is prefixed ``metric_``.
+so that CSV and Parquet hold the same thing. A parameter with the name of one of the frame's own columns
+is prefixed ``param_``, a metric or a curve with the name of a column before it ``metric_`` or ``curve_``.
 """
 
 from __future__ import annotations
@@ -65,11 +65,13 @@ def table_frame(table: Table) -> pd.DataFrame:
     return frame
 
 
-def _param_names(results: Sequence[ConfigResult]) -> list[str]:
+def _param_columns(results: Sequence[ConfigResult], reserved: Sequence[str]) -> dict[str, str]:
+    """Every parameter name (in order of first appearance) -> its column: the name, or ``param_NAME``
+    when it is one of the frame's own columns (``reserved``)."""
     names: dict[str, None] = {}
     for r in results:
         names.update(dict.fromkeys(r.params))
-    return list(names)
+    return {p: f"param_{p}" if p in reserved else p for p in names}
 
 
 def configs_frame(results: Sequence[ConfigResult]) -> pd.DataFrame:
@@ -77,8 +79,8 @@ def configs_frame(results: Sequence[ConfigResult]) -> pd.DataFrame:
     (missing: ``<NA>``), ``error``, then every final metric (NaN where a configuration has none)."""
     import pandas as pd
 
-    params = _param_names(results)
-    taken = set(params) | set(_CONFIG_COLUMNS)
+    params = _param_columns(results, _CONFIG_COLUMNS)
+    taken = set(params.values()) | set(_CONFIG_COLUMNS)
     metric_names: dict[str, None] = {}
     for r in results:
         metric_names.update(dict.fromkeys(r.metrics))
@@ -86,11 +88,12 @@ def configs_frame(results: Sequence[ConfigResult]) -> pd.DataFrame:
     rows = []
     for idx, r in enumerate(results):
         row: dict[str, Any] = {"idx": idx}
-        row.update({p: _cell(r.params.get(p)) for p in params})
+        row.update({column: _cell(r.params.get(p)) for p, column in params.items()})
         row.update(status=r.status, diverged_epoch=r.diverged_epoch, error=r.error)
         row.update({column: _metric(r.metrics.get(m)) for m, column in metric_columns.items()})
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=["idx", *params, "status", "diverged_epoch", "error", *metric_columns.values()])
+    columns = ["idx", *params.values(), "status", "diverged_epoch", "error", *metric_columns.values()]
+    frame = pd.DataFrame(rows, columns=columns)
     frame["idx"] = frame["idx"].astype("int64")
     frame["diverged_epoch"] = frame["diverged_epoch"].astype("Int64")
     frame["status"] = frame["status"].astype(object)
@@ -116,11 +119,11 @@ def curves_frame(results: Sequence[ConfigResult], indices: Sequence[int] | None 
     import numpy as np
     import pandas as pd
 
-    params = _param_names(results)
+    params = _param_columns(results, ("idx", "point"))
     curve_names: dict[str, None] = {}
     for r in results:
         curve_names.update(dict.fromkeys(r.curves))
-    taken = set(params) | {"idx", "point"}
+    taken = set(params.values()) | {"idx", "point"}
     columns = {c: f"curve_{c}" if c in taken else c for c in curve_names}
     parts = []
     for idx in range(len(results)) if indices is None else indices:
@@ -129,7 +132,7 @@ def curves_frame(results: Sequence[ConfigResult], indices: Sequence[int] | None 
         if not length:
             continue
         part: dict[str, Any] = {"idx": np.full(length, idx, dtype=np.int64)}
-        part.update({p: [_cell(r.params.get(p))] * length for p in params})
+        part.update({column: [_cell(r.params.get(p))] * length for p, column in params.items()})
         part["point"] = np.arange(length, dtype=np.int64)
         for name, column in columns.items():
             values = np.full(length, np.nan)
@@ -138,7 +141,7 @@ def curves_frame(results: Sequence[ConfigResult], indices: Sequence[int] | None 
             part[column] = values
         parts.append(pd.DataFrame(part))
     if not parts:
-        return pd.DataFrame({"idx": pd.Series(dtype="int64"), **{p: pd.Series(dtype=object) for p in params},
+        return pd.DataFrame({"idx": pd.Series(dtype="int64"), **{p: pd.Series(dtype=object) for p in params.values()},
                              "point": pd.Series(dtype="int64"), **{c: pd.Series(dtype="float64") for c in columns.values()}})
     return pd.concat(parts, ignore_index=True)
 

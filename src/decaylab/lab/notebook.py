@@ -355,8 +355,8 @@ class Run:
         if not isinstance(idx, numbers.Integral) or not 0 <= idx < len(self.results):
             raise parameter_error("idx", "Run.curves", f"an int in [0, {len(self.results) - 1}]", idx)
         frame = curves_frame(self.results, [int(idx)])
-        params = list(self.results[idx].params)
-        return frame.drop(columns=["idx", *params]).set_index("point")
+        columns = list(frame.columns)
+        return frame[columns[columns.index("point"):]].set_index("point")  # the curves, after idx and the parameters
 
     def curves_frame(self) -> pd.DataFrame:
         """Every configuration's curves as one long table: ``idx``, the parameters, ``point``, one column per curve."""
