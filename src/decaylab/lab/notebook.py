@@ -189,7 +189,7 @@ def run(
     """
     from decaylab.lab.cli import _check_out, _make_progress, _writable_dir
     from decaylab.lab.experiments import get_experiment
-    from decaylab.lab.outputs import run_document, write_json
+    from decaylab.lab.outputs import CURVES_INLINE_MAX, run_document, write_json
     from decaylab.lab.runner import RunRequest, execute, new_run_id
 
     if name in ("sweep",):
@@ -217,7 +217,8 @@ def run(
     with _as_parameter_errors():
         directory = _writable_dir(Path(out) if out is not None else Path("runs") / run_id, "--out")
     summary = exp.summarize(record.configs, opts)
-    write_json(run_document(record, summary), directory / "results.json")
+    # results.json as the CLI writes it: a run of more than CURVES_INLINE_MAX configurations without curves
+    write_json(run_document(record, summary, curves=record.n_configs <= CURVES_INLINE_MAX), directory / "results.json")
     result = Run(store_path, record, exp, opts, directory, summary)
     result._figures = draw_figures(exp, record.configs, opts, directory)
     return result
