@@ -6,6 +6,9 @@
     decaylab resume RUN_ID
     decaylab runs list [--json]
     decaylab runs show RUN_ID [--json [--curves]]
+    decaylab runs delete RUN_ID... [--yes]
+    decaylab runs export RUN_ID --csv FILE | --parquet FILE [--curves]
+    decaylab runs compare RUN_A RUN_B [--json]
     decaylab audit FILE.py:FUNCTION [--json]   # findings about (model, optimizer[, scheduler]) with fixes
 
 Bad input is one line on stderr naming the option, the value and what is allowed, and exit code 2.
@@ -454,15 +457,18 @@ def _cmd_resume(argv: list[str]) -> int:
 
 
 def _cmd_runs(argv: list[str]) -> int:
-    from decaylab.lab.outputs import render_table, run_document, runs_table
+    from decaylab.lab.outputs import main_options, render_table, run_document, runs_table
 
-    parser = _Parser(prog="decaylab runs", description="Read the run store.")
+    parser = _Parser(prog="decaylab runs", description="Read and manage the run store.")
     sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    _store_options(sub.add_parser("list", help="every run, newest first"))
+    _store_options(sub.add_parser("list", help="every run, newest first, with its main options"))
     show = sub.add_parser("show", help="one run with its configurations")
     show.add_argument("run_id", metavar="RUN_ID")
     _store_options(show)
+    _runs_management_parsers(sub)
     ns = parser.parse_args(argv)
+    if ns.action in _RUNS_MANAGEMENT:
+        return _RUNS_MANAGEMENT[ns.action](ns)
     store = _open_store(ns.store, f"decaylab runs {ns.action}", create=False, readonly=True)
     try:
         if ns.action == "list":
@@ -479,6 +485,7 @@ def _cmd_runs(argv: list[str]) -> int:
                             "created": r.created,
                             "version": r.version,
                             "command": r.command,
+                            "main_options": main_options(r),
                         }
                         for r in records
                     ]
@@ -507,6 +514,135 @@ def _cmd_runs(argv: list[str]) -> int:
             console.print(line, markup=False, highlight=False)
         console.print(render_table(exp.table(record.configs, opts), f"decaylab runs show {record.run_id} --json"))
     return EXIT_OK
+
+
+# -- runs delete | export | compare ---------------------------------------------------------------
+def _runs_management_parsers(sub: Any) -> None:
+    """The parsers of ``runs delete``, ``runs export`` and ``runs compare``."""
+    store_help = "SQLite run store (default: $DECAYLAB_STORE or ./decaylab.db)"
+    delete = sub.add_parser("delete", help="delete runs with their configurations and curves (asks first)")
+    delete.add_argument("run_ids", metavar="RUN_ID", nargs="+")
+    delete.add_argument("--yes", action="store_true", help="do not ask (required when stdin is not a terminal)")
+    delete.add_argument("--store", metavar="PATH", help=store_help)
+    export = sub.add_parser("export", help="one run as a table file: one row per configuration (or --curves)")
+    export.add_argument("run_id", metavar="RUN_ID")
+    target = export.add_mutually_exclusive_group(required=True)
+    target.add_argument("--csv", metavar="FILE", help="write CSV (UTF-8, a header line)")
+    target.add_argument("--parquet", metavar="FILE", help="write Parquet (pyarrow)")
+    export.add_argument("--curves", action="store_true", help="the long per-epoch table of every configuration's curves")
+    export.add_argument("--store", metavar="PATH", help=store_help)
+    compare = sub.add_parser("compare", help="two runs' options, summaries and metrics side by side")
+    compare.add_argument("run_a", metavar="A")
+    compare.add_argument("run_b", metavar="B")
+    compare.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    compare.add_argument("--store", metavar="PATH", help=store_help)
+
+
+def _stored_run(store: Any, run_id: str, command: str, curves: bool = True) -> Any:
+    record = store.get_run(run_id, curves=curves)
+    if record is None:
+        raise UsageError(str(parameter_error("RUN_ID", command, "the id of a run in the store", run_id)))
+    return record
+
+
+def _runs_delete(ns: argparse.Namespace) -> int:
+    """``runs delete ID... [--yes]``: ask per run on a terminal, then delete the confirmed runs in one
+    transaction (:meth:`Store.delete_runs`, which refuses a run a live process trains)."""
+    owner = "decaylab runs delete"
+    store = _open_store(ns.store, owner, create=False)
+    try:
+        records = [_stored_run(store, run_id, owner, curves=False) for run_id in dict.fromkeys(ns.run_ids)]
+        for record in records:  # said before asking; the store checks again inside its transaction
+            if record.status == "running":
+                raise UsageError(
+                    str(parameter_error("RUN_ID", owner, "a run no live process is training", record.run_id))
+                    + f" Process {record.owner_pid} on {record.owner_host} is training it; nothing was deleted."
+                )
+        if not ns.yes and not sys.stdin.isatty():
+            raise UsageError(
+                str(parameter_error("--yes", owner, "given when stdin is not a terminal (nobody can answer"
+                                    " 'Delete run ...? [y/N]'); nothing was deleted", "not given"))
+            )
+        chosen = [r for r in records if ns.yes or _confirm(r)]
+        deleted = store.delete_runs([r.run_id for r in chosen], owner)
+    finally:
+        store.close()
+    for record in records:
+        if record.run_id in deleted:
+            print(f"deleted run {record.run_id} ({record.experiment}, {deleted[record.run_id]} configs) from {store.path};"
+                  f" files outside the store (runs/{record.run_id}/ or the run's --out) are left as they are")
+        else:
+            print(f"kept run {record.run_id}")
+    return EXIT_OK
+
+
+def _confirm(record: Any) -> bool:
+    """Ask on the terminal; only 'y' or 'yes' deletes (end of input: no)."""
+    try:
+        answer = input(f"Delete run {record.run_id} ({record.experiment}, {record.n_configs} configs)? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _runs_export(ns: argparse.Namespace) -> int:
+    """``runs export ID --csv FILE | --parquet FILE [--curves]``, written atomically."""
+    from decaylab.lab.frames import configs_frame, curves_frame, write_frame
+
+    owner = "decaylab runs export"
+    fmt, flag, path = ("csv", "--csv", ns.csv) if ns.csv is not None else ("parquet", "--parquet", ns.parquet)
+    target = Path(path)
+    if not path or target.is_dir() or not target.parent.is_dir() or not os.access(target.parent, os.W_OK | os.X_OK):
+        raise UsageError(str(parameter_error(flag, owner, "a file path in an existing, writable directory", path)))
+    import importlib.util
+
+    for package in ("pandas", "pyarrow") if fmt == "parquet" else ("pandas",):
+        if importlib.util.find_spec(package) is None:
+            raise UsageError(str(parameter_error(flag, owner, f"used with {package} installed (pip install 'decaylab[lab]')", path)))
+    store = _open_store(ns.store, owner, create=False, readonly=True)
+    try:
+        record = _stored_run(store, ns.run_id, owner, curves=ns.curves)
+    finally:
+        store.close()
+    frame = curves_frame(record.configs) if ns.curves else configs_frame(record.configs)
+    try:
+        write_frame(frame, target, fmt)
+    except OSError as exc:
+        print(f"decaylab: error: could not write {path}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    what = "curve points" if ns.curves else "configurations"
+    print(f"wrote {path}: run {record.run_id}, {len(frame)} rows ({what}), {len(frame.columns)} columns")
+    return EXIT_OK
+
+
+def _runs_compare(ns: argparse.Namespace) -> int:
+    """``runs compare A B [--json]``: options, summaries and metrics side by side (:mod:`decaylab.lab.compare`)."""
+    from decaylab.lab.compare import compare_runs, comparison_tables
+    from decaylab.lab.outputs import render_table
+
+    owner = "decaylab runs compare"
+    store = _open_store(ns.store, owner, create=False, readonly=True)
+    try:
+        a, b = (_stored_run(store, run_id, owner) for run_id in (ns.run_a, ns.run_b))
+    finally:
+        store.close()
+    exp_a, opts_a = _shown_options(a)
+    exp_b, opts_b = _shown_options(b)
+    order = [o.name for o in exp_a.options] + [o.name for o in exp_b.options]
+    doc = compare_runs(a, b, exp_a.summarize(a.configs, opts_a), exp_b.summarize(b.configs, opts_b), order)
+    if ns.json:
+        _print_json(doc)
+        return EXIT_OK
+    console = _console()
+    for side in ("a", "b"):
+        run = doc[side]
+        console.print(f"{side.upper()}: run {run['run_id']}: {run['experiment']}, {run['status']}", markup=False)
+    for table in comparison_tables(doc):
+        console.print(render_table(table, f"decaylab runs compare {a.run_id} {b.run_id} --json"))
+    return EXIT_OK
+
+
+_RUNS_MANAGEMENT = {"delete": _runs_delete, "export": _runs_export, "compare": _runs_compare}
 
 
 def _load_setup(target: str) -> tuple[Any, ...]:

@@ -21,6 +21,7 @@ __all__ = [
     "document_text",
     "environment_lines",
     "format_cell",
+    "main_options",
     "render_table",
     "run_document",
     "runs_table",
@@ -185,7 +186,55 @@ def diverged_note(record: RunRecord) -> str | None:
     return f"{len(diverged)} of {len(record.configs)} configurations diverged{when}"
 
 
+def main_options(record: RunRecord) -> str:
+    """The options of ``record`` that differ from its experiment's defaults, as the user gave them::
+
+        lambd=0,1,3 epochs=20
+
+    An option counts as given when its stored (parsed) value differs from the parsed default, so
+    ``--lambd 0,3.0`` for a default ``0,3`` is not shown. An experiment this decaylab does not know
+    shows every option it stored. '' when all are defaults.
+    """
+    from decaylab.lab.experiments import get_experiment
+    from decaylab.validation import InvalidParameterError
+
+    try:
+        exp = get_experiment(record.experiment)
+    except (InvalidParameterError, LookupError, ImportError):
+        return " ".join(f"{k}={v}" for k, v in record.raw_options.items())
+    parts = []
+    for opt in exp.options:
+        if opt.name not in record.options:
+            continue
+        if _canonical(record.options[opt.name]) != _default_of(exp.name, opt):
+            parts.append(f"{opt.name}={record.raw_options.get(opt.name, _compact(record.options[opt.name]))}")
+    return " ".join(parts)
+
+
+_DEFAULTS: dict[tuple[str, str], str] = {}
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(json_safe(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _default_of(experiment: str, opt: Any) -> str:
+    """An option's parsed default, canonical JSON (cached; a default that does not parse here is '')."""
+    import warnings
+
+    key = (experiment, opt.name)
+    if key not in _DEFAULTS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _DEFAULTS[key] = _canonical(opt.parse(opt.default, opt.flag, experiment))
+        except ValueError:
+            _DEFAULTS[key] = ""
+    return _DEFAULTS[key]
+
+
 def runs_table(records: Sequence[RunRecord]) -> Table:
+    """``decaylab runs list``: one row per run with its main options (:func:`main_options`)."""
     import time
 
     rows = []
@@ -193,5 +242,5 @@ def runs_table(records: Sequence[RunRecord]) -> Table:
         counts = r.counts()
         done = counts.get("done", 0) + counts.get("diverged", 0)
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
-        rows.append([r.run_id, r.experiment, r.status, f"{done}/{r.n_configs}", when, r.version])
-    return Table(["run", "experiment", "status", "configs done", "started", "version"], rows)
+        rows.append([r.run_id, r.experiment, r.status, f"{done}/{r.n_configs}", when, main_options(r), r.version])
+    return Table(["run", "experiment", "status", "configs done", "started", "options", "version"], rows)

@@ -600,6 +600,39 @@ class Store:
                     (time.time(), run_id, self.token),
                 )
 
+    def delete_runs(self, run_ids: Sequence[str], owner: str = "decaylab runs delete") -> dict[str, int]:
+        """Delete the runs ``run_ids`` with their configurations (metrics and curves live in those rows),
+        all in one ``BEGIN IMMEDIATE`` transaction: every run goes, or none does.
+
+        Return how many configurations each deleted run had. The file keeps its size (SQLite reuses the
+        freed pages for later runs; ``VACUUM`` would shrink it). Nothing outside the store is touched (a
+        run's output directory stays).
+
+        Raises:
+            InvalidParameterError: an id that is not in the store (``owner`` names the command).
+            RunBusyError: a run that a live process is training (see :func:`owner_alive`); checked inside
+                the transaction, so a process cannot claim the run between the check and the delete.
+        """
+        counts: dict[str, int] = {}
+        with self.transaction() as conn:
+            for run_id in dict.fromkeys(run_ids):
+                row = conn.execute(
+                    "SELECT status, owner_pid, owner_host, heartbeat FROM runs WHERE run_id = ?", (run_id,)
+                ).fetchone()
+                if row is None:
+                    raise parameter_error("RUN_ID", owner, "the id of a run in the store", run_id)
+                status, pid, host, heartbeat = row
+                if status == "running" and owner_alive(pid, host, heartbeat):
+                    raise RunBusyError(
+                        str(parameter_error("RUN_ID", owner, "a run no live process is training", run_id))
+                        + f" Process {pid} on {host} is training it; nothing was deleted."
+                    )
+                counts[run_id] = conn.execute("SELECT COUNT(*) FROM configs WHERE run_id = ?", (run_id,)).fetchone()[0]
+            for run_id in counts:
+                conn.execute("DELETE FROM configs WHERE run_id = ?", (run_id,))
+                conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        return counts
+
     def set_status(self, run_id: str, status: str) -> None:
         """Set the run's status; any status but ``running`` ends this process's heartbeat for it."""
         if status != "running":
