@@ -68,6 +68,7 @@ import torch
 from torch import nn
 
 from decaylab.engine.semantics import epoch_batches, make_outcome
+from decaylab.engine.stacked import StackedForward
 from decaylab.engine.task import Hyper
 from decaylab.engine.updates import Coefficients, OptimizerSettings, StackedUpdate
 from decaylab.results import Outcome
@@ -492,8 +493,13 @@ def train_module_sequential(task: ModuleTask, hypers: Sequence[Hyper], progress:
 class ModuleStack:
     """K configurations of a :class:`ModuleTask` as one stack: parameters, buffers, optimizer, streams."""
 
-    def __init__(self, task: ModuleTask, hypers: Sequence[Hyper], models: Mapping[int, nn.Module] | None = None) -> None:
+    def __init__(
+        self, task: ModuleTask, hypers: Sequence[Hyper], models: Mapping[int, nn.Module] | None = None, native: bool = True
+    ) -> None:
+        """``native=False``: always the ``vmap`` forward, even for a model the stacked native forward knows."""
         from torch.func import stack_module_state
+
+        from decaylab.engine.stacked import build_stacked
 
         self.task = task
         self.perm = sorted(range(len(hypers)), key=lambda i: hypers[i].seed)
@@ -526,6 +532,45 @@ class ModuleStack:
         self.diverged_epoch: list[int | None] = [None] * self.K
         per_row = activations_per_row(copies[0], task.train[0], largest=True)
         self.eval_rows = max(32, min(task.eval_batch_size, EVAL_BLOCK_FLOATS // max(1, self.K * per_row)))
+        self.stacked: StackedForward | None = None
+        self.fallback = "one configuration: the model itself" if self.K == 1 else "native=False"
+        if native and self.K > 1:
+            self.stacked, self.fallback = build_stacked(self.base, self.K, self._check_stacked)
+
+    def _check_stacked(self, forward: StackedForward) -> None:
+        """Run ``forward`` once on two training rows, in training and evaluation mode, on copies of the buffers, and
+        compare it with the model itself for the first and last configuration (outputs and updated buffers) and
+        with per-configuration inputs; raise :class:`~decaylab.engine.stacked.Unsupported` when they differ."""
+        from torch.func import functional_call
+
+        from decaylab.engine.stacked import Unsupported
+
+        X = self.task.train[0][:2]
+        params = {n: p.detach() for n, p in self.params.items()}
+        try:
+            self.draws.shapes = []  # dropout layers: the identity (no uniforms drawn)
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                for training in (True, False):
+                    self.base.train(training)
+                    bufs = {n: b.clone() for n, b in self.buffers.items()}
+                    ref_bufs = {n: b.clone() for n, b in self.buffers.items()}
+                    out = forward(params, bufs, X, None, [])
+                    per_config = forward(params, {n: b.clone() for n, b in self.buffers.items()},
+                                         X.unsqueeze(0).expand(self.K, *X.shape), 0, [])
+                    for k in (0, self.K - 1):
+                        ref = functional_call(self.base, ({n: p[k] for n, p in params.items()},
+                                                          {n: b[k] for n, b in ref_bufs.items()}), (X,))
+                        if not isinstance(ref, torch.Tensor) or out.shape[1:] != ref.shape or out.shape[0] != self.K:
+                            raise Unsupported("its output differs in shape from the model's")
+                        if not (torch.allclose(out[k], ref, rtol=1e-4, atol=1e-5)
+                                and torch.allclose(per_config[k], ref, rtol=1e-4, atol=1e-5)):
+                            raise Unsupported("its output differs from the model's")
+                        for n in bufs:
+                            if not torch.allclose(bufs[n][k].double(), ref_bufs[n][k].double(), rtol=1e-4, atol=1e-6):
+                                raise Unsupported(f"buffer {n} differs from the model's")
+        finally:
+            self.draws.shapes = None
+            self.base.train()
 
     # -- the functional model
     def _call(self, params: dict, buffers: dict, masks: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -538,6 +583,8 @@ class ModuleStack:
         if self.K == 1:  # one configuration: its rows of the stack as an ordinary model (no vmap, plain kernels)
             one = lambda d: {n: t[0] for n, t in d.items()}
             return self._call(one(self.params), one(self.buffers), [m[0] for m in masks], x if x_dim is None else x[0]).unsqueeze(0)
+        if self.stacked is not None:  # the model's layers on stacked layouts, ordinary kernels (engine/stacked.py)
+            return self.stacked(self.params, self.buffers, x, x_dim, masks)
         return self._vmapped(x, x_dim, masks)
 
     def _vmapped(self, x: torch.Tensor, x_dim: int | None, masks: list[torch.Tensor]) -> torch.Tensor:
