@@ -772,7 +772,7 @@ def train_module(
 DEFAULT_MODULE_MEMORY_BUDGET = 1 << 30
 PROBE_SECONDS = 1.0
 PROBE_MIN_SECONDS = 0.3  # the probe may always take this long (a compute-bound model stops after size 1 anyway)
-PROBE_FRACTION = 0.02  # of the sweep's training time, estimated from one configuration's step
+PROBE_FRACTION = 0.05  # of the sweep's training time, estimated from one configuration's step
 _GAIN = 1.05
 
 

@@ -146,7 +146,7 @@ class StackedForward:
         if a.layout == "S":
             return Act(x.unsqueeze(0).expand(K, *x.shape).reshape(K * x.shape[0], *x.shape[1:]), "KB")
         B, KC = x.shape[0], x.shape[1]
-        return Act(x.view(B, K, KC // K, *x.shape[2:]).transpose(0, 1).reshape(K * B, KC // K, *x.shape[2:]), "KB")
+        return Act(x.reshape(B, K, KC // K, *x.shape[2:]).transpose(0, 1).reshape(K * B, KC // K, *x.shape[2:]), "KB")
 
     def to_bk(self, a: Act) -> Act:
         """The activation as ``(B, K·C, *spatial)``."""
@@ -158,14 +158,14 @@ class StackedForward:
         if a.layout == "S":
             return Act(x.repeat(1, K, *([1] * (x.ndim - 2))), "BK")
         B = x.shape[0] // K
-        return Act(x.view(K, B, *x.shape[1:]).transpose(0, 1).reshape(B, K * x.shape[1], *x.shape[2:]), "BK")
+        return Act(x.reshape(K, B, *x.shape[1:]).transpose(0, 1).reshape(B, K * x.shape[1], *x.shape[2:]), "BK")
 
     def k_view(self, a: Act) -> torch.Tensor:
         """``(K, B, *rest)`` (``S``: ``(1, B, *rest)``, broadcasting over the configurations)."""
         if a.layout == "S":
             return a.value.unsqueeze(0)
         x = self.to_kb(a).value
-        return x.view(self.K, x.shape[0] // self.K, *x.shape[1:])
+        return x.reshape(self.K, x.shape[0] // self.K, *x.shape[1:])
 
     def from_k(self, y: torch.Tensor) -> Act:
         """``(K, B, *rest)`` back to ``KB``."""
@@ -179,7 +179,7 @@ class StackedForward:
             raise Unsupported("a parameter that broadcasts over the batch dimension")
         if pnd == one_ndim:
             return t
-        return t.view(t.shape[0], *([1] * (one_ndim - pnd)), *t.shape[1:])
+        return t.reshape(t.shape[0], *([1] * (one_ndim - pnd)), *t.shape[1:])
 
     # ------------------------------------------------------------------ the graph
     def __call__(self, params: Mapping[str, torch.Tensor], buffers: Mapping[str, torch.Tensor], x: torch.Tensor,
@@ -315,12 +315,12 @@ class StackedForward:
                 return Act(y, "BK")
             return Act(y.unflatten(-1, (K, out)).movedim(-2, 0).reshape(K * y.shape[0], *y.shape[1:-1], out), "KB")
         if a.layout == "BK" and a.value.ndim == 2:
-            x3 = a.value.view(a.value.shape[0], K, inp).transpose(0, 1)
+            x3 = a.value.reshape(a.value.shape[0], K, inp).transpose(0, 1)
             rest: tuple[int, ...] = ()
         else:
             x = self.to_kb(a).value
             rest = tuple(x.shape[1:-1])
-            x3 = x.view(K, -1, inp)
+            x3 = x.reshape(K, -1, inp)
         y = torch.bmm(x3, W.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), x3, W.transpose(1, 2))
         return Act(y.reshape(-1, *rest, out), "KB")
 
@@ -369,9 +369,9 @@ class StackedForward:
             raise Unsupported(f"{target}: unbatched attention input")
         T = x.shape[1]
         w_in, b_in = self.own(target, "in_proj_weight"), self.own(target, "in_proj_bias")
-        x3 = x.view(K, -1, E)
+        x3 = x.reshape(K, -1, E)
         qkv = torch.bmm(x3, w_in.transpose(1, 2)) if b_in is None else torch.baddbmm(b_in.unsqueeze(1), x3, w_in.transpose(1, 2))
-        qkv = qkv.view(-1, T, 3, H, E // H)
+        qkv = qkv.reshape(-1, T, 3, H, E // H)
         qh, kh, vh = (qkv.select(2, i).transpose(1, 2) for i in range(3))  # (K·B, H, T, d_head)
         o = F.scaled_dot_product_attention(qh, kh, vh)
         o = o.transpose(1, 2).reshape(-1, T, E)
@@ -395,7 +395,7 @@ class StackedForward:
                 raise Unsupported("an operation with a tensor that is not a parameter, buffer or activation")
         if isinstance(x, Stacked) and isinstance(y, Stacked):
             nd = max(x.value.ndim, y.value.ndim) - 1
-            pad = lambda t: t.view(t.shape[0], *([1] * (nd + 1 - t.ndim)), *t.shape[1:])  # noqa: E731
+            pad = lambda t: t.reshape(t.shape[0], *([1] * (nd + 1 - t.ndim)), *t.shape[1:])  # noqa: E731
             return Stacked(fn(pad(x.value), pad(y.value), **kwargs))
         if isinstance(x, Act) and isinstance(y, Act) and x.layout == y.layout:
             return Act(fn(x.value, y.value, **kwargs), x.layout)
