@@ -226,7 +226,34 @@ class Branching(nn.Module):
         return h if x.shape[-1] == 64 else -h
 
 
+def hooked(seed: int) -> nn.Module:
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    model[1].register_forward_hook(lambda m, i, o: o * 0.5)
+    return model
+
+
+class TrainingBranch(nn.Module):
+    """A forward that branches on ``self.training`` (traced once per mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        return h * 0.5 if self.training else h
+
+
+def test_a_forward_that_branches_on_training_mode_is_exact() -> None:
+    task = task_of(lambda s: TrainingBranch(), "flat")
+    stack = ModuleStack(task, HYPERS)
+    assert stack.stacked is not None
+    for o, h in zip(stack.run(), HYPERS):
+        assert_close(losses(o), alone(task, h)[0])
+
+
 UNKNOWN = {
+    "forward hook": (hooked, "hooks"),
     "unknown layer": (lambda s: nn.Sequential(nn.Linear(64, 16), nn.Softsign(), nn.Linear(16, 10)), "layer"),
     "operation over the batch": (lambda s: BatchCentred(), "batch dimension"),
     "untraceable": (lambda s: Branching(), "torch.fx"),

@@ -10,10 +10,15 @@ epochs and the decay policy; a :class:`~decaylab.engine.task.Hyper` holds what v
   ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` over :func:`decaylab.param_groups`, decoupled decay and the
   L1 step through :func:`decaylab.attach`;
 * ``"batched"`` (:func:`train_module_batched`): parameters and buffers of the K copies stacked along a
-  leading configuration axis (``torch.func.stack_module_state``), the forward pass
-  ``vmap(functional_call(model, (θ_k, buffers_k), x))``, one ``backward()`` of the sum of the K mean
-  losses (they are independent, so the gradient w.r.t. ``θ_k`` is configuration k's own), and the update
-  of :mod:`decaylab.engine.updates`, shared with the MLP engine.
+  leading configuration axis (``torch.func.stack_module_state``), one forward pass of the K copies, one
+  ``backward()`` of the sum of the K mean losses (they are independent, so the gradient w.r.t. ``θ_k`` is
+  configuration k's own), and the update of :mod:`decaylab.engine.updates`, shared with the MLP engine.
+  The forward pass is the *stacked native forward* of :mod:`decaylab.engine.stacked` when it knows every
+  layer and operation of the model (convolutions as one grouped convolution, Linear as ``baddbmm``,
+  BatchNorm over ``K·C`` channels, attention through the fused ``scaled_dot_product_attention``, …) and a
+  check run on two rows agrees with the model itself; otherwise ``vmap(functional_call(model, (θ_k,
+  buffers_k), x))`` for the whole model (``ModuleStack.fallback`` says why). A stack of one runs the model
+  itself.
 
 **Semantics** (both engines). ``model = factory(seed)`` is called with PyTorch's global generator
 seeded from the seed's ``init`` stream (:mod:`decaylab.rng`) inside ``torch.random.fork_rng``, so a
@@ -31,13 +36,15 @@ all decayed tensors together. Loss and metrics must be *means over the rows* of 
 
 **BatchNorm** and other buffers: each configuration has its own copy of every buffer, stacked like the
 parameters; BatchNorm's in-place running-statistics update (``running_mean``, ``running_var``,
-``num_batches_tracked``) writes into the configuration's own row of the stack under ``vmap``.
+``num_batches_tracked``) writes into the configuration's own row of the stack (under ``vmap``, or through
+the stacked forward's views of the stack). ``momentum=None`` (the cumulative average) runs only on the
+stacked forward: under ``vmap`` ``nn.BatchNorm`` calls ``.item()`` and the model is refused.
 
 **Dropout** (``nn.Dropout`` and :class:`decaylab.Dropout`, elementwise): in training mode each dropout
 call multiplies by ``1[u ≥ p]/(1 − p)`` with ``u ~ U[0, 1)`` drawn by
 ``torch.rand(x.shape, generator=dropout, dtype=x.dtype)`` from the seed's ``dropout`` stream, one draw
 per call in the order of the forward pass (``p = 0``: the identity, no draw; ``p = 1``: zeros). The
-batched engine draws the same uniforms outside ``vmap`` — once per distinct seed and step, with the
+batched engine draws the same uniforms outside the forward (``vmap`` or stacked) — once per distinct seed and step, with the
 shapes of the calls recorded by a forward pass of one copy — and feeds them in; so a configuration's
 masks depend only on its seed, never on the chunk, the backend or the other configurations
 (configurations that share a seed share masks). Other random layers (``Dropout2d``, ``AlphaDropout``,

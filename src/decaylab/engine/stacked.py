@@ -124,18 +124,29 @@ class StackedForward:
 
     def __init__(self, model: nn.Module, K: int) -> None:
         self.model, self.K = model, K
+        self.modules = dict(model.named_modules())
+        for name, m in self.modules.items():
+            if m._forward_hooks or m._forward_pre_hooks or getattr(m, "_backward_hooks", None):
+                raise Unsupported(f"module {name or '<root>'} has hooks (torch.fx does not run them)")
+        # one graph per mode: a forward that branches on self.training is traced in each
+        self.graphs: dict[bool, fx.Graph] = {}
+        was_training = model.training
         try:
-            self.graph = _Tracer().trace(model)
+            for training in (True, False):
+                model.train(training)
+                self.graphs[training] = _Tracer().trace(model)
         except Exception as exc:  # noqa: BLE001 - any tracing failure: not supported
             raise Unsupported(f"torch.fx cannot trace the model: {type(exc).__name__}") from None
-        self.modules = dict(model.named_modules())
-        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
-        if len(placeholders) != 1:
-            raise Unsupported("the model's forward must take one input")
-        for node in self.graph.nodes:
-            if node.op == "call_module" and getattr(self.modules[node.target], "inplace", False):
-                if len(node.args) != 1 or len(node.args[0].users) != 1:
-                    raise Unsupported(f"in-place {node.target} whose input is used again")
+        finally:
+            model.train(was_training)
+        for graph in self.graphs.values():
+            placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+            if len(placeholders) != 1:
+                raise Unsupported("the model's forward must take one input")
+            for node in graph.nodes:
+                if node.op == "call_module" and getattr(self.modules[node.target], "inplace", False):
+                    if len(node.args) != 1 or len(node.args[0].users) != 1:
+                        raise Unsupported(f"in-place {node.target} whose input is used again")
 
     # ------------------------------------------------------------------ layouts
     def to_kb(self, a: Act) -> Act:
@@ -187,7 +198,7 @@ class StackedForward:
         self.params, self.buffers, self.masks = params, buffers, list(masks)
         env: dict[fx.Node, Any] = {}
         try:
-            for node in self.graph.nodes:
+            for node in self.graphs[self.model.training].nodes:
                 load = lambda v: fx.node.map_arg(v, lambda n: env[n])  # noqa: E731
                 if node.op == "placeholder":
                     env[node] = Act(x, "S") if x_dim is None else Act(x.reshape(-1, *x.shape[2:]), "KB")
