@@ -44,7 +44,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import decaylab
-from decaylab.engine.module import ModuleStack, ModuleTask, plan_module_chunks, train_module
+from decaylab.engine.module import (
+    ModuleStack,
+    ModuleTask,
+    plan_module_chunks,
+    train_module,
+)
 from decaylab.engine.task import Hyper
 from decaylab.memory import retain_freed_memory
 from decaylab.rng import generator, stream_seed

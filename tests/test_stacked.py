@@ -19,7 +19,12 @@ from sweep_models import Block, accuracy, digits, tokens
 from torch import nn
 
 import decaylab
-from decaylab.engine.module import ModuleStack, ModuleTask, train_module_batched, train_module_sequential
+from decaylab.engine.module import (
+    ModuleStack,
+    ModuleTask,
+    train_module_batched,
+    train_module_sequential,
+)
 from decaylab.engine.stacked import StackedForward, Unsupported
 from decaylab.engine.task import Hyper
 from decaylab.rng import generator, stream_seed

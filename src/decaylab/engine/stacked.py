@@ -81,7 +81,7 @@ class Stacked:
     value: torch.Tensor
 
 
-_UNARY_MODULES: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
+_UNARY_MODULES: dict[type, Callable[[Any, torch.Tensor], torch.Tensor]] = {
     nn.ReLU: lambda m, x: F.relu(x),
     nn.GELU: lambda m, x: F.gelu(x, approximate=m.approximate),
     nn.Tanh: lambda m, x: torch.tanh(x),
@@ -144,9 +144,9 @@ class StackedForward:
             if len(placeholders) != 1:
                 raise Unsupported("the model's forward must take one input")
             for node in graph.nodes:
-                if node.op == "call_module" and getattr(self.modules[node.target], "inplace", False):
-                    if len(node.args) != 1 or len(node.args[0].users) != 1:
-                        raise Unsupported(f"in-place {node.target} whose input is used again")
+                if (node.op == "call_module" and getattr(self.modules[node.target], "inplace", False)
+                        and (len(node.args) != 1 or len(node.args[0].users) != 1)):
+                    raise Unsupported(f"in-place {node.target} whose input is used again")
 
     # ------------------------------------------------------------------ layouts
     def to_kb(self, a: Act) -> Act:
@@ -199,7 +199,7 @@ class StackedForward:
         env: dict[fx.Node, Any] = {}
         try:
             for node in self.graphs[self.model.training].nodes:
-                load = lambda v: fx.node.map_arg(v, lambda n: env[n])  # noqa: E731
+                load = lambda v: fx.node.map_arg(v, lambda n: env[n])
                 if node.op == "placeholder":
                     env[node] = Act(x, "S") if x_dim is None else Act(x.reshape(-1, *x.shape[2:]), "KB")
                 elif node.op == "get_attr":
@@ -226,7 +226,7 @@ class StackedForward:
             return self.buffers[name]
         raise Unsupported(f"attribute {name!r} is not a parameter or buffer")
 
-    def own(self, prefix: str, name: str) -> torch.Tensor | None:
+    def own(self, prefix: str, name: str) -> Any:
         """The stacked tensor ``prefix.name``, or None when the module has it as None."""
         full = f"{prefix}.{name}" if prefix else name
         owner, _, attr = full.rpartition(".")
@@ -238,7 +238,7 @@ class StackedForward:
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
         from decaylab.engine.module import StreamDropout
 
-        m = self.modules[target]
+        m: Any = self.modules[target]
         kind = type(m)
         if kind is nn.MultiheadAttention:
             return self.attention(target, m, args, kwargs)
@@ -267,7 +267,7 @@ class StackedForward:
             return self.embedding(target, m, a)
         raise Unsupported(f"layer {target} ({kind.__name__})")
 
-    def dropout(self, m: nn.Module, a: Act) -> Act:
+    def dropout(self, m: Any, a: Act) -> Act:
         """``x·1[u ≥ p]/(1 − p)`` as :class:`~decaylab.engine.module.StreamDropout` computes it."""
         if not m.training or m.p == 0.0 or not self.masks:  # no masks: a check run without uniforms, the identity
             return a
@@ -281,7 +281,7 @@ class StackedForward:
             return Act(x.value * keep, x.layout)
         return Act(x.value * keep / (1.0 - m.p), x.layout)
 
-    def conv(self, target: str, m: nn.Module, a: Act) -> Act:
+    def conv(self, target: str, m: Any, a: Act) -> Act:
         if m.padding_mode != "zeros":
             raise Unsupported(f"{target}: padding_mode {m.padding_mode!r}")
         conv = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}[type(m)]
@@ -295,7 +295,7 @@ class StackedForward:
             x, groups = self.to_bk(a).value, K * m.groups
         return Act(conv(x, weight, bias, m.stride, m.padding, m.dilation, groups), "BK")
 
-    def batch_norm(self, target: str, m: nn.Module, a: Act) -> Act:
+    def batch_norm(self, target: str, m: Any, a: Act) -> Act:
         """``nn.BatchNorm``'s forward with ``K·C`` channels (running statistics: views of the stacked buffers)."""
         x = self.to_bk(a).value
         running_mean, running_var = self.own(target, "running_mean"), self.own(target, "running_var")
@@ -335,7 +335,7 @@ class StackedForward:
         y = torch.bmm(x3, W.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), x3, W.transpose(1, 2))
         return Act(y.reshape(-1, *rest, out), "KB")
 
-    def layer_norm(self, target: str, m: nn.Module, a: Act) -> Act:
+    def layer_norm(self, target: str, m: Any, a: Act) -> Act:
         ns = tuple(m.normalized_shape)
         x = a if a.layout == "S" else self.to_kb(a)
         y = Act(F.layer_norm(x.value, ns, None, None, m.eps), x.layout)
@@ -352,7 +352,7 @@ class StackedForward:
             yk = yk.expand(self.K, *yk.shape[1:])
         return self.from_k(yk)
 
-    def embedding(self, target: str, m: nn.Module, a: Act) -> Act:
+    def embedding(self, target: str, m: Any, a: Act) -> Act:
         if m.padding_idx is not None or m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
             raise Unsupported(f"{target}: an Embedding with padding_idx, max_norm, scale_grad_by_freq or sparse")
         W = self.own(target, "weight")
@@ -365,7 +365,7 @@ class StackedForward:
         """Self-attention as ``F.multi_head_attention_forward`` computes it with ``need_weights=False``."""
         names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
         call = {**dict(zip(names, args)), **kwargs}
-        q = call.get("query")
+        q: Any = call.get("query")
         if not (isinstance(q, Act) and call.get("key") is q and call.get("value") is q):
             raise Unsupported(f"{target}: attention other than self-attention on one activation")
         if call.get("need_weights", True) or call.get("key_padding_mask") is not None or call.get("attn_mask") is not None \
@@ -398,7 +398,7 @@ class StackedForward:
             a = self.to_kb(a)
         return Act(a.value.flatten(start, end), a.layout)
 
-    def binary(self, fn: Callable, x: Any, y: Any, kwargs: dict) -> Any:
+    def binary(self, fn: Any, x: Any, y: Any, kwargs: dict) -> Any:
         if not isinstance(x, (Act, Stacked)) and not isinstance(y, (Act, Stacked)):
             return fn(x, y, **kwargs)
         for v in (x, y):
@@ -406,7 +406,7 @@ class StackedForward:
                 raise Unsupported("an operation with a tensor that is not a parameter, buffer or activation")
         if isinstance(x, Stacked) and isinstance(y, Stacked):
             nd = max(x.value.ndim, y.value.ndim) - 1
-            pad = lambda t: t.reshape(t.shape[0], *([1] * (nd + 1 - t.ndim)), *t.shape[1:])  # noqa: E731
+            pad = lambda t: t.reshape(t.shape[0], *([1] * (nd + 1 - t.ndim)), *t.shape[1:])
             return Stacked(fn(pad(x.value), pad(y.value), **kwargs))
         if isinstance(x, Act) and isinstance(y, Act) and x.layout == y.layout:
             return Act(fn(x.value, y.value, **kwargs), x.layout)
@@ -417,7 +417,7 @@ class StackedForward:
             return Act(fn(x.value if x is a else x, y.value if y is a else y, **kwargs), a.layout)
         acts = [v for v in (x, y) if isinstance(v, Act)]
         one_ndim = acts[0].value.ndim
-        k = lambda v: self.k_view(v) if isinstance(v, Act) else self.per_config(v.value, one_ndim)  # noqa: E731
+        k = lambda v: self.k_view(v) if isinstance(v, Act) else self.per_config(v.value, one_ndim)
         out = fn(k(x), k(y), **kwargs)
         return self.from_k(out)
 
