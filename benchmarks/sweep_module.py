@@ -16,8 +16,13 @@ Cases: 16 λ of coupled decay on scikit-learn's 8×8 digits (1200 training, 597 
 SGD with momentum 0.9, batch 64 — a CNN Conv-ReLU-Pool ×2 + Linear; the same with BatchNorm; a small
 transformer block (embedding, LayerNorm, MultiheadAttention, MLP) on synthetic token sequences; and a
 compute-bound MLP 64-2048-2048-10 (batch 256, 4 λ), where batching cannot help and the planner must
-not make it slower. The results table is written into ``benchmarks/README.md`` between the
-``<!-- sweep_module -->`` markers.
+not make it slower. The ``forward`` column says which forward the stacks used: ``stacked`` (the native
+stacked forward of ``decaylab.engine.stacked``) or ``vmap`` (its fallback). The results are printed as
+the README section, table rows included, and written into ``benchmarks/README.md`` between the
+``<!-- sweep_module -->`` markers (``--no-write``: printed only).
+
+The models repeat ``tests/sweep_models.py``'s on purpose, at the sizes of the goals (the tests' are smaller):
+the benchmark is a stand-alone script that must not import from ``tests/``.
 """
 
 from __future__ import annotations
@@ -39,7 +44,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import decaylab
-from decaylab.engine.module import ModuleTask, plan_module_chunks, train_module
+from decaylab.engine.module import (
+    ModuleStack,
+    ModuleTask,
+    plan_module_chunks,
+    train_module,
+)
 from decaylab.engine.task import Hyper
 from decaylab.memory import retain_freed_memory
 from decaylab.rng import generator, stream_seed
@@ -198,6 +208,7 @@ class Row:
     flops: float
     peak: float
     clock: str = "cpu"
+    forward: str = "stacked"
 
     @property
     def speedup(self) -> float:
@@ -208,26 +219,30 @@ def measure(case: str, task: ModuleTask, hypers: list[Hyper], goal: float, repea
     seq, bat = math.inf, math.inf
     plan = plan_module_chunks(task, len(hypers))
     chunks = f"{len(plan)}×{max(len(r) for r in plan)}"
+    forward = "stacked" if ModuleStack(task, hypers[:2]).stacked is not None else "vmap"
     for _ in range(repeats):
         bat = min(bat, timed(lambda: train_module(task, hypers)))  # planner and its probe included
         seq = min(seq, timed(lambda: plain_loop(task, hypers)))
     peak = matmul_peak()
-    row = Row(case, len(hypers), torch.get_num_threads(), seq, bat, goal, chunks, sweep_flops(task, len(hypers)), peak, CLOCK)
+    row = Row(case, len(hypers), torch.get_num_threads(), seq, bat, goal, chunks, sweep_flops(task, len(hypers)), peak, CLOCK,
+              forward)
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{case}, {row.threads} thread(s): plain loop {seq:.2f} s, batched {bat:.2f} s: {row.speedup:.1f}× "
-          f"(goal ≥ {goal:g}×), batched at {row.flops / bat / peak:.1%} of the fp32 matmul peak", flush=True)
+          f"(goal ≥ {goal:g}×), chunks {chunks}, {forward} forward, batched at {row.flops / bat / peak:.1%} of the "
+          f"fp32 matmul peak; load average {load}", flush=True)
     return row
 
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| case | configs | threads | plain loop | batched | speed-up | goal | met | chunks | GFLOP | batched: % of peak | plain: % of peak |",
-        "|---|---:|---:|---:|---:|---:|---:|:-:|---|---:|---:|---:|",
+        "| case | configs | threads | plain loop | batched | speed-up | goal | met | chunks | forward | GFLOP | batched: % of peak | plain: % of peak |",
+        "|---|---:|---:|---:|---:|---:|---:|:-:|---|---|---:|---:|---:|",
     ]
     for r in rows:
         unit = "CPU s" if r.clock == "cpu" else "s"
         lines.append(
             f"| {r.case} | {r.configs} | {r.threads} | {r.sequential:.2f} {unit} | {r.batched:.2f} {unit} | {r.speedup:.1f}× | "
-            f"≥ {r.goal:g}× | {'yes' if r.speedup >= r.goal else '**no**'} | {r.chunks} | {r.flops / 1e9:.1f} | "
+            f"≥ {r.goal:g}× | {'yes' if r.speedup >= r.goal else '**no**'} | {r.chunks} | {r.forward} | {r.flops / 1e9:.1f} | "
             f"{r.flops / r.batched / r.peak:.1%} | {r.flops / r.sequential / r.peak:.1%} |"
         )
     return "\n".join(lines)
@@ -244,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     retain_freed_memory()
     start = time.perf_counter()
+    load_start = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     lambdas = [0.0] + torch.logspace(-5, -1, 15).tolist()
     img_train, img_val = digits()
     tok_train, tok_val = tokens()
@@ -264,17 +280,21 @@ def main(argv: list[str] | None = None) -> int:
             task = ModuleTask(model=model, train=train, val=val, batch_size=batch, **common)
             rows.append(measure(label, task, [Hyper(seed=0, lr=lr, l2=lam) for lam in lams], goal, args.repeats))
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    threads_max = max(int(t) for t in args.threads.split(","))
+    quiet = max(float(load_start.split(" / ")[0]), os.getloadavg()[0]) <= threads_max + 0.5
     report = "\n".join([
         MARK_BEGIN,
-        "## Module sweeps: `benchmarks/sweep_module.py` (provisional)",
+        "## Module sweeps: `benchmarks/sweep_module.py`" + ("" if quiet else " (provisional)"),
         "",
         (f"`PYTHONPATH=src python benchmarks/sweep_module.py --threads {args.threads} --epochs {args.epochs}` — "
-        "`decaylab.engine.module` (batched with `torch.func`, chunk planner and probe included) against a plain "
+        "`decaylab.engine.module` (batched: the stacked native forward of `decaylab.engine.stacked`, or `vmap` where "
+        "it falls back — column `forward`; model checks, chunk planner and its probe included) against a plain "
         "PyTorch loop training the same configurations one after another (`torch.optim.SGD` over "
         "`decaylab.param_groups`, the same per-epoch evaluation), best of "
         f"{args.repeats} alternating timings. torch {torch.__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} cores, load average at the end {load} — **the machine was shared with other "
-        "developers' jobs while this ran: the timings are provisional**. `% of peak`: FLOPs counted by "
+        f"{os.cpu_count()} cores, load average (1 / 5 / 15 min) at the start {load_start}, at the end {load}"
+        + ("" if quiet else " — **the machine was shared with other jobs while this ran: the timings are provisional**")
+        + ". `% of peak`: FLOPs counted by "
         "`torch.utils.flop_counter` over the measured time, against a 2048² `torch.mm` at the same thread count "
         f"(measured after each case; {max(r.peak for r in rows) / 1e9:.1f} GFLOP/s at best). One thread: CPU seconds of "
         f"the process; two: wall-clock seconds. Total {time.perf_counter() - start:.0f} s."),

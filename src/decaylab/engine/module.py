@@ -10,10 +10,15 @@ epochs and the decay policy; a :class:`~decaylab.engine.task.Hyper` holds what v
   ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` over :func:`decaylab.param_groups`, decoupled decay and the
   L1 step through :func:`decaylab.attach`;
 * ``"batched"`` (:func:`train_module_batched`): parameters and buffers of the K copies stacked along a
-  leading configuration axis (``torch.func.stack_module_state``), the forward pass
-  ``vmap(functional_call(model, (θ_k, buffers_k), x))``, one ``backward()`` of the sum of the K mean
-  losses (they are independent, so the gradient w.r.t. ``θ_k`` is configuration k's own), and the update
-  of :mod:`decaylab.engine.updates`, shared with the MLP engine.
+  leading configuration axis (``torch.func.stack_module_state``), one forward pass of the K copies, one
+  ``backward()`` of the sum of the K mean losses (they are independent, so the gradient w.r.t. ``θ_k`` is
+  configuration k's own), and the update of :mod:`decaylab.engine.updates`, shared with the MLP engine.
+  The forward pass is the *stacked native forward* of :mod:`decaylab.engine.stacked` when it knows every
+  layer and operation of the model (convolutions as one grouped convolution, Linear as ``baddbmm``,
+  BatchNorm over ``K·C`` channels, attention through the fused ``scaled_dot_product_attention``, …) and a
+  check run on two rows agrees with the model itself; otherwise ``vmap(functional_call(model, (θ_k,
+  buffers_k), x))`` for the whole model (``ModuleStack.fallback`` says why). A stack of one runs the model
+  itself.
 
 **Semantics** (both engines). ``model = factory(seed)`` is called with PyTorch's global generator
 seeded from the seed's ``init`` stream (:mod:`decaylab.rng`) inside ``torch.random.fork_rng``, so a
@@ -31,13 +36,15 @@ all decayed tensors together. Loss and metrics must be *means over the rows* of 
 
 **BatchNorm** and other buffers: each configuration has its own copy of every buffer, stacked like the
 parameters; BatchNorm's in-place running-statistics update (``running_mean``, ``running_var``,
-``num_batches_tracked``) writes into the configuration's own row of the stack under ``vmap``.
+``num_batches_tracked``) writes into the configuration's own row of the stack (under ``vmap``, or through
+the stacked forward's views of the stack). ``momentum=None`` (the cumulative average) runs only on the
+stacked forward: under ``vmap`` ``nn.BatchNorm`` calls ``.item()`` and the model is refused.
 
 **Dropout** (``nn.Dropout`` and :class:`decaylab.Dropout`, elementwise): in training mode each dropout
 call multiplies by ``1[u ≥ p]/(1 − p)`` with ``u ~ U[0, 1)`` drawn by
 ``torch.rand(x.shape, generator=dropout, dtype=x.dtype)`` from the seed's ``dropout`` stream, one draw
 per call in the order of the forward pass (``p = 0``: the identity, no draw; ``p = 1``: zeros). The
-batched engine draws the same uniforms outside ``vmap`` — once per distinct seed and step, with the
+batched engine draws the same uniforms outside the forward (``vmap`` or stacked) — once per distinct seed and step, with the
 shapes of the calls recorded by a forward pass of one copy — and feeds them in; so a configuration's
 masks depend only on its seed, never on the chunk, the backend or the other configurations
 (configurations that share a seed share masks). Other random layers (``Dropout2d``, ``AlphaDropout``,
@@ -68,6 +75,7 @@ import torch
 from torch import nn
 
 from decaylab.engine.semantics import epoch_batches, make_outcome
+from decaylab.engine.stacked import StackedForward
 from decaylab.engine.task import Hyper
 from decaylab.engine.updates import Coefficients, OptimizerSettings, StackedUpdate
 from decaylab.results import Outcome
@@ -493,8 +501,13 @@ def train_module_sequential(task: ModuleTask, hypers: Sequence[Hyper], progress:
 class ModuleStack:
     """K configurations of a :class:`ModuleTask` as one stack: parameters, buffers, optimizer, streams."""
 
-    def __init__(self, task: ModuleTask, hypers: Sequence[Hyper], models: Mapping[int, nn.Module] | None = None) -> None:
+    def __init__(
+        self, task: ModuleTask, hypers: Sequence[Hyper], models: Mapping[int, nn.Module] | None = None, native: bool = True
+    ) -> None:
+        """``native=False``: always the ``vmap`` forward, even for a model the stacked native forward knows."""
         from torch.func import stack_module_state
+
+        from decaylab.engine.stacked import build_stacked
 
         self.task = task
         self.perm = sorted(range(len(hypers)), key=lambda i: hypers[i].seed)
@@ -527,6 +540,45 @@ class ModuleStack:
         self.diverged_epoch: list[int | None] = [None] * self.K
         per_row = activations_per_row(copies[0], task.train[0], largest=True)
         self.eval_rows = max(32, min(task.eval_batch_size, EVAL_BLOCK_FLOATS // max(1, self.K * per_row)))
+        self.stacked: StackedForward | None = None
+        self.fallback = "one configuration: the model itself" if self.K == 1 else "native=False"
+        if native and self.K > 1:
+            self.stacked, self.fallback = build_stacked(self.base, self.K, self._check_stacked)
+
+    def _check_stacked(self, forward: StackedForward) -> None:
+        """Run ``forward`` once on two training rows, in training and evaluation mode, on copies of the buffers, and
+        compare it with the model itself for the first and last configuration (outputs and updated buffers) and
+        with per-configuration inputs; raise :class:`~decaylab.engine.stacked.Unsupported` when they differ."""
+        from torch.func import functional_call
+
+        from decaylab.engine.stacked import Unsupported
+
+        X = self.task.train[0][:2]
+        params = {n: p.detach() for n, p in self.params.items()}
+        try:
+            self.draws.shapes = []  # dropout layers: the identity (no uniforms drawn)
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                for training in (True, False):
+                    self.base.train(training)
+                    bufs = {n: b.clone() for n, b in self.buffers.items()}
+                    ref_bufs = {n: b.clone() for n, b in self.buffers.items()}
+                    out = forward(params, bufs, X, None, [])
+                    per_config = forward(params, {n: b.clone() for n, b in self.buffers.items()},
+                                         X.unsqueeze(0).expand(self.K, *X.shape), 0, [])
+                    for k in (0, self.K - 1):
+                        ref = functional_call(self.base, ({n: p[k] for n, p in params.items()},
+                                                          {n: b[k] for n, b in ref_bufs.items()}), (X,))
+                        if not isinstance(ref, torch.Tensor) or out.shape[1:] != ref.shape or out.shape[0] != self.K:
+                            raise Unsupported("its output differs in shape from the model's")
+                        if not (torch.allclose(out[k], ref, rtol=1e-4, atol=1e-5)
+                                and torch.allclose(per_config[k], ref, rtol=1e-4, atol=1e-5)):
+                            raise Unsupported("its output differs from the model's")
+                        for n in bufs:
+                            if not torch.allclose(bufs[n][k].double(), ref_bufs[n][k].double(), rtol=1e-4, atol=1e-6):
+                                raise Unsupported(f"buffer {n} differs from the model's")
+        finally:
+            self.draws.shapes = None
+            self.base.train()
 
     # -- the functional model
     def _call(self, params: dict, buffers: dict, masks: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -539,6 +591,8 @@ class ModuleStack:
         if self.K == 1:  # one configuration: its rows of the stack as an ordinary model (no vmap, plain kernels)
             one = lambda d: {n: t[0] for n, t in d.items()}
             return self._call(one(self.params), one(self.buffers), [m[0] for m in masks], x if x_dim is None else x[0]).unsqueeze(0)
+        if self.stacked is not None:  # the model's layers on stacked layouts, ordinary kernels (engine/stacked.py)
+            return self.stacked(self.params, self.buffers, x, x_dim, masks)
         return self._vmapped(x, x_dim, masks)
 
     def _vmapped(self, x: torch.Tensor, x_dim: int | None, masks: list[torch.Tensor]) -> torch.Tensor:
@@ -727,7 +781,7 @@ def train_module(
 DEFAULT_MODULE_MEMORY_BUDGET = 1 << 30
 PROBE_SECONDS = 1.0
 PROBE_MIN_SECONDS = 0.3  # the probe may always take this long (a compute-bound model stops after size 1 anyway)
-PROBE_FRACTION = 0.02  # of the sweep's training time, estimated from one configuration's step
+PROBE_FRACTION = 0.05  # of the sweep's training time, estimated from one configuration's step
 _GAIN = 1.05
 
 

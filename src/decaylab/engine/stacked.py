@@ -1,0 +1,487 @@
+r"""A *stacked* native forward of K configurations of one model: ordinary kernels do the batching.
+
+:class:`StackedForward` traces the model once with ``torch.fx`` and runs its graph on the K stacked
+parameter sets (``θ[k]``, leading configuration axis, as :func:`torch.func.stack_module_state` builds
+them) without ``vmap``: activations stay in layouts where the layers' ordinary kernels treat the K
+configurations as more rows or more channels, so fused kernels (convolution, batch norm, scaled
+dot-product attention) are used and no batching rule, permute or copy per layer is paid.
+
+Layouts of an activation of one configuration ``a_k`` of shape ``(B, *rest)``:
+
+* ``S`` (shared) — ``(B, *rest)``: the same for every configuration (the input when every configuration
+  of the stack sees the same minibatch);
+* ``KB`` — ``(K·B, *rest)``: configuration-major rows, ``a[k·B + b] = a_k[b]``;
+* ``BK`` — ``(B, K·C, *spatial)`` for ``rest = (C, *spatial)``: configuration-major channels, the layout
+  of a grouped convolution.
+
+Layer rules (``W[k]`` the configuration's tensor):
+
+* ``Conv1d/2d/3d`` (zero padding): on ``S`` one convolution with ``K·C_out`` output channels
+  (weights ``W`` viewed as ``(K·C_out, C_in, …)``) when ``groups = 1``; otherwise a grouped
+  convolution with ``groups = K·g`` on ``BK`` — output ``BK``;
+* ``BatchNorm1d/2d/3d``: ``F.batch_norm`` over ``BK`` with ``K·C`` channels — per channel, hence per
+  configuration, statistics; the running statistics are views of the stacked buffers and updated in
+  place with the layer's momentum (``momentum=None``: the cumulative average ``1/num_batches_tracked``),
+  ``num_batches_tracked`` incremented, exactly as ``nn.BatchNorm`` does;
+* ``Linear``: ``y[k] = x[k] W[k]ᵀ + b[k]`` as ``torch.baddbmm`` on ``(K, rows, in)``; on ``S`` one
+  ``F.linear`` with the K weights concatenated;
+* ``LayerNorm``: ``F.layer_norm`` without affine, then ``y·w[k] + b[k]``;
+* ``Embedding``: one gather from the K tables viewed as ``(K·V, d)`` at ``token + k·V``;
+* ``MultiheadAttention`` (``batch_first``, self-attention, no masks, no attention dropout in training,
+  ``need_weights=False``): the projections as batched matrix products, then
+  ``F.scaled_dot_product_attention`` on ``(K·B, heads, T, d_head)`` (the fused kernel);
+* elementwise activations, pooling, ``Flatten``, ``Identity``: as they are, on any layout;
+* :class:`~decaylab.engine.module.StreamDropout`: ``x·1[u ≥ p]/(1 − p)`` with the configuration's
+  uniforms (the same as the ``vmap`` path's), so masks depend only on the seed;
+* functions and methods between nodes: ``+ − × ÷`` (a stacked parameter broadcasts per configuration,
+  right-aligned as in one configuration), elementwise activations, ``mean``/``sum``/``amax``/
+  ``softmax``/``log_softmax``/``flatten``/``transpose`` over dimensions other than the batch one,
+  indexing of tuple outputs.
+
+Anything else — a layer or operation not listed, an option of a listed layer that changes the rules, an
+operation on the batch dimension, a model ``torch.fx`` cannot trace — raises :class:`Unsupported` when
+the forward is built or checked (:func:`build_stacked`), and the caller falls back to
+``vmap(functional_call(...))`` for the whole model: never wrong, only slower.
+
+Sources: ``torch.nn`` modules' own forward definitions (``torch/nn/modules/{conv,batchnorm,linear,
+normalization,sparse,activation}.py``, ``F.multi_head_attention_forward``), the grouped-convolution
+ensembling idea of model-ensembling with ``torch.func`` (PyTorch tutorial "Model ensembling").
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__ = ["StackedForward", "Unsupported", "build_stacked"]
+
+
+class Unsupported(Exception):
+    """The stacked forward does not know a layer or operation of the model (the caller falls back to vmap)."""
+
+
+@dataclass
+class Act:
+    """An activation of the K configurations: ``value`` in ``layout`` (``'S'``, ``'KB'`` or ``'BK'``)."""
+
+    value: torch.Tensor
+    layout: str
+
+
+@dataclass
+class Stacked:
+    """A tensor with a leading configuration axis ``(K, *shape)`` (a parameter, buffer or a function of them)."""
+
+    value: torch.Tensor
+
+
+_UNARY_MODULES: dict[type, Callable[[Any, torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: lambda m, x: F.relu(x),
+    nn.GELU: lambda m, x: F.gelu(x, approximate=m.approximate),
+    nn.Tanh: lambda m, x: torch.tanh(x),
+    nn.Sigmoid: lambda m, x: torch.sigmoid(x),
+    nn.SiLU: lambda m, x: F.silu(x),
+    nn.LeakyReLU: lambda m, x: F.leaky_relu(x, m.negative_slope),
+    nn.ELU: lambda m, x: F.elu(x, m.alpha),
+    nn.Identity: lambda m, x: x,
+}
+# pooling works per sample and channel: valid on every layout
+_POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+               nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_UNARY_FUNCTIONS = {torch.relu, F.relu, F.gelu, torch.tanh, F.tanh, torch.sigmoid, F.sigmoid, F.silu, torch.exp,
+                    operator.neg, torch.neg, F.leaky_relu, F.elu}
+_UNARY_METHODS = {"relu", "tanh", "sigmoid", "exp", "neg"}
+_BINARY_FUNCTIONS = {operator.add: torch.add, operator.sub: torch.sub, operator.mul: torch.mul,
+                     operator.truediv: torch.div, torch.add: torch.add, torch.sub: torch.sub,
+                     torch.mul: torch.mul, torch.div: torch.div}
+_BINARY_METHODS = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
+_DIM_OPS = {"mean", "sum", "amax", "softmax", "log_softmax"}
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer with decaylab's dropout layer kept as a leaf."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from decaylab.engine.module import StreamDropout
+
+        return isinstance(m, StreamDropout) or super().is_leaf_module(m, qualname)
+
+
+class StackedForward:
+    """The forward pass of the K configurations of ``model`` on their stacked tensors (see the module docstring).
+
+    ``forward(params, buffers, x, x_dim, masks)``: ``params`` / ``buffers`` map the model's parameter and
+    buffer names to ``(K, …)`` tensors; ``x`` is one input ``(B, …)`` shared by all (``x_dim=None``) or
+    ``(K, B, …)`` (``x_dim=0``); ``masks`` the dropout uniforms ``(K, *call shape)`` in call order. Returns
+    ``(K, B, …)``. Raises :class:`Unsupported` for anything the rules do not cover.
+    """
+
+    def __init__(self, model: nn.Module, K: int) -> None:
+        self.model, self.K = model, K
+        self.modules = dict(model.named_modules())
+        for name, m in self.modules.items():
+            if m._forward_hooks or m._forward_pre_hooks or getattr(m, "_backward_hooks", None):
+                raise Unsupported(f"module {name or '<root>'} has hooks (torch.fx does not run them)")
+        # one graph per mode: a forward that branches on self.training is traced in each
+        self.graphs: dict[bool, fx.Graph] = {}
+        was_training = model.training
+        try:
+            for training in (True, False):
+                model.train(training)
+                self.graphs[training] = _Tracer().trace(model)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure: not supported
+            raise Unsupported(f"torch.fx cannot trace the model: {type(exc).__name__}") from None
+        finally:
+            model.train(was_training)
+        for graph in self.graphs.values():
+            placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+            if len(placeholders) != 1:
+                raise Unsupported("the model's forward must take one input")
+            for node in graph.nodes:
+                if (node.op == "call_module" and getattr(self.modules[node.target], "inplace", False)
+                        and (len(node.args) != 1 or len(node.args[0].users) != 1)):
+                    raise Unsupported(f"in-place {node.target} whose input is used again")
+
+    # ------------------------------------------------------------------ layouts
+    def to_kb(self, a: Act) -> Act:
+        """The activation as ``(K·B, *rest)``."""
+        K, x = self.K, a.value
+        if a.layout == "KB":
+            return a
+        if a.layout == "S":
+            return Act(x.unsqueeze(0).expand(K, *x.shape).reshape(K * x.shape[0], *x.shape[1:]), "KB")
+        B, KC = x.shape[0], x.shape[1]
+        return Act(x.reshape(B, K, KC // K, *x.shape[2:]).transpose(0, 1).reshape(K * B, KC // K, *x.shape[2:]), "KB")
+
+    def to_bk(self, a: Act) -> Act:
+        """The activation as ``(B, K·C, *spatial)``."""
+        K, x = self.K, a.value
+        if a.layout == "BK":
+            return a
+        if x.ndim < 2:
+            raise Unsupported("a channel layout needs at least two dimensions")
+        if a.layout == "S":
+            return Act(x.repeat(1, K, *([1] * (x.ndim - 2))), "BK")
+        B = x.shape[0] // K
+        return Act(x.reshape(K, B, *x.shape[1:]).transpose(0, 1).reshape(B, K * x.shape[1], *x.shape[2:]), "BK")
+
+    def k_view(self, a: Act) -> torch.Tensor:
+        """``(K, B, *rest)`` (``S``: ``(1, B, *rest)``, broadcasting over the configurations)."""
+        if a.layout == "S":
+            return a.value.unsqueeze(0)
+        x = self.to_kb(a).value
+        return x.reshape(self.K, x.shape[0] // self.K, *x.shape[1:])
+
+    def from_k(self, y: torch.Tensor) -> Act:
+        """``(K, B, *rest)`` back to ``KB``."""
+        return Act(y.reshape(y.shape[0] * y.shape[1], *y.shape[2:]), "KB")
+
+    def per_config(self, t: torch.Tensor, one_ndim: int) -> torch.Tensor:
+        """A stacked ``(K, *shape)`` tensor shaped to broadcast against a ``(K, B, *rest)`` activation whose one
+        configuration has ``one_ndim`` dimensions (right-aligned, as it broadcasts in one configuration)."""
+        pnd = t.ndim - 1
+        if pnd > one_ndim or (pnd == one_ndim and t.shape[1] != 1):
+            raise Unsupported("a parameter that broadcasts over the batch dimension")
+        if pnd == one_ndim:
+            return t
+        return t.reshape(t.shape[0], *([1] * (one_ndim - pnd)), *t.shape[1:])
+
+    # ------------------------------------------------------------------ the graph
+    def __call__(self, params: Mapping[str, torch.Tensor], buffers: Mapping[str, torch.Tensor], x: torch.Tensor,
+                 x_dim: int | None, masks: Sequence[torch.Tensor]) -> torch.Tensor:
+        self.params, self.buffers, self.masks = params, buffers, list(masks)
+        env: dict[fx.Node, Any] = {}
+        try:
+            for node in self.graphs[self.model.training].nodes:
+                load = lambda v: fx.node.map_arg(v, lambda n: env[n])
+                if node.op == "placeholder":
+                    env[node] = Act(x, "S") if x_dim is None else Act(x.reshape(-1, *x.shape[2:]), "KB")
+                elif node.op == "get_attr":
+                    env[node] = Stacked(self.tensor(node.target))
+                elif node.op == "call_module":
+                    env[node] = self.call_module(node.target, load(node.args), load(node.kwargs))
+                elif node.op == "call_function":
+                    env[node] = self.call_function(node.target, load(node.args), load(node.kwargs))
+                elif node.op == "call_method":
+                    env[node] = self.call_method(node.target, load(node.args), load(node.kwargs))
+                elif node.op == "output":
+                    out = load(node.args[0])
+                    if not isinstance(out, Act):
+                        raise Unsupported("the model must return one tensor of the batch")
+                    return self.k_view(self.to_kb(out))
+        finally:
+            self.params, self.buffers, self.masks = {}, {}, []
+        raise Unsupported("the graph has no output")  # pragma: no cover - fx graphs always have one
+
+    def tensor(self, name: str) -> torch.Tensor:
+        if name in self.params:
+            return self.params[name]
+        if name in self.buffers:
+            return self.buffers[name]
+        raise Unsupported(f"attribute {name!r} is not a parameter or buffer")
+
+    def own(self, prefix: str, name: str) -> Any:
+        """The stacked tensor ``prefix.name``, or None when the module has it as None."""
+        full = f"{prefix}.{name}" if prefix else name
+        owner, _, attr = full.rpartition(".")
+        if getattr(self.modules[owner], attr, None) is None:
+            return None
+        return self.tensor(full)
+
+    # ------------------------------------------------------------------ modules
+    def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
+        from decaylab.engine.module import StreamDropout
+
+        m: Any = self.modules[target]
+        kind = type(m)
+        if kind is nn.MultiheadAttention:
+            return self.attention(target, m, args, kwargs)
+        if kwargs or len(args) != 1 or not isinstance(args[0], Act):
+            raise Unsupported(f"call of {target} ({kind.__name__}) with other arguments than one activation")
+        a: Act = args[0]
+        if kind in _UNARY_MODULES:
+            return Act(_UNARY_MODULES[kind](m, a.value), a.layout)
+        if kind in _POOL_TYPES:
+            if getattr(m, "return_indices", False):
+                raise Unsupported(f"{target}: return_indices")
+            return Act(m(a.value), a.layout)
+        if kind is nn.Flatten:
+            return self.flatten(a, m.start_dim, m.end_dim)
+        if isinstance(m, StreamDropout):
+            return self.dropout(m, a)
+        if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+            return self.conv(target, m, a)
+        if kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+            return self.batch_norm(target, m, a)
+        if kind is nn.Linear:
+            return self.linear(a, self.own(target, "weight"), self.own(target, "bias"))
+        if kind is nn.LayerNorm:
+            return self.layer_norm(target, m, a)
+        if kind is nn.Embedding:
+            return self.embedding(target, m, a)
+        raise Unsupported(f"layer {target} ({kind.__name__})")
+
+    def dropout(self, m: Any, a: Act) -> Act:
+        """``x·1[u ≥ p]/(1 − p)`` as :class:`~decaylab.engine.module.StreamDropout` computes it."""
+        if not m.training or m.p == 0.0 or not self.masks:  # no masks: a check run without uniforms, the identity
+            return a
+        u = self.masks.pop(0)
+        x = self.to_kb(a) if a.layout == "S" else a
+        keep = (u >= m.p).to(x.value.dtype)
+        keep = keep.reshape(-1, *keep.shape[2:])  # KB
+        if x.layout == "BK":
+            keep = self.to_bk(Act(keep, "KB")).value
+        if m.p >= 1.0:
+            return Act(x.value * keep, x.layout)
+        return Act(x.value * keep / (1.0 - m.p), x.layout)
+
+    def conv(self, target: str, m: Any, a: Act) -> Act:
+        if m.padding_mode != "zeros":
+            raise Unsupported(f"{target}: padding_mode {m.padding_mode!r}")
+        conv = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}[type(m)]
+        W, b = self.own(target, "weight"), self.own(target, "bias")
+        K = self.K
+        weight = W.reshape(K * W.shape[1], *W.shape[2:])
+        bias = None if b is None else b.reshape(-1)
+        if a.layout == "S" and m.groups == 1:
+            x, groups = a.value, 1
+        else:
+            x, groups = self.to_bk(a).value, K * m.groups
+        return Act(conv(x, weight, bias, m.stride, m.padding, m.dilation, groups), "BK")
+
+    def batch_norm(self, target: str, m: Any, a: Act) -> Act:
+        """``nn.BatchNorm``'s forward with ``K·C`` channels (running statistics: views of the stacked buffers)."""
+        x = self.to_bk(a).value
+        running_mean, running_var = self.own(target, "running_mean"), self.own(target, "running_var")
+        tracked = self.own(target, "num_batches_tracked")
+        factor = 0.0 if m.momentum is None else m.momentum
+        if m.training and m.track_running_stats and tracked is not None:
+            tracked.add_(1)
+            if m.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(tracked[0])
+        use_batch = m.training or (running_mean is None and running_var is None)
+        weight, bias = self.own(target, "weight"), self.own(target, "bias")
+        y = F.batch_norm(
+            x,
+            running_mean.view(-1) if running_mean is not None and (not m.training or m.track_running_stats) else None,
+            running_var.view(-1) if running_var is not None and (not m.training or m.track_running_stats) else None,
+            None if weight is None else weight.reshape(-1),
+            None if bias is None else bias.reshape(-1),
+            use_batch, factor, m.eps,
+        )
+        return Act(y, "BK")
+
+    def linear(self, a: Act, W: torch.Tensor, b: torch.Tensor | None) -> Act:
+        """``y[k] = x[k] W[k]ᵀ + b[k]``."""
+        K, (out, inp) = self.K, W.shape[1:]
+        if a.layout == "S":  # one product with the K weights side by side
+            y = F.linear(a.value, W.reshape(K * out, inp), None if b is None else b.reshape(-1))
+            if y.ndim == 2:
+                return Act(y, "BK")
+            return Act(y.unflatten(-1, (K, out)).movedim(-2, 0).reshape(K * y.shape[0], *y.shape[1:-1], out), "KB")
+        if a.layout == "BK" and a.value.ndim == 2:
+            x3 = a.value.reshape(a.value.shape[0], K, inp).transpose(0, 1)
+            rest: tuple[int, ...] = ()
+        else:
+            x = self.to_kb(a).value
+            rest = tuple(x.shape[1:-1])
+            x3 = x.reshape(K, -1, inp)
+        y = torch.bmm(x3, W.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), x3, W.transpose(1, 2))
+        return Act(y.reshape(-1, *rest, out), "KB")
+
+    def layer_norm(self, target: str, m: Any, a: Act) -> Act:
+        ns = tuple(m.normalized_shape)
+        x = a if a.layout == "S" else self.to_kb(a)
+        y = Act(F.layer_norm(x.value, ns, None, None, m.eps), x.layout)
+        w, b = self.own(target, "weight"), self.own(target, "bias")
+        if w is None and b is None:
+            return y
+        yk = self.k_view(y)
+        one_ndim = yk.ndim - 1
+        if w is not None:
+            yk = yk * self.per_config(w, one_ndim)
+        if b is not None:
+            yk = yk + self.per_config(b, one_ndim)
+        if yk.shape[0] != self.K:
+            yk = yk.expand(self.K, *yk.shape[1:])
+        return self.from_k(yk)
+
+    def embedding(self, target: str, m: Any, a: Act) -> Act:
+        if m.padding_idx is not None or m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
+            raise Unsupported(f"{target}: an Embedding with padding_idx, max_norm, scale_grad_by_freq or sparse")
+        W = self.own(target, "weight")
+        K, V = self.K, W.shape[1]
+        idx = self.k_view(a if a.layout == "S" else self.to_kb(a))
+        offsets = torch.arange(K, device=idx.device, dtype=idx.dtype).mul_(V).view(K, *([1] * (idx.ndim - 1)))
+        return self.from_k(F.embedding(idx + offsets, W.reshape(K * V, W.shape[2])))
+
+    def attention(self, target: str, m: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[Act, None]:
+        """Self-attention as ``F.multi_head_attention_forward`` computes it with ``need_weights=False``."""
+        names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
+        call = {**dict(zip(names, args)), **kwargs}
+        q: Any = call.get("query")
+        if not (isinstance(q, Act) and call.get("key") is q and call.get("value") is q):
+            raise Unsupported(f"{target}: attention other than self-attention on one activation")
+        if call.get("need_weights", True) or call.get("key_padding_mask") is not None or call.get("attn_mask") is not None \
+                or call.get("is_causal", False):
+            raise Unsupported(f"{target}: need_weights, masks or is_causal")
+        if not m.batch_first or not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn \
+                or (m.training and m.dropout > 0):
+            raise Unsupported(f"{target}: a MultiheadAttention that is not batch_first, plain, without dropout")
+        K, E, H = self.K, m.embed_dim, m.num_heads
+        x = self.to_kb(q).value
+        if x.ndim != 3:
+            raise Unsupported(f"{target}: unbatched attention input")
+        T = x.shape[1]
+        w_in, b_in = self.own(target, "in_proj_weight"), self.own(target, "in_proj_bias")
+        x3 = x.reshape(K, -1, E)
+        qkv = torch.bmm(x3, w_in.transpose(1, 2)) if b_in is None else torch.baddbmm(b_in.unsqueeze(1), x3, w_in.transpose(1, 2))
+        qkv = qkv.reshape(-1, T, 3, H, E // H)
+        qh, kh, vh = (qkv.select(2, i).transpose(1, 2) for i in range(3))  # (K·B, H, T, d_head)
+        o = F.scaled_dot_product_attention(qh, kh, vh)
+        o = o.transpose(1, 2).reshape(-1, T, E)
+        return (self.linear(Act(o, "KB"), self.own(target, "out_proj.weight"), self.own(target, "out_proj.bias")), None)
+
+    # ------------------------------------------------------------------ functions and methods
+    def flatten(self, a: Act, start: int, end: int) -> Act:
+        nd = a.value.ndim
+        start, end = start % nd, end % nd
+        if start < 1:
+            raise Unsupported("flatten over the batch dimension")
+        if a.layout == "BK" and not (start == 1 and end == nd - 1):
+            a = self.to_kb(a)
+        return Act(a.value.flatten(start, end), a.layout)
+
+    def binary(self, fn: Any, x: Any, y: Any, kwargs: dict) -> Any:
+        if not isinstance(x, (Act, Stacked)) and not isinstance(y, (Act, Stacked)):
+            return fn(x, y, **kwargs)
+        for v in (x, y):
+            if isinstance(v, torch.Tensor) and v.ndim > 0:
+                raise Unsupported("an operation with a tensor that is not a parameter, buffer or activation")
+        if isinstance(x, Stacked) and isinstance(y, Stacked):
+            nd = max(x.value.ndim, y.value.ndim) - 1
+            pad = lambda t: t.reshape(t.shape[0], *([1] * (nd + 1 - t.ndim)), *t.shape[1:])
+            return Stacked(fn(pad(x.value), pad(y.value), **kwargs))
+        if isinstance(x, Act) and isinstance(y, Act) and x.layout == y.layout:
+            return Act(fn(x.value, y.value, **kwargs), x.layout)
+        if not isinstance(x, (Act, Stacked)) or not isinstance(y, (Act, Stacked)):  # an activation and a number
+            a = x if isinstance(x, (Act, Stacked)) else y
+            if isinstance(a, Stacked):
+                return Stacked(fn(x.value if x is a else x, y.value if y is a else y, **kwargs))
+            return Act(fn(x.value if x is a else x, y.value if y is a else y, **kwargs), a.layout)
+        acts = [v for v in (x, y) if isinstance(v, Act)]
+        one_ndim = acts[0].value.ndim
+        k = lambda v: self.k_view(v) if isinstance(v, Act) else self.per_config(v.value, one_ndim)
+        out = fn(k(x), k(y), **kwargs)
+        return self.from_k(out)
+
+    def unary_ok(self, a: Any) -> Act:
+        if not isinstance(a, Act):
+            raise Unsupported("an operation on a parameter outside a layer")
+        return a
+
+    def dims(self, a: Act, dims: Any) -> Act:
+        """``a`` in a layout where ``dims`` (of one configuration) are plain dimensions, which must not be the batch one."""
+        nd = a.value.ndim
+        for d in dims if isinstance(dims, (tuple, list)) else (dims,):
+            if not isinstance(d, int) or d % nd == 0:
+                raise Unsupported("an operation over the batch dimension")
+        return a if a.layout == "S" else self.to_kb(a)
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if target in _BINARY_FUNCTIONS and len(args) == 2 and set(kwargs) <= {"alpha"}:
+            return self.binary(_BINARY_FUNCTIONS[target], args[0], args[1], kwargs)
+        if target is operator.getitem and isinstance(args[0], tuple):
+            return args[0][args[1]]
+        if target in _UNARY_FUNCTIONS and not kwargs.get("inplace", False):
+            a = self.unary_ok(args[0])
+            return Act(target(a.value, *args[1:], **kwargs), a.layout)
+        if target in (torch.flatten,):
+            return self.flatten(self.unary_ok(args[0]), *(list(args[1:]) + [kwargs.get("start_dim", 0), kwargs.get("end_dim", -1)][len(args) - 1:]))
+        if target in (torch.mean, torch.sum, torch.amax, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax):
+            return self.reduce(target, args, kwargs)
+        raise Unsupported(f"function {getattr(target, '__name__', target)}")
+
+    def reduce(self, fn: Callable, args: tuple, kwargs: dict) -> Act:
+        a = self.unary_ok(args[0])
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if dim is None:
+            raise Unsupported("a reduction over every dimension")
+        a = self.dims(a, dim)
+        return Act(fn(a.value, *args[1:], **kwargs), a.layout)
+
+    def call_method(self, name: str, args: tuple, kwargs: dict) -> Any:
+        self_arg = args[0]
+        if name in _BINARY_METHODS and len(args) == 2 and set(kwargs) <= {"alpha"}:
+            return self.binary(_BINARY_METHODS[name], self_arg, args[1], kwargs)
+        a = self.unary_ok(self_arg)
+        if name in _UNARY_METHODS and len(args) == 1 and not kwargs:
+            return Act(getattr(a.value, name)(), a.layout)
+        if name in _DIM_OPS:
+            return self.reduce(lambda t, *r, **k: getattr(t, name)(*r, **k), args, kwargs)
+        if name == "flatten":
+            rest = list(args[1:]) + [kwargs.get("start_dim", 0), kwargs.get("end_dim", -1)][len(args) - 1:]
+            return self.flatten(a, rest[0], rest[1])
+        if name == "transpose" and len(args) == 3 and not kwargs:
+            a = self.dims(a, (args[1], args[2]))
+            return Act(a.value.transpose(args[1], args[2]), a.layout)
+        raise Unsupported(f"method .{name}()")
+
+
+def build_stacked(model: nn.Module, K: int, check: Callable[[StackedForward], None]) -> tuple[StackedForward | None, str]:
+    """The stacked forward of ``model`` for ``K`` configurations, or ``(None, reason)`` when it does not know the
+    model; ``check(forward)`` runs it once (on copies of the buffers) and may raise :class:`Unsupported`."""
+    try:
+        forward = StackedForward(model, K)
+        check(forward)
+    except Unsupported as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a rule that does not fit the model: fall back, never fail
+        return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return forward, ""

@@ -1,0 +1,295 @@
+"""The stacked native forward (``decaylab.engine.stacked``) against the ``vmap`` path and against torch.optim alone.
+
+Every layer kind the stacker handles appears in a model below; each model is trained as a stack of
+configurations with two seeds (so both the shared-input and the per-configuration-input layouts run) by the
+stacked forward, by the ``vmap`` forward (``ModuleStack(native=False)``), and one configuration at a time by
+an independent ``torch.optim.SGD`` loop (written here), and the curves — and BatchNorm's running statistics —
+must agree to 1e-5 relative (float32 drift across CPUs and orderings is ~1e-7 here).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sweep_models import Block, accuracy, digits, tokens
+from torch import nn
+
+import decaylab
+from decaylab.engine.module import (
+    ModuleStack,
+    ModuleTask,
+    train_module_batched,
+    train_module_sequential,
+)
+from decaylab.engine.stacked import StackedForward, Unsupported
+from decaylab.engine.task import Hyper
+from decaylab.rng import generator, stream_seed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REL = 1e-5
+
+
+def conv_net(seed: int) -> nn.Module:
+    """Conv2d (shared input), ReLU, MaxPool2d, grouped Conv2d, Tanh, AvgPool2d, Flatten, Linear."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.Tanh(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(24, 10),
+    )
+
+
+def bn_net(seed: int, cumulative: bool = False) -> nn.Module:
+    """BatchNorm2d after a bias-free Conv2d, BatchNorm1d (``cumulative``: the cumulative average, momentum=None,
+    which the vmap path cannot run: ``nn.BatchNorm`` calls ``.item()`` on num_batches_tracked), GELU."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4, momentum=0.3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16, momentum=None if cumulative else 0.1), nn.GELU(),
+        nn.Linear(16, 10),
+    )
+
+
+class Norms(nn.Module):
+    """LayerNorm with and without affine, a LayerNorm on the raw input, Embedding-free MLP with a parameter added."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln0 = nn.LayerNorm(64)
+        self.fc = nn.Linear(64, 16)
+        self.ln1 = nn.LayerNorm(16, elementwise_affine=False)
+        self.shift = nn.Parameter(torch.randn(16) * 0.1)
+        self.head = nn.Linear(16, 10, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.fc(self.ln0(x)))
+        return self.head(torch.tanh(self.ln1(h) * 2.0 + self.shift))
+
+
+def norms(seed: int) -> nn.Module:
+    return Norms()
+
+
+def block(seed: int) -> nn.Module:
+    return Block()
+
+
+def dropout_net(seed: int) -> nn.Module:
+    """Dropout on the channel layout (after a convolution) and on rows (after a Linear)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.25), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), decaylab.Dropout(0.4), nn.Linear(16, 10),
+    )
+
+
+def task_of(model: Any, kind: str = "image", epochs: int = 2, **kw: Any) -> ModuleTask:
+    if kind == "tokens":
+        train, val = tokens()
+    else:
+        train, val = digits(image=kind == "image")
+    return ModuleTask(model=model, train=train, val=val, loss=F.cross_entropy, metrics={"acc": accuracy},
+                      optimizer="sgd", momentum=0.9, batch_size=32, epochs=epochs, **kw)
+
+
+HYPERS = [Hyper(seed=s, lr=0.05, l2=l2) for s in (0, 1) for l2 in (0.0, 1e-3, 3e-2)]
+
+
+def alone(task: ModuleTask, h: Hyper) -> tuple[list[tuple[float, float]], nn.Module]:
+    """(train loss, val loss) per epoch and the final model of ``h`` trained alone: torch.optim.SGD over
+    decaylab.param_groups, minibatches from the seed's ``order`` stream, full-set losses in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(h.seed, "init"))
+        model = task.model(h.seed)
+    opt = torch.optim.SGD(decaylab.param_groups(model, h.l2), lr=h.lr, momentum=task.momentum)
+    order = generator(h.seed, "order")
+    (X, y), (Xv, yv) = task.train, task.val
+    curves = []
+    for _ in range(task.epochs):
+        model.train()
+        perm = torch.randperm(len(y), generator=order)
+        for a in range(0, len(y), task.batch_size):
+            idx = perm[a : a + task.batch_size]
+            opt.zero_grad()
+            task.loss(model(X[idx]), y[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            curves.append((task.loss(model(X), y).item(), task.loss(model(Xv), yv).item()))
+    return curves, model
+
+
+def losses(outcome: Any) -> list[tuple[float, float]]:
+    assert outcome.status == "done"
+    return list(zip(outcome.curves["train_loss"], outcome.curves["val_loss"]))
+
+
+def assert_close(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> None:
+    for (ta, va), (tb, vb) in zip(a, b, strict=True):
+        assert ta == pytest.approx(tb, rel=REL)
+        assert va == pytest.approx(vb, rel=REL)
+
+
+CASES = {
+    "conv-pool-linear": (conv_net, "image"),
+    "batchnorm": (bn_net, "image"),
+    "layernorm-parameter": (norms, "flat"),
+    "transformer-block": (block, "tokens"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_stacked_forward_equals_vmap_and_torch_optim(name: str) -> None:
+    model, kind = CASES[name]
+    task = task_of(model, kind)
+    stacked = ModuleStack(task, HYPERS)
+    assert stacked.stacked is not None, stacked.fallback
+    vmapped = ModuleStack(task, HYPERS, native=False)
+    assert vmapped.stacked is None
+    out_s, out_v = stacked.run(), vmapped.run()
+    for k, h in enumerate(HYPERS):
+        ref, _ = alone(task, h)
+        assert_close(losses(out_s[k]), ref)
+        assert_close(losses(out_s[k]), losses(out_v[k]))
+    assert max(abs(a - b) for o in out_s for a, b in zip(o.curves["train_loss"], o.curves["train_loss"][1:])) > 1e-3
+
+
+def test_batchnorm_running_statistics_are_torch_s_per_configuration() -> None:
+    """running_mean, running_var (momentum 0.3 and 0.1) and num_batches_tracked of every configuration equal those
+    of its model trained alone, and the vmap path's."""
+    task = task_of(bn_net, "image")
+    stacked, vmapped = ModuleStack(task, HYPERS), ModuleStack(task, HYPERS, native=False)
+    assert stacked.stacked is not None
+    stacked.run(), vmapped.run()
+    names = [n for n in stacked.buffers if "running" in n or "tracked" in n]
+    assert len(names) == 6
+    for k, h in enumerate(stacked.hypers):  # the stack's own (seed-sorted) order
+        _, model = alone(task, h)
+        own = dict(model.named_buffers())
+        for n in names:
+            torch.testing.assert_close(stacked.buffers[n][k], own[n], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(stacked.buffers[n][k], vmapped.buffers[n][k], rtol=1e-5, atol=1e-6)
+    assert int(stacked.buffers["1.num_batches_tracked"][0]) == task.epochs * math.ceil(task.n_train / task.batch_size)
+
+
+def test_batchnorm_cumulative_average_follows_torch_optim() -> None:
+    """momentum=None (running statistics as the cumulative average 1/num_batches_tracked): curves and running
+    statistics equal the model trained alone (the vmap path cannot run this layer)."""
+    task = task_of(lambda s: bn_net(s, cumulative=True), "image")
+    stack = ModuleStack(task, HYPERS)
+    assert stack.stacked is not None
+    outcomes = stack.run()
+    for k, h in enumerate(stack.hypers):
+        ref, model = alone(task, h)
+        assert_close(losses(outcomes[stack.perm[k]]), ref)
+        own = dict(model.named_buffers())
+        for n in ("6.running_mean", "6.running_var", "6.num_batches_tracked"):
+            torch.testing.assert_close(stack.buffers[n][k], own[n], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 6])
+def test_dropout_masks_are_the_vmap_path_s_whatever_the_chunk(chunk: int) -> None:
+    """Dropout on channel and row layouts draws each seed's uniforms: equal to the sequential engine (its masks
+    from the seed's dropout stream) and to the vmap path, at chunk sizes 1, 3 and K."""
+    task = task_of(dropout_net, "image")
+    stack = ModuleStack(task, HYPERS)
+    assert stack.stacked is not None
+    batched = train_module_batched(task, HYPERS, chunk=chunk)
+    sequential = train_module_sequential(task, HYPERS)
+    vmapped = ModuleStack(task, HYPERS, native=False).run()
+    for b, s, v in zip(batched, sequential, vmapped):
+        assert_close(losses(b), losses(s))
+        assert_close(losses(b), losses(v))
+    without = train_module_batched(task_of(lambda s: nn.Sequential(*[m for m in dropout_net(s) if not isinstance(
+        m, (nn.Dropout, decaylab.Dropout))]), "image"), HYPERS[:1], chunk=1)
+    assert abs(losses(without[0])[-1][0] - losses(batched[0])[-1][0]) > 1e-4  # the masks do act
+
+
+class BatchCentred(nn.Module):
+    """Subtracts the batch mean: an operation over the batch dimension, which the stacker must refuse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        return h - h.mean(dim=0)
+
+
+class Branching(nn.Module):
+    """Control flow on the input's shape: torch.fx cannot trace it (vmap can run it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        return h if x.shape[-1] == 64 else -h
+
+
+def hooked(seed: int) -> nn.Module:
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    model[1].register_forward_hook(lambda m, i, o: o * 0.5)
+    return model
+
+
+class TrainingBranch(nn.Module):
+    """A forward that branches on ``self.training`` (traced once per mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        return h * 0.5 if self.training else h
+
+
+def test_a_forward_that_branches_on_training_mode_is_exact() -> None:
+    task = task_of(lambda s: TrainingBranch(), "flat")
+    stack = ModuleStack(task, HYPERS)
+    assert stack.stacked is not None
+    for o, h in zip(stack.run(), HYPERS):
+        assert_close(losses(o), alone(task, h)[0])
+
+
+UNKNOWN = {
+    "forward hook": (hooked, "hooks"),
+    "unknown layer": (lambda s: nn.Sequential(nn.Linear(64, 16), nn.Softsign(), nn.Linear(16, 10)), "layer"),
+    "operation over the batch": (lambda s: BatchCentred(), "batch dimension"),
+    "untraceable": (lambda s: Branching(), "torch.fx"),
+}
+
+
+@pytest.mark.parametrize("name", list(UNKNOWN))
+def test_an_unknown_layer_or_operation_falls_back_to_vmap(name: str) -> None:
+    model, reason = UNKNOWN[name]
+    task = task_of(model, "flat")
+    stack = ModuleStack(task, HYPERS)
+    assert stack.stacked is None and reason in stack.fallback
+    for o, h in zip(stack.run(), HYPERS):
+        assert_close(losses(o), alone(task, h)[0])
+
+
+def test_the_check_run_catches_a_wrong_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule that computes something else than the layer (here: ReLU as the identity) is caught by the check
+    run against the model itself before any training, and the stack falls back to vmap."""
+    from decaylab.engine import stacked as st
+
+    monkeypatch.setitem(st._UNARY_MODULES, nn.ReLU, lambda m, x: x)
+    stack = ModuleStack(task_of(conv_net, "image"), HYPERS)
+    assert stack.stacked is None and "differs" in stack.fallback
+
+
+def test_unsupported_options_of_known_layers_are_refused() -> None:
+    for layer in (nn.Embedding(12, 16, padding_idx=0), nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect")):
+        model = nn.Sequential(layer)
+        forward = StackedForward(model, 2)
+        params = {n: p.detach().unsqueeze(0).expand(2, *p.shape) for n, p in model.named_parameters()}
+        x = torch.zeros(3, 6, dtype=torch.long) if isinstance(layer, nn.Embedding) else torch.zeros(3, 1, 8, 8)
+        with pytest.raises(Unsupported):
+            forward(params, {}, x, None, [])
