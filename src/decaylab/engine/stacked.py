@@ -364,9 +364,9 @@ class StackedForward:
     def attention(self, target: str, m: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[Act, None]:
         """Self-attention as ``F.multi_head_attention_forward`` computes it with ``need_weights=False``."""
         names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
-        call = {**dict(zip(names, args)), **kwargs}
-        q: Any = call.get("query")
-        if not (isinstance(q, Act) and call.get("key") is q and call.get("value") is q):
+        call = {**dict(zip(names, args, strict=False)), **kwargs}
+        q = call.get("query")
+        if not isinstance(q, Act) or call.get("key") is not q or call.get("value") is not q:
             raise Unsupported(f"{target}: attention other than self-attention on one activation")
         if call.get("need_weights", True) or call.get("key_padding_mask") is not None or call.get("attn_mask") is not None \
                 or call.get("is_causal", False):
