@@ -366,7 +366,7 @@ class StackedForward:
         names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
         call = {**dict(zip(names, args, strict=False)), **kwargs}
         q = call.get("query")
-        if not isinstance(q, Act) or call.get("key") is not q or call.get("value") is not q:
+        if call.get("key") is not q or call.get("value") is not q or not isinstance(q, Act):
             raise Unsupported(f"{target}: attention other than self-attention on one activation")
         if call.get("need_weights", True) or call.get("key_padding_mask") is not None or call.get("attn_mask") is not None \
                 or call.get("is_causal", False):
