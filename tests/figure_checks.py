@@ -1,6 +1,6 @@
 """What a readable figure must satisfy, checked on a drawn matplotlib ``Figure`` (not a test module).
 
-:func:`problems` draws the figure once (``fig.canvas.draw()``, for the extents) and returns one line per
+:func:`problems` lays the figure out once (``fig.draw_without_rendering()``: the extents, no pixels) and returns one line per
 defect, empty when there is none:
 
 * **legend over the data** — no data point lies inside any legend's box (the legend's window extent).
@@ -62,17 +62,17 @@ def _sample(xy: np.ndarray) -> np.ndarray:
     """Points every :data:`STEP_PX` pixels along the polyline ``xy`` (display coordinates); NaN breaks it."""
     if len(xy) == 0:
         return np.zeros((0, 2))
-    pieces = [xy[np.all(np.isfinite(xy), axis=1)]] if len(xy) == 1 else []
+    pieces = []
     a, b = xy[:-1], xy[1:]
     ok = np.all(np.isfinite(a), axis=1) & np.all(np.isfinite(b), axis=1)
     a, b = a[ok], b[ok]
     if len(a):
         n = np.maximum(np.ceil(np.linalg.norm(b - a, axis=1) / STEP_PX).astype(int), 1)
-        seg = np.repeat(np.arange(len(a)), n + 1)
-        t = np.concatenate([np.linspace(0, 1, k + 1) for k in n])
+        seg = np.repeat(np.arange(len(a)), n + 1)  # segment i gets n_i + 1 points, t = 0, 1/n_i, ..., 1
+        start = np.concatenate([[0], np.cumsum(n + 1)[:-1]])
+        t = (np.arange(len(seg)) - start[seg]) / n[seg]
         pieces.append(a[seg] + (b[seg] - a[seg]) * t[:, None])
-    finite = [xy[np.all(np.isfinite(xy), axis=1)]]
-    return np.concatenate(pieces + finite) if pieces else finite[0]
+    return np.concatenate([*pieces, xy[np.all(np.isfinite(xy), axis=1)]])
 
 
 def _line_points(line: Any) -> np.ndarray:
@@ -240,8 +240,8 @@ def _colorbar_problems(fig: Any) -> list[str]:
 
 
 def problems(fig: Any) -> list[str]:
-    """Every defect of ``fig`` (see the module docstring), one line each; draws the figure once."""
-    fig.canvas.draw()
+    """Every defect of ``fig`` (see the module docstring), one line each; lays the figure out once."""
+    fig.draw_without_rendering()  # layout and extents, no pixels
     renderer = fig.canvas.get_renderer()
     return _legend_problems(fig, renderer) + _style_problems(fig) + _empty_problems(fig) + _colorbar_problems(fig)
 

@@ -45,13 +45,13 @@ from itertools import pairwise
 from typing import Any
 
 from decaylab.lab.experiments.base import (
-    holds_text,
     Experiment,
     Option,
     Table,
     check_data_budget,
     epochs_int,
     float_grid,
+    holds_text,
     nonneg_float,
     positions_by,
     positive_int,

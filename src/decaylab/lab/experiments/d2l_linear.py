@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from decaylab.lab.experiments.base import (
-    holds_text,
     Experiment,
     Option,
     Table,
@@ -41,6 +40,7 @@ from decaylab.lab.experiments.base import (
     choice,
     epochs_int,
     float_grid,
+    holds_text,
     mean_over_seeds,
     positive_float,
     positive_int,

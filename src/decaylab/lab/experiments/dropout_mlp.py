@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.lab.experiments.base import (
-    holds_text,
     MAX_WIDTH,
     Experiment,
     Option,
@@ -68,6 +67,7 @@ from decaylab.lab.experiments.base import (
     epochs_int,
     float_grid,
     group_by,
+    holds_text,
     int_grid,
     mean_or_nan,
     path_or_empty,

@@ -49,7 +49,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from decaylab.lab.experiments.base import (
-    holds_text,
     Experiment,
     Option,
     Table,
@@ -57,6 +56,7 @@ from decaylab.lab.experiments.base import (
     choice,
     choice_list,
     float_grid,
+    holds_text,
     mean_or_nan,
     positive_float,
     status_text,

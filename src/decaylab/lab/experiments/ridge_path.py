@@ -38,13 +38,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from decaylab.lab.experiments.base import (
-    holds_text,
     Experiment,
     Option,
     Table,
     check_data_budget,
     choice,
     float_grid,
+    holds_text,
     positive_int,
     seed_grid,
     status_text,

@@ -57,7 +57,6 @@ from functools import partial
 from typing import Any
 
 from decaylab.lab.experiments.base import (
-    holds_text,
     Experiment,
     Option,
     Table,
@@ -65,6 +64,7 @@ from decaylab.lab.experiments.base import (
     diverged_rows,
     epochs_int,
     float_grid,
+    holds_text,
     nonneg_float,
     positions_by,
     positive_int,
