@@ -22,7 +22,7 @@ def _runs(results: Sequence[ConfigResult], seed: int) -> list[ConfigResult]:
 
 def plot_constraint(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
     """Four panels: θ(λ) with PGD's (multiplier, norm); coefficients vs λ; coefficients vs θ; convergence."""
-    fig, axes = new_figure(2, 2, width=5.2, height=3.9)
+    fig, axes = new_figure(2, 2, width=6.6, height=3.9)  # room for the legends right of the panels
     (map_ax, lam_ax), (theta_ax, conv_ax) = axes
     seeds = sorted({r.params["seed"] for r in results if r.curves})
     seed = opts["seed"][0] if opts["seed"][0] in seeds else (seeds[0] if seeds else None)

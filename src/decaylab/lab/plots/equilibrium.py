@@ -104,7 +104,7 @@ def plot_claims(results: Sequence[ConfigResult], opts: dict[str, Any], summary: 
     a.set_xlabel("c (W_l → c·W_l)")
     a.set_ylabel("max |Δ logits| / max |logits| (test set)")
     a.set_title("(a) scale invariance")
-    a.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    a.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))
 
     rows = [r for r in summary["rows"] if r["wd"] > 0]
     markers = {"adamw": "o", "sgdm": "s"}
@@ -128,7 +128,7 @@ def plot_claims(results: Sequence[ConfigResult], opts: dict[str, Any], summary: 
         ax.fill_between(x, (1 - tol) * x, (1 + tol) * x, color="grey", alpha=0.15, lw=0, label=f"1 ± {tol}")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
-        ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     b.set_xlabel("predicted ‖W‖* (SGDM: from the measured E‖g̃‖²)")
     b.set_ylabel("measured ‖W_l‖ (mean of the last tenth)")
     b.set_title("(b) equilibrium norm, every (η, λ, layer)")
