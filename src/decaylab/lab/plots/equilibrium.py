@@ -61,7 +61,7 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], summary: d
         top.set_title(f"{TITLES[opt]}\n‖W_l‖: layer 1 solid, layer 2 dashed; ‖W‖* thin dashed")
         top.set_xlabel("step")
         top.set_ylabel("‖W_l‖₂")
-        top.legend(frameon=False, fontsize=7, ncol=2)
+        legend_outside(top, fontsize=7)
         bottom.axhline(1.0, color="k", lw=1)
         from decaylab.lab.experiments.equilibrium import NORM_TOL, SETTLE_TAU
 
@@ -73,7 +73,7 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], summary: d
         bottom.set_xlabel(f"t / τ,  τ = {tau}")
         bottom.set_ylabel("‖W_l‖ / ‖W‖*")
         bottom.set_title("the same runs against t/τ: one timescale")
-        bottom.legend(frameon=False, fontsize=7, ncol=2)
+        legend_outside(bottom, fontsize=7)
     fig.suptitle(f"Weight norms of normalized layers settle at Kosson et al.'s equilibrium\n{_setting(opts, n_seeds)}",
                  fontsize=9)
     return save(fig, path)
