@@ -21,7 +21,7 @@ from experiment_helpers import options, train
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PLOT_MODULES = ("constraint", "d2l_linear", "dropout_mlp", "equilibrium", "l2_vs_decay", "noise_tikhonov",
-                "ridge_path", "scaling", "sparsity")
+                "ridge_path", "scaling", "sparsity", "sweep")
 
 MLP = dict(epochs="2", hidden="16,16", n_test="50", n_train="40")
 EQUILIBRIUM = dict(lr_adamw="0.005", wd_adamw="0,1", lr_sgdm="0.05", wd_sgdm="0,0.01", hidden="8,8", epochs="2",
@@ -93,9 +93,11 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> Any:
         caught[path.name] = fig
         return path
 
-    monkeypatch.setattr(plots, "save", catch)
-    for name in PLOT_MODULES:
-        monkeypatch.setattr(importlib.import_module(f"decaylab.lab.plots.{name}"), "save", catch)
+    # every plot module imported first: one imported after plots.save is replaced would bind the replacement
+    # as its own save, and the undo would "restore" it for every later test
+    modules = [importlib.import_module(f"decaylab.lab.plots.{name}") for name in PLOT_MODULES]
+    for module in (plots, *modules):
+        monkeypatch.setattr(module, "save", catch)
 
     def draw(exp: Any, results: list[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
         caught.clear()
