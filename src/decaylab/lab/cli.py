@@ -70,7 +70,7 @@ def _store_options(parser: _ArgumentContainer) -> None:
 def _output_options(parser: _ArgumentContainer) -> None:
     _store_options(parser)
     parser.add_argument("--out", metavar="DIR", help="run directory for figures and results.json (default runs/RUN_ID)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no table, no verdict (results.json keeps the verdict)")
     parser.add_argument("--chunk", metavar="N", help="configurations trained together (default: the engine's choice)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local", help="where chunks run")
     parser.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
@@ -240,7 +240,7 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     * the outputs cannot be written (``OSError``: a full disk, a read-only directory): the run stays
       as stored (its results are safe in the store), exit 1; no file is left half-written.
     """
-    from decaylab.lab.outputs import diverged_note, render_table, run_document, write_json
+    from decaylab.lab.outputs import diverged_note, render_table, run_document, verdict_lines, write_json
     from decaylab.lab.plots.worker import FigureWorker
     from decaylab.lab.runner import RunFailed, RunRequest, execute, new_run_id
 
@@ -264,7 +264,8 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
         out = _writable_dir(Path(ns.out) if ns.out else Path("runs") / record.run_id, "--out")
         figures.submit(exp.name, record.configs, opts, out)  # drawn on the other core while this one writes
         curves = _with_curves(record, ns)
-        doc = run_document(record, exp.summarize(record.configs, opts), curves=curves)
+        summary = exp.summarize(record.configs, opts)
+        doc = run_document(record, summary, curves=curves)
         lost: list[OSError] = []  # files that could not be written; the others still are
         try:
             written = [write_json(doc, out / "results.json")]
@@ -275,7 +276,8 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
         if ns.json:
             _print_json(doc)
         elif not ns.quiet:
-            _console().print(render_table(exp.table(record.configs, opts), f"decaylab runs show {record.run_id} --json"))
+            _console().print(render_table(exp.table(record.configs, opts), f"decaylab runs show {record.run_id} --json",
+                                          verdict_lines(summary)))
         try:
             written = figures.collect() + written
         except OSError as exc:
@@ -457,7 +459,7 @@ def _cmd_resume(argv: list[str]) -> int:
 
 
 def _cmd_runs(argv: list[str]) -> int:
-    from decaylab.lab.outputs import main_options, render_table, run_document, runs_table
+    from decaylab.lab.outputs import main_options, render_table, run_document, runs_table, verdict_lines
 
     parser = _Parser(prog="decaylab runs", description="Read and manage the run store.")
     sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -512,7 +514,8 @@ def _cmd_runs(argv: list[str]) -> int:
         console.print(f"command: {record.command}", markup=False)
         for line in environment_lines(record):
             console.print(line, markup=False, highlight=False)
-        console.print(render_table(exp.table(record.configs, opts), f"decaylab runs show {record.run_id} --json"))
+        console.print(render_table(exp.table(record.configs, opts), f"decaylab runs show {record.run_id} --json",
+                                   verdict_lines(exp.summarize(record.configs, opts))))
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "render_table",
     "run_document",
     "runs_table",
+    "verdict_lines",
     "write_json",
 ]
 
@@ -133,8 +134,19 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def render_table(table: Table, more: str = "--json") -> Any:
-    """A ``rich`` table: numbers right-aligned with four significant digits.
+def verdict_lines(summary: dict[str, Any]) -> list[str]:
+    """The lines printed under a run's table: ``verdict: ...`` from the summary's ``verdict`` (one line, or a
+    list of lines, one per claim, as ``equilibrium``'s); none when the summary has no verdict."""
+    verdict = summary.get("verdict")
+    if not verdict:
+        return []
+    lines = [verdict] if isinstance(verdict, str) else [str(line) for line in verdict]
+    return ["verdict: " + lines[0], *("         " + line for line in lines[1:])]
+
+
+def render_table(table: Table, more: str = "--json", verdict: Sequence[str] = ()) -> Any:
+    """A ``rich`` table: numbers right-aligned with four significant digits, and under it the ``verdict``
+    lines (:func:`verdict_lines`) — the one place where every experiment's verdict is printed.
 
     A table longer than :data:`MAX_TABLE_ROWS` rows shows its first and last :data:`TABLE_EDGE_ROWS` and,
     between them a row of "…", and below a line saying how many rows were left out and that ``more`` (a
@@ -168,6 +180,8 @@ def render_table(table: Table, more: str = "--json") -> Any:
         parts.append(Text(f"{left_out} of {len(rows)} rows left out; {more} prints them all", style="italic"))
     if table.notes:
         parts.append(Text("did not finish:\n" + "\n".join(f"  {line}" for line in table.notes)))
+    if verdict:
+        parts.append(Text("\n".join(verdict), style="bold"))
     return Group(*parts) if len(parts) > 1 else out
 
 

@@ -67,6 +67,7 @@ __all__ = [
     "epochs_int",
     "float_grid",
     "group_by",
+    "holds_text",
     "int_grid",
     "mean_or_nan",
     "mean_over_seeds",
@@ -321,8 +322,18 @@ class Experiment(ABC):
         """The table printed after the run."""
 
     def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:
-        """Run-level numbers derived from all configurations (the experiment's claim)."""
+        """Run-level numbers derived from all configurations (the experiment's claim).
+
+        Every experiment's summary has a ``verdict``: the claim, whether it holds and the numbers that
+        decide it, in one line (or a list of lines, one per claim); the CLI prints it under the table
+        (:func:`decaylab.lab.outputs.verdict_lines`) and ``--json`` carries it as ``summary.verdict``.
+        """
         return {}
+
+
+def holds_text(holds: bool | None) -> str:
+    """The end of a verdict: ``holds``, ``does not hold``, or ``not tested`` (``None``: nothing to decide it)."""
+    return "not tested" if holds is None else ("holds" if holds else "does not hold")
 
 
 def finite(value: float) -> bool:

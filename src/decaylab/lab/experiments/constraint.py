@@ -51,6 +51,7 @@ from decaylab.lab.experiments.base import (
     check_data_budget,
     epochs_int,
     float_grid,
+    holds_text,
     nonneg_float,
     positions_by,
     positive_int,
@@ -266,7 +267,20 @@ class Constraint(Experiment):
             }
         max_dist = max((r.metrics["dist_to_ridge"] for r in done), default=math.nan)
         max_mu = max((r.metrics["multiplier_rel_err"] for r in done), default=math.nan)
+        claims = {
+            "pgd_reaches_ridge": bool(done) and max_dist <= 1e-9,
+            "multiplier_equals_lambda": bool(done) and max_mu <= 1e-6,
+            "theta_decreasing_in_lambda": bool(per_seed) and all(s["theta_decreasing"] for s in per_seed.values()),
+        }
+        if done:
+            verdict = (f"penalty = constraint: projected GD on ‖w‖₂ ≤ θ(λ) reaches the ridge solution"
+                       f" (max ‖w_PGD − w_ridge‖ = {max_dist:.1e}), its multiplier μ is λ (max rel. error {max_mu:.1e}),"
+                       f" θ(λ) falls with λ: {'yes' if claims['theta_decreasing_in_lambda'] else 'no'}"
+                       f" — {holds_text(all(claims.values()))}")
+        else:
+            verdict = "penalty = constraint: not tested (no configuration finished)"
         return {
+            "verdict": verdict,
             "conventions": {
                 "penalty": "mean (ŷ−y)²/2 + λ/2‖w‖² (D2L); sklearn Ridge alpha = n·λ; intercept unpenalized",
                 "constraint": "mean (ŷ−y)²/2 subject to ‖w‖₂ ≤ θ(λ) = ‖w_ridge(λ)‖₂; intercept free",
@@ -276,9 +290,5 @@ class Constraint(Experiment):
             "max_multiplier_rel_err": max_mu,
             "max_error_bound": max((r.metrics["error_bound"] for r in done), default=math.nan),
             "by_seed": per_seed,
-            "claims": {
-                "pgd_reaches_ridge": bool(done) and max_dist <= 1e-9,
-                "multiplier_equals_lambda": bool(done) and max_mu <= 1e-6,
-                "theta_decreasing_in_lambda": bool(per_seed) and all(s["theta_decreasing"] for s in per_seed.values()),
-            },
+            "claims": claims,
         }

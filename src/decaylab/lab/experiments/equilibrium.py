@@ -423,7 +423,6 @@ class Equilibrium(Experiment):
                 r["norm_predicted"], r["norm_ratio"], r["angle_measured"], r["angle_predicted"], r["angle_ratio"],
                 r["settle_tau"],
             ])
-        verdict = "\n".join(summary["verdict"])
         return Table(
             ["opt", "η", "λ", "layer", "τ (steps)", "‖W‖ start", "‖W‖ end", "‖W‖* pred", "ratio",
              "angle/step", "pred", "ratio", "settled (τ)"],
@@ -431,7 +430,7 @@ class Equilibrium(Experiment):
             title=(f"equilibrium: teacher data, n_train={opts['n_train']}, MLP {'-'.join(map(str, opts['hidden']))} with LayerNorm,"
                    f" batch {opts['batch_size']}, {opts['epochs'] * steps_per_epoch(opts)} steps, seeds {opts['seed']};"
                    " ‖W‖ end: mean of the last tenth; angle: the last step (radians); τ = 1/(ηλ) (AdamW),"
-                   f" (1−α)/(ηλ) (SGDM)\n{verdict}"),
+                   " (1−α)/(ηλ) (SGDM)"),
         )
 
     def summarize(self, results: Sequence[ConfigResult], opts: dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from decaylab.lab.experiments.base import (
     choice,
     choice_list,
     float_grid,
+    holds_text,
     mean_or_nan,
     positive_float,
     status_text,
@@ -364,7 +365,8 @@ class L2VsDecay(Experiment):
             row["claims"] = self._claims(row)
             rows.append(row)
         holds = [r["claims"]["holds"] for r in rows if r["claims"]["holds"] is not None]
-        return {"by_wd": rows, "holds": all(holds) if holds else None}
+        overall = all(holds) if holds else None
+        return {"by_wd": rows, "holds": overall, "verdict": _verdict(rows, overall)}
 
     @staticmethod
     def _claims(row: dict[str, Any]) -> dict[str, Any]:
@@ -387,3 +389,39 @@ class L2VsDecay(Experiment):
             claims["adam_l2_large_vhat_decayed_less"] = eff["top_bottom_ratio"] < 0.1
         claims["holds"] = all(claims.values()) if claims else None
         return claims
+
+
+FAMILY_NAMES = {"sgd": "SGD", "momentum": "SGD+momentum", "adam": "Adam"}
+
+
+def family_verdict(row: dict[str, Any]) -> str:
+    """One λ's comparison, e.g. ``SGD: L2 = decay (rel. diff 1.2e-4); SGD+momentum: differ (0.2); Adam: differ (0.77)``:
+    the largest relative difference of the L2 and decoupled curves (:func:`relative_difference`) per family."""
+    parts = []
+    for family, name in FAMILY_NAMES.items():
+        part = row.get(family)
+        if part is None:
+            continue
+        rel = part["max_rel_diff"]
+        if family == "sgd":
+            said = "L2 = decay" if rel < RTOL_EQUAL else "L2 ≠ decay"
+            parts.append(f"{name}: {said} (rel. diff {rel:.2g})")
+        else:
+            parts.append(f"{name}: {'differ' if rel > RTOL_PART else 'do not differ'} ({rel:.2g})")
+    return "; ".join(parts)
+
+
+def _verdict(rows: list[dict[str, Any]], holds: bool | None) -> str:
+    """L2 = decoupled decay for SGD, not with momentum or Adam; per λ the relative differences (see
+    :func:`family_verdict`), and Adam+L2's decile-10/decile-1 effective decay."""
+    per_wd = []
+    for row in rows:
+        text = family_verdict(row)
+        eff = row.get("adam_l2_effective_decay")
+        if eff:
+            text += f"; Adam+L2 decays its large-v̂ weights {eff['top_bottom_ratio']:.2g}× as much as its small-v̂ ones"
+        if text:
+            per_wd.append(text if len(rows) == 1 else f"λ = {row['wd']:g}: {text}")
+    if not per_wd:
+        return "L2 = decoupled decay for SGD only: not tested (no pair of variants finished)"
+    return " | ".join(per_wd) + f" — {holds_text(holds)}"

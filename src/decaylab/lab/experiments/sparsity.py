@@ -64,6 +64,7 @@ from decaylab.lab.experiments.base import (
     diverged_rows,
     epochs_int,
     float_grid,
+    holds_text,
     nonneg_float,
     positions_by,
     positive_int,
@@ -453,6 +454,7 @@ class Sparsity(Experiment):
         if agree:
             claims["matches_sklearn_paths"] = all(p["sklearn_max_abs_diff"] <= 1e-8 and p["sklearn_same_zeros"] for p in agree)
         return {
+            "verdict": _verdict(per_method, claims, opts["dim"]),
             "conventions": {
                 "l1": "mean (ŷ−y)²/2 + λ‖w‖₁; sklearn Lasso/lasso_path alpha = λ",
                 "enet": f"mean (ŷ−y)²/2 + λ(ρ‖w‖₁ + (1−ρ)/2‖w‖²), ρ = {opts['l1_ratio']:g};"
@@ -467,3 +469,20 @@ class Sparsity(Experiment):
             "n_seeds": len({r.params["seed"] for r in done}),
             "max_error_bound": float(np.max([r.metrics["error_bound"] for r in done])) if done else None,
         }
+
+
+def _verdict(per_method: dict[str, Any], claims: dict[str, bool], dim: int) -> str:
+    """L1 gives exact zeros and the true support, L2 none: per method the exact zeros reached and the λ range
+    that selects exactly the true support, and the largest difference from scikit-learn's path."""
+    parts = []
+    for m, p in per_method.items():
+        text = f"{m}: up to {p['max_exact_zeros']:g} of {dim} exact zeros"
+        if m != "l2":
+            rng = p["exact_support_range"]
+            text += (f", true support at λ {rng[0]:.3g}–{rng[1]:.3g}" if rng else ", true support at no λ")
+            text += f", max |Δw| vs sklearn {p['sklearn_max_abs_diff']:.1e}"
+        parts.append(text)
+    if not parts:
+        return "L1 gives exact zeros and the true support, L2 none: not tested (nothing finished)"
+    holds = all(claims.values()) if claims else None
+    return "L1 gives exact zeros and the true support, L2 none: " + "; ".join(parts) + f" — {holds_text(holds)}"

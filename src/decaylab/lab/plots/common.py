@@ -10,7 +10,7 @@ import numpy as np
 
 from decaylab.results import ConfigResult
 
-__all__ = ["band", "seeds_note", "stack"]
+__all__ = ["band", "distinct_styles", "legend_outside", "seeds_note", "stack"]
 
 
 def stack(group: Sequence[ConfigResult], key: str) -> np.ndarray:
@@ -37,3 +37,22 @@ def seeds_note(opts: dict[str, Any], n_seeds: int, with_band: bool = False) -> s
     if n_seeds > 1:
         return f"mean over {n_seeds} seeds" + (", band = range" if with_band else "")
     return f"seed {opts['seed'][0]}"
+
+
+LINESTYLES = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (5, 2, 1, 2)))
+
+
+def distinct_styles(n: int) -> list[tuple[Any, Any]]:
+    """``n`` (colour, line style) pairs, no two alike: tab10 up to 10, tab20 up to 20, then tab20 again
+    with the next dash pattern (solid, dashed, dotted, dash-dot: 80 before a pair repeats)."""
+    import matplotlib as mpl
+
+    cmap = mpl.colormaps["tab10" if n <= 10 else "tab20"]
+    return [(cmap(i % cmap.N), LINESTYLES[(i // cmap.N) % len(LINESTYLES)]) for i in range(n)]
+
+
+def legend_outside(ax: Any, **kwargs: Any) -> Any:
+    """``ax``'s legend to the right of its box, top-aligned, so that it never covers the data (constrained
+    layout makes room for it); ``kwargs`` go to ``ax.legend``."""
+    kwargs.setdefault("frameon", False)
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)

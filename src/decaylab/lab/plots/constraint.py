@@ -10,6 +10,7 @@ import numpy as np
 
 from decaylab.lab.experiments.base import Experiment
 from decaylab.lab.plots import _pyplot, lambda_colors, new_figure, save
+from decaylab.lab.plots.common import distinct_styles, legend_outside
 from decaylab.results import ConfigResult
 
 PENALTY = "λ  (ridge: mean (ŷ−y)²/2 + λ/2‖w‖², D2L convention)"
@@ -21,7 +22,7 @@ def _runs(results: Sequence[ConfigResult], seed: int) -> list[ConfigResult]:
 
 def plot_constraint(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
     """Four panels: θ(λ) with PGD's (multiplier, norm); coefficients vs λ; coefficients vs θ; convergence."""
-    fig, axes = new_figure(2, 2, width=5.2, height=3.9)
+    fig, axes = new_figure(2, 2, width=6.6, height=3.9)  # room for the legends right of the panels
     (map_ax, lam_ax), (theta_ax, conv_ax) = axes
     seeds = sorted({r.params["seed"] for r in results if r.curves})
     seed = opts["seed"][0] if opts["seed"][0] in seeds else (seeds[0] if seeds else None)
@@ -44,7 +45,7 @@ def plot_constraint(results: Sequence[ConfigResult], opts: dict[str, Any], path:
     map_ax.set_xlabel(PENALTY)
     map_ax.set_ylabel("θ: radius of the constraint ‖w‖₂ ≤ θ")
     map_ax.set_title("(a) The λ ↔ θ map: PGD's multiplier μ recovers λ")
-    map_ax.legend(frameon=False, fontsize=7)
+    legend_outside(map_ax, fontsize=7)
 
     if seed is not None:
         runs = _runs(results, seed)
@@ -53,12 +54,12 @@ def plot_constraint(results: Sequence[ConfigResult], opts: dict[str, Any], path:
         ridge = np.array([r.curves["coef_ridge"] for r in runs])
         pgd = np.array([r.curves["coef_pgd"] for r in runs])
         d = ridge.shape[1]
-        colors = [cmap(j % 10) for j in range(d)]
-        for j in range(d):
-            lam_ax.plot(lams, ridge[:, j], "-", color=colors[j], lw=1.5, label=f"w[{j}]")
-            lam_ax.plot(lams, pgd[:, j], "o", color=colors[j], ms=4, mfc="none", mew=1.0)
-            theta_ax.plot(thetas, ridge[:, j], "-", color=colors[j], lw=1.5)
-            theta_ax.plot(thetas, pgd[:, j], "o", color=colors[j], ms=4, mfc="none", mew=1.0)
+        styles = distinct_styles(d)
+        for j, (color, ls) in enumerate(styles):
+            lam_ax.plot(lams, ridge[:, j], ls=ls, color=color, lw=1.5, label=f"w[{j}]")
+            lam_ax.plot(lams, pgd[:, j], "o", color=color, ms=4, mfc="none", mew=1.0)
+            theta_ax.plot(thetas, ridge[:, j], ls=ls, color=color, lw=1.5)
+            theta_ax.plot(thetas, pgd[:, j], "o", color=color, ms=4, mfc="none", mew=1.0)
         for ax in (lam_ax, theta_ax):
             ax.plot([], [], "-", color="0.3", label="ridge, closed form (penalty)")
             ax.plot([], [], "o", color="0.3", mfc="none", label="projected GD (constraint)")
@@ -67,10 +68,10 @@ def plot_constraint(results: Sequence[ConfigResult], opts: dict[str, Any], path:
         lam_ax.set_xscale("log")
         lam_ax.set_xlabel(PENALTY)
         lam_ax.set_title("(b) Solution paths against λ")
-        lam_ax.legend(frameon=False, fontsize=7, ncol=2 if d > 5 else 1, loc="best")
+        legend_outside(lam_ax, fontsize=7, ncol=2 if d > 8 else 1)
         theta_ax.set_xlabel("θ = ‖w_ridge(λ)‖₂  (radius of the constraint; θ(λ) per point of the λ grid)")
         theta_ax.set_title("(c) The same paths against the radius θ")
-        theta_ax.legend(frameon=False, fontsize=7, loc="best")
+        legend_outside(theta_ax, fontsize=7)
 
         shown = runs if len(runs) <= 6 else [runs[i] for i in np.unique(np.linspace(0, len(runs) - 1, 6).round().astype(int))]
         lam_colors = lambda_colors([r.params["lambd"] for r in shown])
@@ -82,7 +83,7 @@ def plot_constraint(results: Sequence[ConfigResult], opts: dict[str, Any], path:
         conv_ax.set_xlabel("epoch of projected GD (full batch, η = 1/L)")
         conv_ax.set_ylabel("‖w_t − w_ridge(λ)‖₂ (floored at 1e-17)")
         conv_ax.set_title("(d) Projected GD converges to the ridge solution (w₀ ~ N(0, 1))")
-        conv_ax.legend(frameon=False, fontsize=7)
+        legend_outside(conv_ax, fontsize=7)
 
     n = opts["n_train"]
     fig.suptitle(

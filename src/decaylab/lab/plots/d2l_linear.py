@@ -16,7 +16,7 @@ import numpy as np
 
 from decaylab.lab.experiments.base import Experiment, group_by
 from decaylab.lab.plots import lambda_colors, new_figure, save
-from decaylab.lab.plots.common import band, seeds_note, stack
+from decaylab.lab.plots.common import band, legend_outside, seeds_note, stack
 from decaylab.results import ConfigResult
 
 MAX_PANELS = 4
@@ -54,7 +54,8 @@ def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Pat
         ax.set_yscale("log")
         ax.set_title(f"λ = {lambd:.3g}   (final ‖w‖₂ = {w_norm:.3g})")
         ax.set_xlabel("epoch")
-        ax.legend(loc="upper right", frameon=False)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)  # one legend, off the data
     for ax in axes[:, 0]:
         ax.set_ylabel("loss (ŷ−y)²/2, mean over examples")
     n_seeds = len(next(iter(groups.values()), []))
@@ -109,7 +110,7 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
     right.set_xlabel("λ  (penalty λ/2·‖w‖² on a mean loss)")
     right.set_ylabel("loss (ŷ−y)²/2  and  ‖w‖₂")
     right.set_title("After training, against λ")
-    right.legend(frameon=False)
+    legend_outside(right)
     return save(fig, path)
 
 
@@ -134,9 +135,22 @@ def _mean_metric(groups: dict[float, list[ConfigResult]], key: str) -> np.ndarra
     return _group_nanmean(groups, values)
 
 
+def lambda_norm(lambdas: Sequence[float]) -> Any:
+    """The colour scale of a λ grid: logarithmic when every λ > 0 and they span more than a factor 50
+    (a ``log:`` grid), linear otherwise; its colour bar gets round ticks from matplotlib's ``LogLocator`` or
+    ``MaxNLocator``."""
+    import matplotlib as mpl
+
+    lo, hi = min(lambdas), max(lambdas)
+    if lo > 0 and hi / lo > 50:
+        return mpl.colors.LogNorm(lo, hi)
+    return mpl.colors.Normalize(lo, hi if hi > lo else lo + 1)
+
+
 def _norm_collection(fig: Any, ax: Any, groups: dict[float, list[ConfigResult]], start: float) -> None:
-    """Every λ's ‖w‖ curve (mean over seeds) as one rasterized ``LineCollection`` coloured by λ's rank
-    (as :func:`lambda_colors`), with a colour bar labelled in λ; the y range covers them and ``start``."""
+    """Every λ's ‖w‖ curve (mean over seeds) as one rasterized ``LineCollection`` coloured by λ (the same
+    viridis range as :func:`lambda_colors`, on :func:`lambda_norm`'s scale), with a colour bar in λ at round
+    ticks; the y range covers the curves and ``start``."""
     import matplotlib as mpl
     from matplotlib.collections import LineCollection
 
@@ -146,17 +160,17 @@ def _norm_collection(fig: Any, ax: Any, groups: dict[float, list[ConfigResult]],
     means = _group_nanmean(groups, curves)  # (λ, epochs)
     segments = np.stack([np.broadcast_to(epochs, means.shape), means], axis=-1)
     cmap = mpl.colors.ListedColormap(mpl.colormaps["viridis"](np.linspace(0, 0.9, 256)))
-    norm = mpl.colors.Normalize(0, max(len(lambdas) - 1, 1))
+    norm = lambda_norm(lambdas)
     lines = LineCollection(list(segments), cmap=cmap, norm=norm, linewidths=1.0, rasterized=True)
-    lines.set_array(np.arange(len(lambdas), dtype=float))
+    lines.set_array(np.asarray(lambdas, dtype=float))
     ax.add_collection(lines)
     shown = np.append(means[np.isfinite(means) & (means > 0)], start)
     ax.set_xlim(epochs.min(), epochs.max())
     if shown.size:
         ax.set_ylim(shown.min() / 1.5, shown.max() * 1.5)
     bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
-    ticks = sorted({0, len(lambdas) - 1, *np.linspace(0, len(lambdas) - 1, 5).round().astype(int).tolist()})
-    bar.set_ticks(ticks, labels=[f"{lambdas[i]:.3g}" for i in ticks])
+    if not isinstance(norm, mpl.colors.LogNorm):
+        bar.locator = mpl.ticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10])  # round values of λ
     bar.minorticks_off()
     bar.set_label(f"λ of λ/2·‖w‖²  (all {len(lambdas)}, mean over seeds)")
 

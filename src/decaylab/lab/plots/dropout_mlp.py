@@ -11,7 +11,7 @@ import numpy as np
 from decaylab.lab.experiments.base import Experiment, group_by
 from decaylab.lab.experiments.dropout_mlp import variant_label
 from decaylab.lab.plots import new_figure, save
-from decaylab.lab.plots.common import band, seeds_note, stack
+from decaylab.lab.plots.common import LINESTYLES, band, legend_outside, seeds_note, stack
 from decaylab.results import ConfigResult
 
 COLORS = {"none": "tab:grey", "dropout": "tab:blue", "decay": "tab:orange", "both": "tab:green"}
@@ -34,8 +34,22 @@ def _setting(opts: dict[str, Any], n_seeds: int, with_band: bool = True) -> str:
             f"batch {opts['batch_size']}\ndropout p=({p}) after the hidden layers; decay: mean CE + λ/2·Σ‖W‖² (biases not decayed); {seeds}")
 
 
+def _styles(groups: dict[str, list[ConfigResult]]) -> dict[str, tuple[Any, Any]]:
+    """(colour, line style) per variant label: the variant's colour, and a dash pattern per λ of ``--wd``
+    (``decay λ=0.001`` solid, ``decay λ=0.002`` dashed, ...), so that no two labels look alike."""
+    wds = sorted({g[0].params["wd"] for g in groups.values() if g[0].params["variant"] in ("decay", "both")})
+    styles = {}
+    for label, group in groups.items():
+        p = group[0].params
+        k = wds.index(p["wd"]) if p["variant"] in ("decay", "both") else 0
+        styles[label] = (COLORS.get(p["variant"], "k"), LINESTYLES[k % len(LINESTYLES)])
+    return styles
+
+
 def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
     """One column per variant: accuracy (top) and cross-entropy (bottom), train solid, test dashed."""
+    from matplotlib.lines import Line2D
+
     from decaylab.lab.experiments.dropout_mlp import end_window
 
     groups = _groups(results)
@@ -55,8 +69,8 @@ def plot_curves(results: Sequence[ConfigResult], opts: dict[str, Any], path: Pat
         band(bottom, epochs, stack(group, "test_loss"), color, "test", "--", lw=1.5)
         bottom.set_yscale("log")
         bottom.set_xlabel("epoch")
-        top.legend(loc="lower right", frameon=False)
-        bottom.legend(loc="upper right", frameon=False)
+    fig.legend([Line2D([], [], color="k", lw=1.5), Line2D([], [], color="k", ls="--", lw=1.5)], ["train", "test"],
+               loc="outside lower center", ncol=2, frameon=False)  # one legend for every panel, off the data
     axes[0, 0].set_ylabel("accuracy (eval mode)")
     axes[1, 0].set_ylabel("cross-entropy (mean, no penalty)")
     n_seeds = max((len(g) for g in groups.values()), default=1)
@@ -90,6 +104,7 @@ def plot_gap(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) 
     groups = _groups(results)
     w = end_window(opts["epochs"])
     labels = list(groups)
+    styles = _styles(groups)
     fig, axes = new_figure(2, 2, width=5.0, height=3.2)
     for (name, end_gap, (plus, minus)), (left, right) in zip(_GAPS, axes, strict=True):
         per_seed: dict[Any, list[tuple[int, float]]] = {}
@@ -99,11 +114,13 @@ def plot_gap(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) 
             gaps = np.array([end_gap(r, w) for r in group])
             mean = float(np.mean(gaps))
             left.bar(i, mean, color=color, alpha=0.75)
-            left.text(i, mean / 2, f"{mean:.3f}", ha="center", va="center", fontsize=9, color="white", weight="bold")
+            left.text(i, mean / 2, f"{mean:.3f}", ha="center", va="center", fontsize=9 if len(labels) <= 4 else 6.5,
+                      color="white", weight="bold")
             for r, g in zip(group, gaps, strict=True):
                 per_seed.setdefault(r.params["seed"], []).append((i, float(g)))
             epochs = np.asarray(group[0].curves["epoch"], dtype=float)
-            right.plot(epochs, np.mean(stack(group, plus) - stack(group, minus), axis=0), color=color, lw=1.4, label=label)
+            right.plot(epochs, np.mean(stack(group, plus) - stack(group, minus), axis=0), color=color, ls=styles[label][1],
+                       lw=1.4, label=label)
         for k, points in enumerate(per_seed.values()):
             xs, ys = zip(*points, strict=True)
             left.plot(xs, ys, "k.-", ms=4, lw=0.5, alpha=0.5, label="one seed (joined across variants)" if k == 0 else None)
@@ -113,16 +130,17 @@ def plot_gap(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) 
         if base:
             left.axhline(float(np.mean([end_gap(r, w) for r in base])), color="tab:grey", ls=":", lw=1,
                          label="gap without regularization")
-        left.set_xticks(range(len(labels)), labels, rotation=15)
+        left.set_xticks(range(len(labels)), labels, rotation=15 if len(labels) <= 4 else 30,
+                        ha="center" if len(labels) <= 4 else "right")
         left.set_ylabel(f"{name.split(' (')[0].split(' =')[0]} (last {w} epochs)")
         left.set_title(name, fontsize=9)
         highest = max((y for points in per_seed.values() for _, y in points), default=0.0)
-        left.set_ylim(0, 1.4 * highest if highest > 0 else None)  # room for the legend above the dots
-        left.legend(frameon=False, fontsize=7, loc="upper right")
+        left.set_ylim(0, 1.1 * highest if highest > 0 else None)
+        legend_outside(left, fontsize=7)
         right.set_xlabel("epoch")
         right.set_ylabel(name.split(" = ")[1].split(" (")[0])
         right.set_title("during training", fontsize=9)
-        right.legend(frameon=False, fontsize=7)
+        legend_outside(right, fontsize=7)
     n_seeds = max((len(g) for g in groups.values()), default=1)
     fig.suptitle(f"Generalization gap: does dropout / weight decay make it smaller?\n{_setting(opts, n_seeds, with_band=False)}", fontsize=9.5)
     return save(fig, path)

@@ -11,7 +11,7 @@ import numpy as np
 
 from decaylab.lab.experiments.base import Experiment, group_by
 from decaylab.lab.plots import lambda_colors, new_figure, save
-from decaylab.lab.plots.common import band, seeds_note
+from decaylab.lab.plots.common import band, legend_outside, seeds_note
 from decaylab.results import ConfigResult
 
 TITLES = {"adamw": "AdamW", "sgdm": "SGD + momentum (coupled λ)"}
@@ -61,7 +61,7 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], summary: d
         top.set_title(f"{TITLES[opt]}\n‖W_l‖: layer 1 solid, layer 2 dashed; ‖W‖* thin dashed")
         top.set_xlabel("step")
         top.set_ylabel("‖W_l‖₂")
-        top.legend(frameon=False, fontsize=7, ncol=2)
+        legend_outside(top, fontsize=7)
         bottom.axhline(1.0, color="k", lw=1)
         from decaylab.lab.experiments.equilibrium import NORM_TOL, SETTLE_TAU
 
@@ -73,7 +73,7 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], summary: d
         bottom.set_xlabel(f"t / τ,  τ = {tau}")
         bottom.set_ylabel("‖W_l‖ / ‖W‖*")
         bottom.set_title("the same runs against t/τ: one timescale")
-        bottom.legend(frameon=False, fontsize=7, ncol=2)
+        legend_outside(bottom, fontsize=7)
     fig.suptitle(f"Weight norms of normalized layers settle at Kosson et al.'s equilibrium\n{_setting(opts, n_seeds)}",
                  fontsize=9)
     return save(fig, path)
@@ -104,7 +104,7 @@ def plot_claims(results: Sequence[ConfigResult], opts: dict[str, Any], summary: 
     a.set_xlabel("c (W_l → c·W_l)")
     a.set_ylabel("max |Δ logits| / max |logits| (test set)")
     a.set_title("(a) scale invariance")
-    a.legend(frameon=False, fontsize=7)
+    a.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))
 
     rows = [r for r in summary["rows"] if r["wd"] > 0]
     markers = {"adamw": "o", "sgdm": "s"}
@@ -128,7 +128,7 @@ def plot_claims(results: Sequence[ConfigResult], opts: dict[str, Any], summary: 
         ax.fill_between(x, (1 - tol) * x, (1 + tol) * x, color="grey", alpha=0.15, lw=0, label=f"1 ± {tol}")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
-        ax.legend(frameon=False, fontsize=7)
+        ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     b.set_xlabel("predicted ‖W‖* (SGDM: from the measured E‖g̃‖²)")
     b.set_ylabel("measured ‖W_l‖ (mean of the last tenth)")
     b.set_title("(b) equilibrium norm, every (η, λ, layer)")
@@ -168,8 +168,8 @@ def plot_no_decay(results: Sequence[ConfigResult], opts: dict[str, Any], path: P
         bottom.set_ylabel("effective learning rate η/‖W₁‖²")
         bottom.set_yscale("log")
         bottom.set_xlabel("step")
-        top.legend(frameon=False, fontsize=7)
-        bottom.legend(frameon=False, fontsize=7)
+        legend_outside(top, fontsize=7)
+        legend_outside(bottom, fontsize=7)
     fig.suptitle("Without weight decay the norm of a normalized layer only grows, and its effective learning rate falls\n"
                  f"{_setting(opts, n_seeds)}", fontsize=9)
     return save(fig, path)

@@ -48,8 +48,10 @@ def _setting(opts: dict[str, Any], wd: float, n_seeds: int) -> str:
             f" Adam {opts['lr_adam']:g}\n{CONVENTION}")
 
 
-def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path, wd: float) -> Path:
-    """Per optimizer family: ‖W‖₂ per epoch (top) and test accuracy (bottom), coupled solid, decoupled dashed."""
+def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path, wd: float, verdict: str = "") -> Path:
+    """Per optimizer family: ‖W‖₂ per epoch (top) and test accuracy (bottom), coupled solid, decoupled dashed;
+    ``verdict`` (the relative differences of the summary, :func:`~decaylab.lab.experiments.l2_vs_decay.family_verdict`)
+    under the title."""
     groups = _by(results, wd)
     fig, axes = new_figure(2, 3, width=4.0, height=3.0, sharex=True)
     for col, (_family, title, variants) in enumerate(FAMILIES):
@@ -71,9 +73,10 @@ def plot_norms(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
         bottom.set_ylabel("test accuracy")
         bottom.set_xlabel("epoch")
         top.legend(frameon=False)
-        bottom.legend(frameon=False, loc="lower right")
+        bottom.legend(frameon=False, loc="lower right")  # checked by tests/test_figures.py under several options
     n_seeds = max((len(g) for g in groups.values()), default=1)
-    fig.suptitle(f"L2 vs decoupled weight decay: weight-norm trajectories\n{_setting(opts, wd, n_seeds)}", fontsize=9)
+    said = f"\nlargest relative difference of the curves, L2 vs decoupled: {verdict}" if verdict else ""
+    fig.suptitle(f"L2 vs decoupled weight decay: weight-norm trajectories{said}\n{_setting(opts, wd, n_seeds)}", fontsize=9)
     return save(fig, path)
 
 
@@ -146,10 +149,13 @@ def figure_names(opts: dict[str, Any]) -> list[str]:
 
 def draw(experiment: Experiment, results: Sequence[ConfigResult], opts: dict[str, Any], out: Path) -> list[Path]:
     """``norms.png`` and ``effective_decay.png`` per λ (with several λ: ``norms_wd=0.01.png``, ...)."""
+    from decaylab.lab.experiments.l2_vs_decay import family_verdict
+
+    verdicts = {row["wd"]: family_verdict(row) for row in experiment.summarize(results, opts)["by_wd"]}
     paths = []
     for wd in opts["wd"]:
         suffix = "" if len(opts["wd"]) == 1 else f"_wd={wd:g}"
-        paths.append(plot_norms(results, opts, out / f"norms{suffix}.png", wd))
+        paths.append(plot_norms(results, opts, out / f"norms{suffix}.png", wd, verdicts.get(wd, "")))
         if any(r.params["variant"] == "adam-l2" and r.params["wd"] == wd and "eff_decay_counts" in r.curves for r in results):
             paths.append(plot_effective_decay(results, opts, out / f"effective_decay{suffix}.png", wd))
     return paths

@@ -10,7 +10,7 @@ import numpy as np
 
 from decaylab.lab.experiments.base import Experiment, group_by
 from decaylab.lab.plots import new_figure, save
-from decaylab.lab.plots.common import band, seeds_note
+from decaylab.lab.plots.common import band, distinct_styles, legend_outside, seeds_note
 from decaylab.results import ConfigResult
 
 CONVENTION = "ridge λ = σ² in mean (ŷ−y)²/2 + λ/2·‖w‖² (D2L; sklearn alpha = n·σ²)"
@@ -31,14 +31,15 @@ def plot_coefficients(results: Sequence[ConfigResult], opts: dict[str, Any], pat
         dim = len(mine[0].curves["coef_avg"])
         sig_path = np.asarray(mine[0].curves["path_sigma"], dtype=float)
         coef_path = np.asarray(mine[0].curves["path_coef"], dtype=float).reshape(len(sig_path), dim)
-        colors = [f"C{j % 10}" for j in range(dim)]
+        styles = distinct_styles(dim)
         sigmas = np.array([r.params["sigma"] for r in mine])
         trained = np.array([r.curves["coef_avg"] for r in mine])
         last = np.array([r.curves["coef_last"] for r in mine])
         for j in range(dim):
-            ax.plot(sig_path, coef_path[:, j], "-", color=colors[j], lw=1.5, label=f"ridge(λ=σ²), w{j + 1}")
-            ax.plot(sigmas, trained[:, j], "o", color=colors[j], ms=6, mfc="none", mew=1.6)
-            ax.plot(sigmas, last[:, j], "x", color=colors[j], ms=4, alpha=0.6)
+            color, ls = styles[j]
+            ax.plot(sig_path, coef_path[:, j], ls=ls, color=color, lw=1.5, label=f"ridge(λ=σ²), w{j + 1}")
+            ax.plot(sigmas, trained[:, j], "o", color=color, ms=6, mfc="none", mew=1.6)
+            ax.plot(sigmas, last[:, j], "x", color=color, ms=4, alpha=0.6)
         ols = np.asarray(mine[0].curves["coef_ols"], dtype=float)
         ax.plot(np.zeros(dim), ols, "k_", ms=14, mew=1.5)
         # legend entries for the marker kinds
@@ -80,7 +81,7 @@ def plot_distances(results: Sequence[ConfigResult], opts: dict[str, Any], path: 
     ax.set_xlabel("input-noise standard deviation σ   (ridge λ = σ²)")
     ax.set_ylabel("Euclidean distance of the trained w (bias excluded)")
     ax.set_title("Which solution did SGD on noisy inputs reach?")
-    ax.legend(frameon=False, fontsize=7.5)
+    legend_outside(ax, fontsize=7.5)
     n_seeds = len(next(iter(groups.values()), []))
     spread = seeds_note(opts, n_seeds, with_band=True)
     fig.suptitle(

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from decaylab.lab.experiments.base import Experiment
-from decaylab.lab.plots import _pyplot, new_figure, save
+from decaylab.lab.plots import new_figure, save
+from decaylab.lab.plots.common import distinct_styles, legend_outside
 from decaylab.results import ConfigResult
 
 LAMBDA = "λ  (mean (ŷ−y)²/2 + λ/2‖w‖², D2L)"
@@ -25,9 +26,9 @@ def _lambda_axis(ax: Any, n: float) -> None:
 
 
 def _choices(ax: Any, m: dict[str, float], with_labels: bool) -> None:
-    ax.axvline(m["lambda_loo"], color="tab:red", lw=1.4,
+    ax.axvline(m["lambda_loo"], color="tab:red", lw=1.4, ls="-.",
                label=f"λ by LOO = {m['lambda_loo']:.3g}" if with_labels else None)
-    ax.axvline(m["lambda_gcv"], color="tab:blue", lw=1.2, ls="--",
+    ax.axvline(m["lambda_gcv"], color="tab:blue", lw=1.2, ls=":",
                label=f"λ by GCV = {m['lambda_gcv']:.3g}" if with_labels else None)
     ax.axvline(m["sklearn_lambda"], color="black", lw=1.0, ls=(0, (1, 2)),
                label=f"RidgeCV: alpha_/n = {m['sklearn_lambda']:.3g}" if with_labels else None)
@@ -56,10 +57,9 @@ def plot_ridge_path(result: ConfigResult, opts: dict[str, Any], path: Path) -> P
     (coef_ax, cv_ax), (zoom_ax, df_ax) = axes
 
     # (a) coefficient paths, the chosen λ, RidgeCV's coefficients at its own choice
-    cmap = _pyplot().get_cmap("tab10" if len(names) <= 10 else "tab20")
     shown = names if len(names) <= 20 else names[:20]
-    for j, name in enumerate(shown):
-        coef_ax.plot(lams, c[f"coef[{name}]"], color=cmap(j % cmap.N), lw=1.4, label=name)
+    for name, (color, ls) in zip(shown, distinct_styles(len(shown)), strict=True):
+        coef_ax.plot(lams, c[f"coef[{name}]"], color=color, ls=ls, lw=1.4, label=name)
     sk_coef = np.asarray(c["coef_sklearn"], dtype=float)
     coef_ax.plot(np.full(len(shown), m["sklearn_lambda"]), sk_coef[: len(shown)], "o", ms=5, mfc="none",
                  color="black", label="RidgeCV coef_ (at its alpha_)")
@@ -69,7 +69,7 @@ def plot_ridge_path(result: ConfigResult, opts: dict[str, Any], path: Path) -> P
     coef_ax.set_ylabel(f"coefficient w_j ({unit})")
     more = f" (first 20 of {len(names)})" if len(names) > 20 else ""
     coef_ax.set_title(f"(a) Coefficient paths{more}, {len(lams)} λ from one SVD")
-    coef_ax.legend(frameon=False, fontsize=7, ncol=3, loc="lower right")
+    legend_outside(coef_ax, fontsize=7, ncol=1 if len(shown) <= 12 else 2)
     _lambda_axis(coef_ax, n)
 
     # (b) LOO and GCV against λ, RidgeCV's stored LOO errors as markers
@@ -82,7 +82,7 @@ def plot_ridge_path(result: ConfigResult, opts: dict[str, Any], path: Path) -> P
     cv_ax.set_yscale("log")
     cv_ax.set_ylabel("mean squared error (ŷ−y)² (no ½)")
     cv_ax.set_title("(b) Cross-validation error over the whole grid")
-    cv_ax.legend(frameon=False, fontsize=7, loc="upper left")
+    legend_outside(cv_ax, fontsize=7)
     _lambda_axis(cv_ax, n)
 
     # (c) the same near the minimum, linear scale: where the choice is made
@@ -103,7 +103,7 @@ def plot_ridge_path(result: ConfigResult, opts: dict[str, Any], path: Path) -> P
     zoom_ax.set_ylim(ys.min() - pad, ys.max() + pad)
     zoom_ax.set_ylabel("mean squared error (ŷ−y)² (no ½)")
     zoom_ax.set_title("(c) Zoom on the minimum (linear error scale)")
-    zoom_ax.legend(frameon=False, fontsize=7, loc="best")
+    legend_outside(zoom_ax, fontsize=7)
     _lambda_axis(zoom_ax, n)
 
     # (c) effective degrees of freedom
@@ -114,7 +114,7 @@ def plot_ridge_path(result: ConfigResult, opts: dict[str, Any], path: Path) -> P
                label=f"df at LOO choice = {m['df_loo']:.3g}")
     df_ax.set_ylabel("effective degrees of freedom (intercept not counted)")
     df_ax.set_title("(d) Effective degrees of freedom")
-    df_ax.legend(frameon=False, fontsize=7, loc="center left")
+    legend_outside(df_ax, fontsize=7)
     _lambda_axis(df_ax, n)
 
     seed = f", seed {result.params['seed']}" if opts["data"] == "synthetic" else ""

@@ -132,14 +132,14 @@ def plot_best_lambda(summary: dict[str, Any], opts: dict[str, Any], path: Path) 
                     mfc=face, ms=6, capsize=3, lw=1, label=label,
                 )
         slope = c["slope"]
-        se = c.get("slope_se", math.nan)
+        se = c.get("slope_uncertainty", c.get("slope_se", math.nan))  # the verdict's ± (see its docstring)
         if math.isfinite(slope) and used.sum() >= 2:
             x, y = np.log(mm[used]), np.log(best[used])
             intercept = np.mean(y - slope * x)
             grid = np.geomspace(mm[used].min(), mm[used].max(), 50)
-            se_text = f" ± {se:.2f}" if math.isfinite(se) else ""
+            se_text = f" ± {se:.2f}" if math.isfinite(se) else " ± n/a"
             right.plot(grid, np.exp(intercept) * grid**slope, line, color=color, lw=1.5,
-                       label=f"fit: slope {slope:.2f}{se_text} (± SE of the fit)")
+                       label=f"fit: slope {slope:.2f}{se_text} (± SE, as in the verdict)")
             expected = c["expected_slope"]
             anchor, mid = np.exp(np.mean(y)), np.exp(np.mean(x))
             right.plot(

@@ -87,9 +87,9 @@ def plot_paths(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
         for j in zeros:
             (line,) = ax.plot(lams, coef[:, j], color="0.55", lw=0.7, alpha=0.6)
             handles.setdefault(f"truly zero ({len(zeros)} features)", line)
-        colors = _support_colors(len(support))
+        styles = _support_styles(len(support))
         for c, j in enumerate(support):
-            (line,) = ax.plot(lams, coef[:, j], color=colors[c], lw=1.8)
+            (line,) = ax.plot(lams, coef[:, j], color=styles[c][0], ls=styles[c][1], lw=1.8)
             handles.setdefault(f"w*[{j}] = {truth[j]:+.2f}", line)
         # scikit-learn's solution on the true non-zeros (on the others the dots would hide the lines)
         ax.plot(np.repeat(lams, len(support)), ref[:, support].reshape(-1), "o", ms=2.2, color="black", lw=0)
@@ -124,11 +124,10 @@ def plot_paths(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path
     return save(fig, path)
 
 
-def _support_colors(k: int) -> list[Any]:
-    from decaylab.lab.plots import _pyplot
+def _support_styles(k: int) -> list[tuple[Any, Any]]:
+    from decaylab.lab.plots.common import distinct_styles
 
-    cmap = _pyplot().get_cmap("tab10" if k <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(k)]
+    return distinct_styles(k)
 
 
 def plot_support(results: Sequence[ConfigResult], opts: dict[str, Any], path: Path) -> Path:
@@ -165,7 +164,9 @@ def plot_support(results: Sequence[ConfigResult], opts: dict[str, Any], path: Pa
     for ax in axes[0]:
         ax.set_xscale("log")
         ax.set_xlabel("λ of each method's objective (see paths.png)")
+    for ax in (zeros_ax, loss_ax):
         ax.legend(frameon=False, fontsize=7)
+    pr_ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # off the curves
     n_seeds = len({r.params["seed"] for r in results})
     fig.suptitle(
         "L1 and elastic net reach exact zeros and select the true support; L2 keeps every coefficient"
