@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_bookkeeping import old_document_text
-from test_store_arrays import same
 
 from decaylab import codec
 from decaylab.lab import outputs
 from decaylab.lab.experiments import get_experiment
 from decaylab.lab.outputs import CURVES_INLINE_MAX, document_text, run_document, write_document
 from decaylab.lab.store import Store
+from test_bookkeeping import old_document_text
+from test_store_arrays import same
 
 
 def _run(cli: Any, *argv: str) -> str:
@@ -125,3 +125,28 @@ def test_a_damaged_params_cell_is_named_even_when_the_others_are_whole(cli: Any,
     code, _, err = cli("runs", "show", run_id)
     assert code == 2 and err.count("\n") == 1
     assert f"column 'params' of run '{run_id}' is not JSON" in err
+
+
+VALUES = [
+    {"params": {"lambd": 0.1, "seed": 0, "impl": "batched"}, "status": "done", "metrics": {"loss": 1e-05}},
+    [1, -0.0, 2.5e300, 10**30, True, None, "λ ‖w‖₂", 'quote " and \\ and \n'],
+    {"nested": {"deep": [[{"x": []}], {}]}, "é": 3},
+    "just a string",
+    1.0,
+]
+
+
+@pytest.mark.parametrize("c_encoder", [True, False])
+def test_compact_encoder_writes_what_json_dumps_writes(monkeypatch: pytest.MonkeyPatch, c_encoder: bool) -> None:
+    import numpy as np
+
+    if not c_encoder:  # a Python without the C encoder: JSONEncoder.encode itself
+        monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    encode = outputs._compact_encoder()
+    for value in [*VALUES, {"np": np.float64(0.30000000000000004)}]:
+        assert encode(value) == json.dumps(value, separators=(",", ":"), allow_nan=False)
+    for bad in (float("nan"), {"a": [float("-inf")]}):
+        with pytest.raises(ValueError):
+            encode(bad)
+    with pytest.raises(TypeError):
+        encode({"a": object()})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -96,9 +96,35 @@ def run_document(
     return doc
 
 
-# One encoder for every leaf: ``json.dumps(v, separators=..., allow_nan=False)`` builds a new one per
-# call, which at 10⁵ configurations was a third of ``runs show --json``; the text is the same.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+def _compact_encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, separators=(",", ":"), allow_nan=False)`` as one function made once.
+
+    ``json.dumps`` with arguments builds a ``JSONEncoder`` per call, and ``JSONEncoder.encode`` builds
+    its C encoder per call: at 2·10⁵ small values (``runs show --json`` of 10⁵ configurations) that set-up
+    was a third of the command. This is the C encoder ``JSONEncoder.iterencode`` makes for these settings
+    (``json.encoder.c_make_encoder``, no circular-reference check: documents are trees), built once; where
+    the C encoder is missing, or does not write the same text as ``json.dumps`` on a probe, it is
+    ``JSONEncoder.encode`` itself. Raises ``ValueError`` on NaN or infinity, ``TypeError`` on an
+    unknown type, as ``json.dumps`` does.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    c_encode = make(None, encoder.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+
+    def encode(value: Any) -> str:
+        return "".join(c_encode(value, 0))
+
+    probe = {"λ": [0.1, 1e-05, -0.0, 3, None, True], "s": "a\"b\n", "e": {}, "l": []}
+    try:
+        same = encode(probe) == json.dumps(probe, separators=(",", ":"), allow_nan=False)
+    except Exception:
+        same = False
+    return encode if same else encoder.encode
+
+
+_ENCODE = _compact_encoder()
 _WRITE_BATCH = 2048  # pieces joined into one write by write_document
 
 
