@@ -150,3 +150,16 @@ def test_compact_encoder_writes_what_json_dumps_writes(monkeypatch: pytest.Monke
             encode(bad)
     with pytest.raises(TypeError):
         encode({"a": object()})
+
+
+def test_document_text_by_hand() -> None:
+    """The layout, written out: dicts one key per line, lists of containers one compact element per line."""
+    doc = {"run_id": "r", "summary": {"rows": [{"x": 1.0, "y": float("nan")}], "n": [1, 2], "e": []}, "configs": []}
+    expected = (
+        '{\n "run_id": "r",\n "summary": {\n  "rows": [\n   {"x":1.0,"y":null}\n  ],\n  "n": [1,2],\n'
+        '  "e": []\n },\n "configs": []\n}\n'
+    )
+    assert document_text(doc) == expected
+    text = io.StringIO()
+    write_document({**doc, "configs": outputs.ConfigLines([], curves=False)}, text)
+    assert text.getvalue() == expected
