@@ -77,7 +77,7 @@ def test_close_terminates_a_worker_that_does_not_end(monkeypatch: pytest.MonkeyP
 
     from decaylab.lab.plots import worker as worker_module
 
-    monkeypatch.setattr(worker_module, "_warm_up", lambda: time.sleep(60))  # forked with the worker
+    monkeypatch.setattr(worker_module, "_warm_up", lambda *_: time.sleep(60))  # forked with the worker
     monkeypatch.setattr(worker_module, "CLOSE_TIMEOUT_S", 0.2)
     worker = FigureWorker()
     proc = worker._proc

@@ -254,7 +254,7 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     command = shlex.join(["decaylab", *sys.argv[1:]]) if sys.argv else "decaylab"
     request = RunRequest(exp, opts, raw, command, getattr(ns, "engine", None), chunk, ns.backend, ns.address)
     show_progress = not ns.quiet and not ns.json and sys.stdout.isatty()
-    figures = FigureWorker()  # loads matplotlib on the other core while this one trains
+    figures = FigureWorker(exp.name)  # loads matplotlib and the figures' module on the other core while this one trains
     record = None
     try:
         try:
@@ -459,7 +459,7 @@ def _cmd_resume(argv: list[str]) -> int:
 
 
 def _cmd_runs(argv: list[str]) -> int:
-    from decaylab.lab.outputs import main_options, render_table, run_document, runs_table, verdict_lines
+    from decaylab.lab.outputs import main_options, render_table, run_document, runs_table, verdict_lines, write_document
 
     parser = _Parser(prog="decaylab runs", description="Read and manage the run store.")
     sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -503,7 +503,8 @@ def _cmd_runs(argv: list[str]) -> int:
     exp, opts = _shown_options(record)
     if ns.json:
         curves = _with_curves(record, ns)
-        _print_json(run_document(record, exp.summarize(record.configs, opts), curves=curves))
+        # streamed: each configuration's line is made and written, never the whole document at once
+        write_document(run_document(record, exp.summarize(record.configs, opts), curves=curves, stream=True), sys.stdout)
         if not curves:
             _say_curves_left_out(record)
     else:

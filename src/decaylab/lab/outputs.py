@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from decaylab.lab.atomic import atomic_write
 from decaylab.lab.experiments.base import Table
 from decaylab.lab.store import RunRecord
-from decaylab.results import json_safe
+from decaylab.results import ConfigResult, json_safe
 
 __all__ = [
     "CURVES_INLINE_MAX",
+    "ConfigLines",
     "MAX_TABLE_ROWS",
     "curves_left_out_note",
     "diverged_note",
@@ -26,6 +27,7 @@ __all__ = [
     "run_document",
     "runs_table",
     "verdict_lines",
+    "write_document",
     "write_json",
 ]
 
@@ -43,37 +45,96 @@ def curves_left_out_note(record: RunRecord) -> str:
     )
 
 
-def run_document(record: RunRecord, summary: dict[str, Any], curves: bool = True) -> dict[str, Any]:
+class ConfigLines:
+    """A run's configurations as the document's ``configs`` list, made one by one as it is written.
+
+    ``run_document(..., stream=True)`` puts this in the document instead of a list of dicts, so that
+    :func:`write_document` streams a run of 10⁵ configurations line by line (each
+    :meth:`~decaylab.results.ConfigResult.to_json` made, encoded and dropped) rather than holding every
+    dict and the whole text at once. Iterating gives the dicts; the text is the same as a list's.
+    """
+
+    def __init__(self, configs: Sequence[ConfigResult], curves: bool) -> None:
+        self.configs = configs
+        self.curves = curves
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (c.to_json(self.curves) for c in self.configs)
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+
+def run_document(
+    record: RunRecord, summary: dict[str, Any], curves: bool = True, *, stream: bool = False
+) -> dict[str, Any]:
     """The run as one JSON document (``--json``, ``results.json``, ``runs show --json``).
 
     ``curves=False`` leaves every configuration's ``curves`` out and adds ``curves_left_out`` (a
     sentence saying where they are). Non-finite numbers are ``None``: the run's own fields and the
     summary through :func:`~decaylab.results.json_safe`, the configurations list by list with numpy
     (:meth:`~decaylab.results.ConfigResult.to_json`), never float by float over the whole document.
+    With ``stream=True`` the document is for :func:`write_document` (``runs show --json``):
+    ``doc["configs"]`` is a :class:`ConfigLines` instead of a list, each configuration's dict made when
+    it is written, and non-finite numbers elsewhere are made ``null`` as they are written.
     """
-    doc = json_safe(
-        {
-            "run_id": record.run_id,
-            "experiment": record.experiment,
-            "status": record.status,
-            "version": record.version,
-            "command": record.command,
-            "options": record.options,
-            "environment": record.environment,
-            "summary": summary,
-        }
-    )
+    head = {
+        "run_id": record.run_id,
+        "experiment": record.experiment,
+        "status": record.status,
+        "version": record.version,
+        "command": record.command,
+        "options": record.options,
+        "environment": record.environment,
+        "summary": summary,
+    }
+    # streamed, the writer makes every leaf strict JSON as it encodes it (_compact): checking the whole
+    # head first (a summary of 10⁵ rows) would encode it twice
+    doc = dict(head) if stream else json_safe(head)
     if not curves:
         doc["curves_left_out"] = curves_left_out_note(record)
-    doc["configs"] = [c.to_json(curves) for c in record.configs]
+    lines = ConfigLines(record.configs, curves)
+    doc["configs"] = lines if stream else list(lines)
     return doc
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, separators=(",", ":"), allow_nan=False)`` as one function made once.
+
+    ``json.dumps`` with arguments builds a ``JSONEncoder`` per call, and ``JSONEncoder.encode`` builds
+    its C encoder per call: at 2·10⁵ small values (``runs show --json`` of 10⁵ configurations) that set-up
+    was a third of the command. This is the C encoder ``JSONEncoder.iterencode`` makes for these settings
+    (``json.encoder.c_make_encoder``, no circular-reference check: documents are trees), built once; where
+    the C encoder is missing, or does not write the same text as ``json.dumps`` on a probe, it is
+    ``JSONEncoder.encode`` itself. Raises ``ValueError`` on NaN or infinity, ``TypeError`` on an
+    unknown type, as ``json.dumps`` does.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    c_encode = make(None, encoder.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+
+    def encode(value: Any) -> str:
+        return "".join(c_encode(value, 0))
+
+    probe = {"λ": [0.1, 1e-05, -0.0, 3, None, True], "s": "a\"b\n", "e": {}, "l": []}
+    try:
+        same = encode(probe) == json.dumps(probe, separators=(",", ":"), allow_nan=False)
+    except Exception:
+        same = False
+    return encode if same else encoder.encode
+
+
+_ENCODE = _compact_encoder()
+_WRITE_BATCH = 2048  # pieces joined into one write by write_document
 
 
 def _compact(value: Any) -> str:
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return _ENCODE(value)
     except ValueError:  # a NaN or infinity somewhere: the slow path, for this value only
-        return json.dumps(json_safe(value), separators=(",", ":"), allow_nan=False)
+        return _ENCODE(json_safe(value))
 
 
 def document_text(doc: Any) -> str:
@@ -81,19 +142,50 @@ def document_text(doc: Any) -> str:
     rows) one element per line, each element compact, written by the C encoder (``json.dumps`` with
     ``indent`` falls back to the pure-Python encoder, which at thousands of configurations was most of
     a run's time); NaN/inf as ``null``; ends in a newline."""
-    return _block(doc, 0) + "\n"
+    return "".join(_pieces(doc, 0)) + "\n"
 
 
-def _block(value: Any, depth: int) -> str:
-    """A dict one key per line (recursively); a list of containers one element per line, each compact;
-    anything else compact. Every leaf goes through the C encoder."""
+def write_document(doc: Any, out: IO[str]) -> None:
+    """Write :func:`document_text` of ``doc`` to ``out`` as it is made, a few thousand lines per write:
+    the whole text never exists at once (``runs show --json`` of 10⁵ configurations)."""
+    batch: list[str] = []
+    for piece in _pieces(doc, 0):
+        batch.append(piece)
+        if len(batch) >= _WRITE_BATCH:
+            out.write("".join(batch))
+            batch.clear()
+    batch.append("\n")
+    out.write("".join(batch))
+
+
+def _one_per_line(value: Any) -> bool:
+    """Whether ``value`` is written one element per line: a :class:`ConfigLines`, or a non-empty list
+    whose elements are all dicts or lists."""
+    if isinstance(value, ConfigLines):
+        return len(value) > 0
+    return isinstance(value, list) and bool(value) and all(isinstance(v, (dict, list)) for v in value)
+
+
+def _pieces(value: Any, depth: int) -> Iterator[str]:
+    """The text of ``value``, in pieces: a dict one key per line (recursively); a list of containers
+    one element per line, each compact; anything else compact. Every leaf goes through the C encoder."""
     pad = " " * (depth + 1)
     if isinstance(value, dict) and value:
-        items = (f"{pad}{json.dumps(str(k))}: {_block(v, depth + 1)}" for k, v in value.items())
-        return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
-    if isinstance(value, list) and value and all(isinstance(v, (dict, list)) for v in value):
-        return "[\n" + ",\n".join(pad + _compact(v) for v in value) + "\n" + " " * depth + "]"
-    return _compact(value)
+        yield "{\n"
+        for i, (k, v) in enumerate(value.items()):
+            yield (",\n" + pad) if i else pad
+            yield f"{json.dumps(str(k))}: "
+            yield from _pieces(v, depth + 1)
+        yield "\n" + " " * depth + "}"
+    elif _one_per_line(value):
+        yield "[\n"
+        for i, v in enumerate(value):
+            yield (",\n" if i else "") + pad + _compact(v)
+        yield "\n" + " " * depth + "]"
+    elif isinstance(value, ConfigLines):
+        yield "[]"
+    else:
+        yield _compact(value)
 
 
 def environment_lines(record: RunRecord) -> list[str]:

@@ -61,8 +61,10 @@ def _end_quietly(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _warm_up() -> None:
-    """Import pyplot and draw one throw-away figure: loads fonts and the Agg renderer."""
+def _warm_up(experiment: str | None = None) -> None:
+    """Import pyplot and draw one throw-away figure: loads fonts and the Agg renderer. With
+    ``experiment``, also import its figures' module (``decaylab.lab.plots.NAME``), so that drawing,
+    once the results come, starts at once."""
     from decaylab.lab.plots import new_figure
 
     fig, axes = new_figure(1, 1)
@@ -74,6 +76,10 @@ def _warm_up() -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    if experiment is not None:
+        import importlib
+
+        importlib.import_module(f"decaylab.lab.plots.{experiment.replace('-', '_')}")
 
 
 def _draw(experiment: str, results: list[ConfigResult], opts: dict[str, Any], out: str) -> list[str]:
@@ -131,7 +137,7 @@ def _draw_on_two_cores(experiment: str, results: list[ConfigResult], opts: dict[
     return paths
 
 
-def _serve(conn: Connection, parent_end: Connection) -> None:
+def _serve(conn: Connection, parent_end: Connection, experiment: str | None = None) -> None:
     # Ctrl-C reaches the whole process group; the parent decides what it means (see the module's doc).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _end_quietly)
@@ -139,7 +145,7 @@ def _serve(conn: Connection, parent_end: Connection) -> None:
     # The parent's end came along with the fork: close it, so that the parent's death reads as EOF.
     parent_end.close()
     try:
-        _warm_up()
+        _warm_up(experiment)
     except Exception:  # drawing for real will report the problem
         pass
     try:
@@ -162,10 +168,11 @@ def _serve(conn: Connection, parent_end: Connection) -> None:
 
 
 class FigureWorker:
-    """``worker = FigureWorker()`` early; later ``worker.submit(name, results, opts, out)``, other work,
-    and ``worker.collect()`` returns the paths."""
+    """``worker = FigureWorker(name)`` early; later ``worker.submit(name, results, opts, out)``, other
+    work, and ``worker.collect()`` returns the paths. ``name`` (optional) is the experiment whose
+    figures the worker will draw: it imports their module while it waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, experiment: str | None = None) -> None:
         self._conn: Connection | None = None
         self._proc: Any = None
         self._job: tuple[str, list[ConfigResult], dict[str, Any], str] | None = None
@@ -173,7 +180,7 @@ class FigureWorker:
             ctx = multiprocessing.get_context("fork")
             self._conn, child = ctx.Pipe()
             self._proc = ctx.Process(
-                target=_serve, args=(child, self._conn), daemon=True, name="decaylab-figures"
+                target=_serve, args=(child, self._conn, experiment), daemon=True, name="decaylab-figures"
             )
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # until the worker's handlers are set
             try:
