@@ -123,12 +123,14 @@ def slider_data(results: Sequence[ConfigResult], read_curves: CurveReader) -> di
             curves = [read_curves(i) for i in done]
             if not curves:
                 continue
-            names = [k for k in curves[0] if k != "epoch"]
+            first = curves[0]
+            length = len(first["epoch"]) if "epoch" in first else max((len(v) for v in first.values()), default=0)
+            epoch = list(first["epoch"]) if "epoch" in first else list(range(1, length + 1))
+            names = [k for k, v in first.items() if k != "epoch" and len(v) == length]  # one value per epoch
             for name in names:
                 if name != norm_key and name not in curve_names:
                     curve_names.append(name)
             mean = _mean_curves(curves, names)
-            epoch = list(curves[0].get("epoch") or range(1, len(next(iter(mean.values()), [])) + 1))
             keep = _spread(len(epoch), MAX_POINTS)
             settings.append({"label": label, "n_seeds": len(done), "epoch": _thin(epoch, keep),
                              "curves": {k: _thin(v, keep) for k, v in mean.items()}})
