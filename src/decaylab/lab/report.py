@@ -343,7 +343,9 @@ def _slider_html(store: Store, record: RunRecord, key: str) -> str:
         return ""
     n = len(data["entries"])
     start = min(range(n), key=lambda i: abs(i - n // 2))
-    norm = f'<div class="plot norm-plot" id="{key}-norm"></div><div class="plot overview-plot" id="{key}-overview"></div>' if data["norm_key"] else ""
+    norm = f'<div class="plot norm-plot" id="{key}-norm"></div>' if data["norm_curve"] else ""
+    if data["norm_key"]:
+        norm += f'<div class="plot overview-plot" id="{key}-overview"></div>'
     note = f'<p class="note">{esc(data["note"])}.</p>' if data["note"] else ""
     return (
         f'<h2>{esc(data["label"])} slider</h2>\n<div class="lambda-view" id="{key}">'

@@ -91,7 +91,7 @@ def slider_data(results: Sequence[ConfigResult], read_curves: CurveReader) -> di
     ``read_curves(i)`` returns configuration ``i``'s curves (from the store, so that a run of thousands
     of configurations reads only the ones embedded). Keys: ``param``, ``label``, ``values`` (every λ),
     ``entries`` (one per embedded λ: ``value``, ``final_norm``, ``text``, ``settings`` with ``label``,
-    ``epoch`` and ``curves``), ``curve_names``, ``norm_key``, ``overview`` (final ‖w‖ against every λ),
+    ``epoch`` and ``curves``), ``curve_names``, ``norm_key``, ``norm_curve`` (whether ‖w‖ has a curve per epoch), ``overview`` (final ‖w‖ against every λ),
     ``note`` (what was left out).
     """
     param = lambda_param(results)
@@ -110,6 +110,7 @@ def slider_data(results: Sequence[ConfigResult], read_curves: CurveReader) -> di
     curve_names: list[str] = []
     notes: list[str] = []
     settings_cut = 0
+    thinned = False
     for vi in shown:
         value = values[vi]
         members = by_value[value]
@@ -132,6 +133,7 @@ def slider_data(results: Sequence[ConfigResult], read_curves: CurveReader) -> di
                     curve_names.append(name)
             mean = _mean_curves(curves, names)
             keep = _spread(len(epoch), MAX_POINTS)
+            thinned = thinned or len(keep) < len(epoch)
             settings.append({"label": label, "n_seeds": len(done), "epoch": _thin(epoch, keep),
                              "curves": {k: _thin(v, keep) for k, v in mean.items()}})
         finished = sum(results[i].status == "done" for i in members)
@@ -140,8 +142,8 @@ def slider_data(results: Sequence[ConfigResult], read_curves: CurveReader) -> di
                         "text": text, "settings": settings})
     if len(shown) < len(values):
         notes.append(f"curves of {len(shown)} of the {len(values)} values of {LABELS.get(param, param)} are embedded"
-                     f" (evenly spread, both ends kept); the final {norm_key or 'norm'} of all {len(values)} is drawn")
-    if any(len(s["epoch"]) >= MAX_POINTS for e in entries for s in e["settings"]):
+                     " (evenly spread, both ends kept)" + (f"; the final ‖w‖₂ of all {len(values)} is drawn" if norm_key else ""))
+    if thinned:
         notes.append(f"curves are thinned to at most {MAX_POINTS} points (every k-th epoch and the last)")
     if settings_cut:
         notes.append(f"at most {MAX_SETTINGS} settings of {', '.join(others)} are drawn per value ({settings_cut} left out)")
@@ -158,6 +160,7 @@ def slider_data(results: Sequence[ConfigResult], read_curves: CurveReader) -> di
         "curves_log": positive,
         "norm_key": norm_key,
         "norm_label": "‖w‖₂" if norm_key else "norm",
+        "norm_curve": bool(norm_key) and any(norm_key in s["curves"] for e in entries for s in e["settings"]),
         "x_log": values[0] > 0 and values[-1] / values[0] > 100,
         "overview": {"values": values, "norm": finals},
         "note": "; ".join(notes),

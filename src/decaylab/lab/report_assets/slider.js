@@ -53,7 +53,8 @@
                         marker: { size: 12, color: "#d62728", symbol: "circle-open", line: { width: 2 } } }];
         Plotly.react(overviewDiv, traces, layout("final " + data.norm_label + " against " + data.label, data.label, data.norm_label, false, data.x_log), config);
       }
-      readout.textContent = title + ",  final " + data.norm_label + " = " + fmt(entry.final_norm) + "  (" + entry.text + ")";
+      var norm = data.norm_key ? ",  final " + data.norm_label + " = " + fmt(entry.final_norm) : "";
+      readout.textContent = title + norm + "  (" + entry.text + ")";
       root.setAttribute("data-index", String(i));
     }
 
