@@ -92,7 +92,7 @@ def _page(title: str, body: str, *, slider: bool) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         # nothing on this page may be fetched: a browser that honours the policy refuses any request
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'; script-src 'unsafe-inline' 'unsafe-eval'; font-src data:\">\n"
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'; font-src data:\">\n"
         f"<title>{esc(title)}</title>\n<style>{_asset('report.css')}</style>\n</head>\n<body>\n{body}\n{scripts}</body>\n</html>\n"
     )
 
