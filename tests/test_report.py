@@ -209,6 +209,25 @@ def test_slider_of_thousands_embeds_a_capped_spread_and_reads_only_those() -> No
     assert f"curves of {MAX_CURVE_VALUES} of the 5000 values" in data["note"]
 
 
+def test_slider_thins_long_curves_and_draws_one_line_per_setting() -> None:
+    from decaylab.lab.report_slider import MAX_POINTS
+
+    results = _fake(3, seeds=1, epochs=1200)
+    for r in list(results):  # a second learning rate: a second setting per λ
+        results.append(ConfigResult(params={**r.params, "lr": 0.5}, status="done", metrics=r.metrics,
+                                    curves={k: [2 * v for v in vs] if k != "epoch" else vs for k, vs in r.curves.items()}))
+    for r in results[:3]:
+        r.params["lr"] = 0.1
+    data = slider_data(results, lambda i: results[i].curves)
+    assert data is not None and "thinned to at most 500 points" in data["note"]
+    first = data["entries"][0]
+    assert [s["label"] for s in first["settings"]] == ["lr=0.1", "lr=0.5"]
+    epoch = first["settings"][0]["epoch"]
+    assert len(epoch) == MAX_POINTS and epoch[0] == 1 and epoch[-1] == 1200
+    curve = first["settings"][1]["curves"]["train_loss"]
+    assert curve == [2.0 * (e - 1) for e in epoch]  # the values of the epochs kept, lr=0.5's own
+
+
 def test_lambda_parameter_is_found_from_the_params() -> None:
     def results(params: list[dict[str, Any]]) -> list[ConfigResult]:
         return [ConfigResult(params=p) for p in params]
