@@ -90,6 +90,9 @@ def test_a_claim_that_fails_is_shown_as_failing() -> None:
     assert "the claim does not hold" in text
     text = _verdict_html(exp, {"claim": {"statement": "gap <smaller>", "holds": True}, "verdict": "holds: 3x closer"})
     assert "gap &lt;smaller&gt;" in text and "holds: 3x closer" in text and "the claim holds" in text
+    text = _verdict_html(exp, {"claim_holds": False, "verdict": "does not hold clearly"})
+    assert "✗ does not hold</span>: the experiment&#x27;s claim" in text and "the claim does not hold" in text
+    assert "not decided" in _verdict_html(exp, {"holds": None})
 
 
 def test_conventions_environment_and_status(store: Any, lab: dict[str, Any]) -> None:

@@ -219,7 +219,8 @@ def _table_html(table: Any, more: str) -> str:
 
 def _verdicts(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     """``(name, holds)`` of every claim in the summary: ``claims`` (name → bool/None), ``claim``
-    (``statement``, ``holds``), and ``holds`` at the top; ``verdict`` texts are shown as they are."""
+    (``statement``, ``holds``), and ``holds`` / ``claim_holds`` at the top (``None``: not decided);
+    ``verdict`` texts are shown as they are."""
     found: list[tuple[str, Any]] = []
     claims = summary.get("claims")
     if isinstance(claims, dict):
@@ -227,8 +228,9 @@ def _verdicts(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     claim = summary.get("claim")
     if isinstance(claim, dict) and "holds" in claim:
         found.append((str(claim.get("statement", "claim")), claim["holds"]))
-    if isinstance(summary.get("holds"), bool):
-        found.append(("claim", summary["holds"]))
+    for key in ("holds", "claim_holds"):
+        if key in summary and (summary[key] is None or isinstance(summary[key], bool)):
+            found.append(("the experiment's claim", summary[key]))
     return found
 
 
@@ -342,7 +344,7 @@ def _slider_html(store: Store, record: RunRecord, key: str) -> str:
     if data is None or not data["entries"]:
         return ""
     n = len(data["entries"])
-    start = min(range(n), key=lambda i: abs(i - n // 2))
+    start = n // 2  # the slider opens on the middle of the grid
     norm = f'<div class="plot norm-plot" id="{key}-norm"></div>' if data["norm_curve"] else ""
     if data["norm_key"]:
         norm += f'<div class="plot overview-plot" id="{key}-overview"></div>'
@@ -369,7 +371,7 @@ def _run_body(store: Store, run_id: str, key: str, heading: str = "h1") -> tuple
     slider = _slider_html(store, record, key)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(record.counts().items()))
     status = esc(record.status)
-    rest = {k: v for k, v in summary.items() if k not in ("claims", "claim", "verdict", "holds", "best", "convention", "conventions")}
+    rest = {k: v for k, v in summary.items() if k not in ("claims", "claim", "claim_holds", "verdict", "holds", "best", "convention", "conventions")}
     parts = [
         f"<{heading}>{esc(exp.name)} — run <code>{esc(record.run_id)}</code></{heading}>",
         f'<p class="sub">status <span class="status-{status}">{status}</span> ({esc(counts) or "no configurations"});'
