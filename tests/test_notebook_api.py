@@ -162,11 +162,19 @@ def test_figures_leave_the_notebooks_matplotlib_as_it_was() -> None:
     matplotlib.use("agg")
 
 
-def test_html_shows_the_table_and_the_figures() -> None:
+def test_html_is_the_report_page_in_an_iframe() -> None:
+    import html
+
+    from decaylab.lab.report import run_page
+    from decaylab.lab.store import Store
+
     r = lab.run("d2l-linear", store="s.db", **SMALL)
-    page = r._repr_html_()
-    assert r.id in page and "<table" in page and "test loss" in page
-    assert "data:image/png;base64," in page or ".png" in page
+    shown = r._repr_html_()
+    assert shown.startswith("<iframe") and shown.count("<iframe") == 1 and "<table" not in shown  # all of it escaped
+    page = html.unescape(shown.split('srcdoc="', 1)[1].split('" style=', 1)[0])
+    with Store("s.db", create=False, readonly=True) as store:
+        assert page == run_page(store, r.id)
+    assert r.id in page and "<table" in page and "test loss" in page and "data:image/png;base64," in page
 
 
 def test_import_decaylab_lab_stays_cheap() -> None:

@@ -10,6 +10,7 @@
     decaylab runs export RUN_ID --csv FILE | --parquet FILE [--curves]
     decaylab runs compare RUN_A RUN_B [--json]
     decaylab audit FILE.py:FUNCTION [--json]   # findings about (model, optimizer[, scheduler]) with fixes
+    decaylab report RUN_ID [RUN_ID ...] [--out FILE] | decaylab report --all   # offline HTML pages
 
 Bad input is one line on stderr naming the option, the value and what is allowed, and exit code 2.
 Exit codes: 0 success, 1 a run failed (or finished with failed configurations, or its outputs could not
@@ -734,6 +735,42 @@ def _cmd_sweep(argv: list[str]) -> int:
     return _run(exp, opts, raw, ns, None)
 
 
+def _cmd_report(argv: list[str]) -> int:
+    """``decaylab report RUN_ID [RUN_ID ...] [--out FILE]`` or ``--all``: self-contained HTML pages
+    (:mod:`decaylab.lab.report`); prints the path written."""
+    from decaylab.lab.report import write_report
+
+    parser = _Parser(
+        prog="decaylab report",
+        description="Write one self-contained HTML page (figures embedded, works offline) of a run, a comparison"
+        " page of several runs, or with --all an index of the store; print the path written.",
+    )
+    parser.add_argument("run_ids", metavar="RUN_ID", nargs="*", help="one run, or several to compare")
+    parser.add_argument("--all", dest="all_runs", action="store_true", help="an index of every run in the store")
+    parser.add_argument("--out", metavar="FILE", help="the HTML file (default: runs/RUN_ID/report.html beside the run's"
+                        " outputs, else report-RUN_ID.html; compare-....html; decaylab-runs.html for --all)")
+    parser.add_argument("--store", metavar="PATH", help="SQLite run store (default: $DECAYLAB_STORE or ./decaylab.db)")
+    ns = parser.parse_args(argv)
+    if ns.all_runs == bool(ns.run_ids):
+        raise UsageError(str(parameter_error("RUN_ID", "decaylab report", "one or more run ids, or --all alone",
+                                             " ".join(ns.run_ids) or "nothing")))
+    if ns.out is not None and Path(ns.out).is_dir():
+        raise UsageError(str(parameter_error("--out", "decaylab report", "a file path (not a directory)", ns.out)))
+    store = _open_store(ns.store, "decaylab report", create=False, readonly=True)
+    try:
+        try:
+            path = write_report(store, ns.run_ids, ns.out, all_runs=ns.all_runs)
+        except OSError as exc:
+            raise UsageError(
+                str(parameter_error("--out", "decaylab report", "a file that can be written", ns.out or "(default)"))
+                + f" {_one_line(exc)}"
+            ) from None
+    finally:
+        store.close()
+    print(path)
+    return EXIT_OK
+
+
 def _read_for_show(store: Any, ns: argparse.Namespace) -> Any:
     """The run ``runs show`` prints, read with only what it needs: without curves when the experiment's
     table and summary come from the metrics (``Experiment.table_reads_curves`` false) and the output
@@ -755,7 +792,8 @@ def _read_for_show(store: Any, ns: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; ``main(["run", "d2l-linear"])`` runs in-process and returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": _cmd_run, "resume": _cmd_resume, "runs": _cmd_runs, "sweep": _cmd_sweep, "audit": _cmd_audit}
+    commands = {"run": _cmd_run, "resume": _cmd_resume, "runs": _cmd_runs, "sweep": _cmd_sweep, "audit": _cmd_audit,
+                "report": _cmd_report}
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.strip())
         return EXIT_OK

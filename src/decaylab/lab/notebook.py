@@ -24,7 +24,6 @@ inside an ``rc_context``; the notebook's own backend is switched back afterwards
 from __future__ import annotations
 
 import html
-import math
 import numbers
 import shlex
 import sys
@@ -378,35 +377,13 @@ class Run:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        import importlib
-
+        """The run's report page (:func:`decaylab.lab.report.run_page`) in an ``<iframe srcdoc>``: the page keeps
+        its own styles, scripts and Content-Security-Policy, apart from the notebook's."""
+        from decaylab.lab.report import run_page
         from decaylab.lab.store import Store
 
-        try:
-            run_page = importlib.import_module("decaylab.lab.report").run_page
-        except ModuleNotFoundError as exc:  # TODO(merge): delete this fallback once decaylab.lab.report is in
-            if exc.name != "decaylab.lab.report":
-                raise
-            return self._fallback_html()
         with Store(self.store, create=False, readonly=True, owner="decaylab report") as store:
-            page: str = run_page(store, self.id)
-        return page
-
-    def _fallback_html(self) -> str:
-        """A small page until :mod:`decaylab.lab.report` exists: the heading, the table, the verdict and
-        the figures embedded as base64 PNGs."""
-        import base64
-
-        parts = [f"<h3>Run {html.escape(self.id)}: {html.escape(self.experiment)}, {html.escape(self.status)}</h3>"]
-        table = self.table
-        if table.attrs.get("title"):
-            parts.append(f"<p>{html.escape(table.attrs['title'])}</p>")
-        parts.append(table.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}" if math.isfinite(v) else str(v)))
-        if self.verdict:
-            parts.append(f"<p><b>Verdict:</b> {html.escape(self.verdict)}</p>")
-        for path in self.figures:
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}"/>'
-                         f"<figcaption>{html.escape(path.name)}</figcaption></figure>")
-        return "\n".join(parts)
+            page = run_page(store, self.id)
+        return (f'<iframe title="decaylab run {html.escape(self.id)}" srcdoc="{html.escape(page, quote=True)}"'
+                ' style="width: 100%; height: 900px; border: 0"></iframe>')
 
