@@ -23,7 +23,8 @@ from decaylab.lab.store import Store
 from decaylab.results import ConfigResult
 from report_helpers import HOSTILE, HOSTILE_FILE, HOSTILE_ID, Parts, decaylab, embedded_json, hostile_run, resource_urls
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# one worker builds the module's runs (and the browser) once, not each of the two
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("report")]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ from decaylab.lab.report import write_report
 from decaylab.lab.store import Store
 from report_helpers import HOSTILE_ID, decaylab, hostile_run, sweep_file
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# one worker builds the module's runs (and the browser) once, not each of the two
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("report-browser")]
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,28 @@ from decaylab.lab.store import RunBusyError, Store
 RUN = ("run", "d2l-linear", "--store", "s.db", "--quiet")
 
 
+_TEMPLATE: dict[str, Any] = {}  # this worker's first three runs (store + run directories), copied for later tests
+
+
 def _three_runs(cli_json: Any) -> list[str]:
-    ids = [
-        cli_json(*RUN, "--lambd", "0,1", "--epochs", "6")["run_id"],
-        cli_json(*RUN, "--epochs", "4", "--seed", "0,1")["run_id"],
-        cli_json(*RUN, "--lambd", "0,1", "--epochs", "6", "--lr", "0.01")["run_id"],
-    ]
-    return ids
+    """Three finished runs in ``s.db`` (and their ``runs/`` directories) in the current directory.
+
+    They are trained once per test process and copied for every later test: each test still gets its own
+    store to delete from or export, and the runs' numbers are the same either way (seeded)."""
+    if not _TEMPLATE:
+        ids = [
+            cli_json(*RUN, "--lambd", "0,1", "--epochs", "6")["run_id"],
+            cli_json(*RUN, "--epochs", "4", "--seed", "0,1")["run_id"],
+            cli_json(*RUN, "--lambd", "0,1", "--epochs", "6", "--lr", "0.01")["run_id"],
+        ]
+        keep = Path(tempfile.mkdtemp(prefix="decaylab-three-runs-"))
+        shutil.copy2("s.db", keep / "s.db")
+        shutil.copytree("runs", keep / "runs")
+        _TEMPLATE.update(ids=ids, dir=keep)
+        return ids
+    shutil.copy2(_TEMPLATE["dir"] / "s.db", "s.db")
+    shutil.copytree(_TEMPLATE["dir"] / "runs", "runs", dirs_exist_ok=True)
+    return list(_TEMPLATE["ids"])
 
 
 def _rows(run_id: str) -> list[tuple[Any, ...]]:
