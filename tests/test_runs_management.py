@@ -19,6 +19,9 @@ from store_helpers import one_line_error, sql
 
 from decaylab.lab.store import RunBusyError, Store
 
+# one worker trains the three runs once (see _three_runs), not each of the two
+pytestmark = pytest.mark.xdist_group("runs-management")
+
 RUN = ("run", "d2l-linear", "--store", "s.db", "--quiet")
 
 
