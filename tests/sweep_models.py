@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import decaylab
+from decaylab.rng import generator, stream_seed
+
 
 def digits(n_train: int = 192, n_val: int = 96, image: bool = False) -> tuple[Any, Any]:
     from sklearn.datasets import load_digits
@@ -75,3 +78,39 @@ def setup(kind: str) -> dict[str, Any]:
     train, val = digits(image=kind == "cnn_bn")
     return {"model": {"mlp": mlp, "cnn_bn": cnn_bn}[kind], "train": train, "val": val, "loss": F.cross_entropy,
             "metrics": {"acc": accuracy}}
+
+
+def train_alone(task: Any, h: Any) -> tuple[list[tuple[float, float]], nn.Module]:
+    """(train loss, val loss) after each epoch and the final model of ``h`` (a Hyper) trained alone: the factory
+    under the seed's ``init`` stream, torch.optim.SGD / Adam / AdamW over decaylab.param_groups (decoupled decay
+    and the L1 step for SGD/Adam through decaylab.attach), minibatches from the seed's ``order`` stream, full-set
+    losses in eval mode. Written independently of decaylab's engine: the module-sweep tests' reference."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(h.seed, "init"))
+        model = task.model(h.seed)
+    policy = task.policy
+    if task.optimizer == "adamw":
+        opt = torch.optim.AdamW(decaylab.param_groups(model, h.decoupled, policy), lr=h.lr)
+    elif task.optimizer == "adam":
+        opt = torch.optim.Adam(decaylab.param_groups(model, h.l2, policy), lr=h.lr)
+    else:
+        opt = torch.optim.SGD(decaylab.param_groups(model, h.l2, policy), lr=h.lr, momentum=task.momentum, nesterov=task.nesterov)
+    if h.decoupled and task.optimizer != "adamw":
+        decaylab.attach(opt, decaylab.DecoupledDecay(h.decoupled), model=model, policy=policy)
+    if h.l1:
+        decaylab.attach(opt, decaylab.L1Prox(h.l1), model=model, policy=policy)
+    order = generator(h.seed, "order")
+    (X, y), (Xv, yv) = task.train, task.val
+    curves = []
+    for _ in range(task.epochs):
+        model.train()
+        perm = torch.randperm(len(y), generator=order)
+        for a in range(0, len(y), task.batch_size):
+            idx = perm[a : a + task.batch_size]
+            opt.zero_grad()
+            task.loss(model(X[idx]), y[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            curves.append((task.loss(model(X), y).item(), task.loss(model(Xv), yv).item()))
+    return curves, model

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from sweep_models import Block, accuracy, digits, tokens
 from torch import nn
 
 import decaylab
@@ -27,7 +26,7 @@ from decaylab.engine.module import (
 )
 from decaylab.engine.stacked import StackedForward, Unsupported
 from decaylab.engine.task import Hyper
-from decaylab.rng import generator, stream_seed
+from sweep_models import Block, accuracy, digits, tokens, train_alone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,28 +96,7 @@ def task_of(model: Any, kind: str = "image", epochs: int = 2, **kw: Any) -> Modu
 HYPERS = [Hyper(seed=s, lr=0.05, l2=l2) for s in (0, 1) for l2 in (0.0, 1e-3, 3e-2)]
 
 
-def alone(task: ModuleTask, h: Hyper) -> tuple[list[tuple[float, float]], nn.Module]:
-    """(train loss, val loss) per epoch and the final model of ``h`` trained alone: torch.optim.SGD over
-    decaylab.param_groups, minibatches from the seed's ``order`` stream, full-set losses in eval mode."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(stream_seed(h.seed, "init"))
-        model = task.model(h.seed)
-    opt = torch.optim.SGD(decaylab.param_groups(model, h.l2), lr=h.lr, momentum=task.momentum)
-    order = generator(h.seed, "order")
-    (X, y), (Xv, yv) = task.train, task.val
-    curves = []
-    for _ in range(task.epochs):
-        model.train()
-        perm = torch.randperm(len(y), generator=order)
-        for a in range(0, len(y), task.batch_size):
-            idx = perm[a : a + task.batch_size]
-            opt.zero_grad()
-            task.loss(model(X[idx]), y[idx]).backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            curves.append((task.loss(model(X), y).item(), task.loss(model(Xv), yv).item()))
-    return curves, model
+alone = train_alone  # the configuration trained alone with torch.optim: the reference
 
 
 def losses(outcome: Any) -> list[tuple[float, float]]:

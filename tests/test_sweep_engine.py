@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 import torch
-from sweep_models import setup
 
 import decaylab
 from decaylab.engine.module import ModuleTask, train_module
 from decaylab.engine.task import Hyper
 from decaylab.rng import generator, stream_seed
+from sweep_models import setup, train_alone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,36 +26,8 @@ REL = 1e-5  # float32 drift across chunkings and CPUs is ~1e-7 here
 
 
 def reference(task: ModuleTask, h: Hyper) -> list[tuple[float, float]]:
-    """(train loss, val loss) after each epoch for ``h`` trained alone with torch.optim + decaylab.param_groups."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(stream_seed(h.seed, "init"))
-        model = task.model(h.seed)
-    policy = task.policy
-    if task.optimizer == "adamw":
-        opt = torch.optim.AdamW(decaylab.param_groups(model, h.decoupled, policy), lr=h.lr)
-    elif task.optimizer == "adam":
-        opt = torch.optim.Adam(decaylab.param_groups(model, h.l2, policy), lr=h.lr)
-    else:
-        opt = torch.optim.SGD(decaylab.param_groups(model, h.l2, policy), lr=h.lr, momentum=task.momentum, nesterov=task.nesterov)
-    if h.decoupled and task.optimizer != "adamw":
-        decaylab.attach(opt, decaylab.DecoupledDecay(h.decoupled), model=model, policy=policy)
-    if h.l1:
-        decaylab.attach(opt, decaylab.L1Prox(h.l1), model=model, policy=policy)
-    order = generator(h.seed, "order")
-    (X, y), (Xv, yv) = task.train, task.val
-    curves = []
-    for _ in range(task.epochs):
-        model.train()
-        perm = torch.randperm(len(y), generator=order)
-        for a in range(0, len(y), task.batch_size):
-            idx = perm[a : a + task.batch_size]
-            opt.zero_grad()
-            task.loss(model(X[idx]), y[idx]).backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            curves.append((task.loss(model(X), y).item(), task.loss(model(Xv), yv).item()))
-    return curves
+    """(train loss, val loss) after each epoch for ``h`` trained alone (:func:`sweep_models.train_alone`)."""
+    return train_alone(task, h)[0]
 
 
 def assert_matches(outcomes: list[Any], refs: list[list[tuple[float, float]]]) -> None:
