@@ -25,6 +25,37 @@ def test_run_prints_the_table_and_writes_the_run_directory(cli: Any, tmp_path: P
     assert [c["params"]["lambd"] for c in doc["configs"]] == [0.0, 3.0]
 
 
+def test_no_figures_forks_no_worker_draws_nothing_and_says_so(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--no-figures``: the same run, store rows and results.json as with figures, but no figure worker is
+    started, the run directory holds results.json alone, and the last line says no figure was drawn."""
+    from decaylab.lab.plots import worker
+
+    started: list[str | None] = []
+
+    class CountedWorker(worker.FigureWorker):
+        def __init__(self, experiment: str | None = None) -> None:
+            started.append(experiment)
+            super().__init__(experiment)
+
+    monkeypatch.setattr(worker, "FigureWorker", CountedWorker)
+    code, out, err = cli("run", "d2l-linear", "--epochs", "5", "--store", "s.db", "--out", "plain", "--no-figures")
+    assert code == 0, err
+    assert started == [] and sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["results.json"]
+    assert out.splitlines()[-1].endswith("plain/results.json (no figures drawn: --no-figures)")
+    code, out, err = cli("run", "d2l-linear", "--epochs", "5", "--store", "s.db", "--out", "drawn")
+    assert code == 0, err
+    assert started == ["d2l-linear"] and "no figures" not in out
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["curves.png", "norms.png", "results.json"]
+    plain, drawn = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("plain", "drawn"))
+    assert plain["configs"] == drawn["configs"] and plain["summary"] == drawn["summary"]
+    assert [r.status for r in Store(tmp_path / "s.db").list_runs()] == ["finished", "finished"]
+    for command in (["resume", "--help"], ["sweep", "--help"]):
+        code, out, _ = cli(*command)
+        assert code == 0 and "--no-figures" in out
+
+
 def test_default_run_directory_is_named_after_the_run(cli_json: Any, tmp_path: Path) -> None:
     doc = cli_json("run", "d2l-linear", *FAST)
     assert (tmp_path / "runs" / doc["run_id"] / "results.json").exists()

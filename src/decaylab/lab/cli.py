@@ -72,6 +72,11 @@ def _output_options(parser: _ArgumentContainer) -> None:
     _store_options(parser)
     parser.add_argument("--out", metavar="DIR", help="run directory for figures and results.json (default runs/RUN_ID)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table, no verdict (results.json keeps the verdict)")
+    parser.add_argument(
+        "--no-figures", dest="figures", action="store_false",
+        help="draw no figures (the store, results.json and the table as usual; decaylab report draws them from the"
+        " store when asked): for scripted sweeps nobody looks at, it saves the figure worker's CPU time",
+    )
     parser.add_argument("--chunk", metavar="N", help="configurations trained together (default: the engine's choice)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local", help="where chunks run")
     parser.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
@@ -255,7 +260,8 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     command = shlex.join(["decaylab", *sys.argv[1:]]) if sys.argv else "decaylab"
     request = RunRequest(exp, opts, raw, command, getattr(ns, "engine", None), chunk, ns.backend, ns.address)
     show_progress = not ns.quiet and not ns.json and sys.stdout.isatty()
-    figures = FigureWorker(exp.name)  # loads matplotlib and the figures' module on the other core while this one trains
+    # loads matplotlib and the figures' module on the other core while this one trains
+    figures: FigureWorker | _NoFigures = FigureWorker(exp.name) if ns.figures else _NoFigures()
     record = None
     try:
         try:
@@ -315,10 +321,29 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
         figures.close()
     assert record is not None
     if not ns.json and not ns.quiet:
-        print(f"run {record.run_id} ({record.status}) stored in {store_path}; wrote " + ", ".join(map(str, written)))
+        drawn = "" if ns.figures else " (no figures drawn: --no-figures)"
+        print(f"run {record.run_id} ({record.status}) stored in {store_path}; wrote " + ", ".join(map(str, written)) + drawn)
     if note := diverged_note(record):  # a result, not a failure: the exit code stays 0
         print(f"decaylab: note: {note}", file=sys.stderr)
     return EXIT_OK if record.status == "finished" else EXIT_FAILED
+
+
+class _NoFigures:
+    """Stands in for :class:`~decaylab.lab.plots.worker.FigureWorker` under ``--no-figures``: forks nothing,
+    draws nothing, and its :meth:`collect` returns no paths."""
+
+    def submit(self, experiment: str, results: Sequence[Any], opts: dict[str, Any], out: Path) -> None:
+        """Nothing to draw."""
+
+    def collect(self) -> list[Path]:
+        """No figure was drawn: no paths."""
+        return []
+
+    def terminate(self) -> None:
+        """No worker to stop."""
+
+    def close(self) -> None:
+        """No worker to stop."""
 
 
 def _one_line(exc: BaseException) -> str:
