@@ -99,7 +99,7 @@ def test_an_address_without_a_cluster_is_one_line_and_stores_nothing(tmp_path: P
     from decaylab.lab.store import Store
 
     store = tmp_path / "s.db"
-    assert cli("run", "d2l-linear", "--epochs", "2", "--quiet", "--store", str(store))[0] == 0
+    assert cli("run", "d2l-linear", "--no-figures", "--epochs", "2", "--quiet", "--store", str(store))[0] == 0
     argv = ["run", "d2l-linear", "--epochs", "2", "--backend", "ray", "--address", "not-an-address"]
     argv += ["--store", str(store)]
     done = subprocess.run([sys.executable, "-m", "decaylab.lab.cli", *argv], capture_output=True, text=True, timeout=300)

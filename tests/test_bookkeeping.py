@@ -62,7 +62,7 @@ FAST = ("--epochs", "3", "--quiet")
 
 def test_document_is_the_old_code_paths(cli: Any, tmp_path: Path) -> None:
     """A small run with a diverged λ (NaN curves): --json, results.json and the old code path agree."""
-    code, out, err = cli("run", "d2l-linear", *FAST, "--lambd", "0,3,1e9", "--seed", "0,1", "--json", "--out", "o")
+    code, out, err = cli("run", "d2l-linear", "--no-figures", *FAST, "--lambd", "0,3,1e9", "--seed", "0,1", "--json", "--out", "o")
     assert code == 0, err
     printed = json.loads(out)
     assert same(json.loads((tmp_path / "o" / "results.json").read_text()), printed)
@@ -94,7 +94,7 @@ LARGE = ("--lambd", f"0:1:{CURVES_INLINE_MAX + 44}", "--epochs", "2")
 
 @pytest.fixture
 def large_run(cli: Any, tmp_path: Path) -> tuple[dict[str, Any], str]:
-    code, out, err = cli("run", "d2l-linear", *LARGE, "--json", "--out", "big")
+    code, out, err = cli("run", "d2l-linear", "--no-figures", *LARGE, "--json", "--out", "big")
     assert code == 0, err
     return json.loads(out), err
 
@@ -118,7 +118,7 @@ def test_large_run_leaves_curves_out_and_says_how_to_get_them(large_run: Any, cl
 
 
 def test_curves_flag_keeps_them(cli: Any, tmp_path: Path) -> None:
-    code, out, err = cli("run", "d2l-linear", *LARGE, "--json", "--curves", "--out", "big")
+    code, out, err = cli("run", "d2l-linear", "--no-figures", *LARGE, "--json", "--curves", "--out", "big")
     assert code == 0 and err == ""
     doc = json.loads(out)
     assert "curves_left_out" not in doc and all(len(c["curves"]["train_loss"]) == 2 for c in doc["configs"])
@@ -137,7 +137,7 @@ def test_long_table_shows_first_and_last_rows(large_run: Any, cli: Any) -> None:
 
 
 def test_short_table_is_whole(cli: Any) -> None:
-    code, out, _ = cli("run", "d2l-linear", "--epochs", "2", "--lambd", "0:1:5")
+    code, out, _ = cli("run", "d2l-linear", "--no-figures", "--epochs", "2", "--lambd", "0:1:5")
     assert code == 0 and sum(line.startswith("│") for line in out.splitlines()) == 5 and "left out" not in out
 
 

@@ -26,7 +26,7 @@ from test_store_arrays import same
 
 
 def _run(cli: Any, *argv: str) -> str:
-    code, out, err = cli("run", "d2l-linear", "--epochs", "3", "--quiet", "--json", *argv)
+    code, out, err = cli("run", "d2l-linear", "--no-figures", "--epochs", "3", "--quiet", "--json", *argv)
     assert code == 0, err
     return str(json.loads(out)["run_id"])
 

@@ -57,12 +57,12 @@ def test_no_figures_forks_no_worker_draws_nothing_and_says_so(
 
 
 def test_default_run_directory_is_named_after_the_run(cli_json: Any, tmp_path: Path) -> None:
-    doc = cli_json("run", "d2l-linear", *FAST)
+    doc = cli_json("run", "d2l-linear", "--no-figures", *FAST)
     assert (tmp_path / "runs" / doc["run_id"] / "results.json").exists()
 
 
 def test_json_schema(cli_json: Any) -> None:
-    doc = cli_json("run", "d2l-linear", "--lambd", "0,1,3", "--epochs", "7", "--seed", "0,1")
+    doc = cli_json("run", "d2l-linear", "--no-figures", "--lambd", "0,1,3", "--epochs", "7", "--seed", "0,1")
     assert doc["experiment"] == "d2l-linear" and isinstance(doc["run_id"], str)
     assert len(doc["configs"]) == 6
     for config in doc["configs"]:
@@ -76,18 +76,18 @@ def test_json_schema(cli_json: Any) -> None:
 
 
 def test_same_options_and_seed_give_the_same_numbers(cli_json: Any) -> None:
-    a = cli_json("run", "d2l-linear", *FAST, "--seed", "3")
-    b = cli_json("run", "d2l-linear", *FAST, "--seed", "3")
+    a = cli_json("run", "d2l-linear", "--no-figures", *FAST, "--seed", "3")
+    b = cli_json("run", "d2l-linear", "--no-figures", *FAST, "--seed", "3")
     assert a["run_id"] != b["run_id"]
     assert a["configs"] == b["configs"]
-    c = cli_json("run", "d2l-linear", *FAST, "--seed", "4")
+    c = cli_json("run", "d2l-linear", "--no-figures", *FAST, "--seed", "4")
     assert c["configs"][0]["metrics"] != a["configs"][0]["metrics"]
 
 
 @pytest.mark.parametrize("engine", ["batched", "sequential"])
 def test_impl_is_recorded_and_changes_nothing_but_the_code_path(cli_json: Any, engine: str) -> None:
     docs = {
-        impl: cli_json("run", "d2l-linear", *FAST, "--impl", impl, "--engine", engine)
+        impl: cli_json("run", "d2l-linear", "--no-figures", *FAST, "--impl", impl, "--engine", engine)
         for impl in ("scratch", "concise", "batched")
     }
     for impl, doc in docs.items():
@@ -98,7 +98,7 @@ def test_impl_is_recorded_and_changes_nothing_but_the_code_path(cli_json: Any, e
 
 
 def test_store_round_trip_and_runs_list_show(cli: Any, cli_json: Any, tmp_path: Path) -> None:
-    doc = cli_json("run", "d2l-linear", *FAST, "--store", "s.db")
+    doc = cli_json("run", "d2l-linear", "--no-figures", *FAST, "--store", "s.db")
     listed = cli_json("runs", "list", "--store", "s.db")
     assert [r["run_id"] for r in listed] == [doc["run_id"]]
     assert listed[0]["status"] == "finished" and listed[0]["counts"] == {"done": 2}
@@ -113,7 +113,7 @@ def test_store_round_trip_and_runs_list_show(cli: Any, cli_json: Any, tmp_path: 
 
 def test_store_from_the_environment(cli_json: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DECAYLAB_STORE", str(tmp_path / "env.db"))
-    doc = cli_json("run", "d2l-linear", *FAST)
+    doc = cli_json("run", "d2l-linear", "--no-figures", *FAST)
     assert Store(tmp_path / "env.db").get_run(doc["run_id"]) is not None
     assert not (tmp_path / "decaylab.db").exists()
 
@@ -121,7 +121,7 @@ def test_store_from_the_environment(cli_json: Any, monkeypatch: pytest.MonkeyPat
 def test_interrupted_run_keeps_earlier_runs_and_marks_itself(
     cli: Any, cli_json: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = cli_json("run", "d2l-linear", *FAST)
+    first = cli_json("run", "d2l-linear", "--no-figures", *FAST)
     from decaylab.lab.experiments.d2l_linear import D2LLinear
 
     original = D2LLinear.run_chunk
@@ -134,7 +134,7 @@ def test_interrupted_run_keeps_earlier_runs_and_marks_itself(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(D2LLinear, "run_chunk", interrupted)
-    code, _, err = cli("run", "d2l-linear", *FAST, "--lambd", "0,1,2,3", "--engine", "sequential")
+    code, _, err = cli("run", "d2l-linear", "--no-figures", *FAST, "--lambd", "0,1,2,3", "--engine", "sequential")
     assert code == 130 and "interrupted" in err
     store = Store("decaylab.db")
     runs = {r.run_id: r for r in store.list_runs()}
@@ -145,7 +145,7 @@ def test_interrupted_run_keeps_earlier_runs_and_marks_itself(
 
 
 def test_progress_is_silent_when_stdout_is_not_a_terminal(cli: Any) -> None:
-    code, out, err = cli("run", "d2l-linear", "--epochs", "3")
+    code, out, err = cli("run", "d2l-linear", "--no-figures", "--epochs", "3")
     assert code == 0 and err == ""
     assert "config-epochs" not in out
 
@@ -178,7 +178,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_and_exit_2(cli: Any, args: list[str], message: str, tmp_path: Path) -> None:
-    code, out, err = cli("run", "d2l-linear", *args)
+    code, out, err = cli("run", "d2l-linear", "--no-figures", *args)
     assert code == 2
     assert out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -187,7 +187,7 @@ def test_bad_input_is_one_line_and_exit_2(cli: Any, args: list[str], message: st
 
 
 def test_unknown_experiment_and_command(cli: Any) -> None:
-    code, _, err = cli("run", "d2l-quadratic")
+    code, _, err = cli("run", "d2l-quadratic", "--no-figures")
     assert code == 2 and err.count("\n") == 1
     assert "The 'EXPERIMENT' parameter of decaylab run must be one of {" in err and "'d2l-quadratic'" in err
     code, _, err = cli("sprint")
@@ -203,7 +203,7 @@ def test_unknown_run_id(cli: Any) -> None:
 def test_out_not_writable(cli: Any, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = cli("run", "d2l-linear", *FAST, "--out", str(blocker / "sub"))
+    code, _, err = cli("run", "d2l-linear", "--no-figures", *FAST, "--out", str(blocker / "sub"))
     assert code == 2 and err.count("\n") == 1
     assert "The '--out' parameter of decaylab run must be a writable directory" in err
     assert not (tmp_path / "decaylab.db").exists()  # nothing was run or stored
@@ -223,7 +223,7 @@ def test_foreign_store_is_refused_and_left_untouched(cli: Any, tmp_path: Path, k
         conn.commit()
         conn.close()
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
-    code, out, err = cli("run", "d2l-linear", *FAST, "--store", str(path))
+    code, out, err = cli("run", "d2l-linear", "--no-figures", *FAST, "--store", str(path))
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "The '--store' parameter of decaylab must be a decaylab database" in err and "left untouched" in err
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}

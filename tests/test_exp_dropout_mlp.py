@@ -120,7 +120,7 @@ def test_trains_on_idx_files(tmp_path: Path) -> None:
     ],
 )
 def test_cli_rejects_bad_values(cli: Any, args: tuple[str, ...], expected: str) -> None:
-    code, out, err = cli("run", "dropout-mlp", *args)
+    code, out, err = cli("run", "dropout-mlp", "--no-figures", *args)
     assert code == 2 and out == ""
     assert err.startswith("decaylab: error: " + expected) and err.count("\n") == 1
 
@@ -133,6 +133,6 @@ def test_cli_names_the_broken_idx_file(cli: Any, tmp_path: Path) -> None:
     blob = gzip.decompress(broken.read_bytes())
     broken.unlink()
     (root / "train-images-idx3-ubyte").write_bytes(blob[:-7])  # plain, 7 bytes short
-    code, _, err = cli("run", "dropout-mlp", "--data-dir", str(root), "--n-train", "10", "--batch-size", "5", "--n-test", "5")
+    code, _, err = cli("run", "dropout-mlp", "--no-figures", "--data-dir", str(root), "--n-train", "10", "--batch-size", "5", "--n-test", "5")
     assert code == 2 and err.count("\n") == 1
     assert f"{root / 'train-images-idx3-ubyte'}: truncated IDX file" in err and "'--data-dir'" in err

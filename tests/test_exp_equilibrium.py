@@ -240,6 +240,6 @@ def test_cli_json_and_figures(cli_json: Any, tmp_path: Path) -> None:
     ],
 )
 def test_cli_rejects_bad_values(cli: Any, args: tuple[str, ...], expected: str) -> None:
-    code, out, err = cli("run", "equilibrium", *args)
+    code, out, err = cli("run", "equilibrium", "--no-figures", *args)
     assert code == 2 and out == ""
     assert err.startswith("decaylab: error: " + expected) and err.count("\n") == 1

@@ -154,6 +154,6 @@ def test_cli_json_document(cli_json: Any, tmp_path: Path) -> None:
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(cli: Any, argv: list[str], message: str) -> None:
-    code, out, err = cli("run", "noise-tikhonov", *argv)
+    code, out, err = cli("run", "noise-tikhonov", "--no-figures", *argv)
     assert code == 2 and out == ""
     assert message in err and len(err.strip().splitlines()) == 1

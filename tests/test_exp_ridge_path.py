@@ -102,6 +102,6 @@ def test_cli_json_and_csv_data(cli_json: Any, tmp_path: Path) -> None:
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(cli: Any, args: list[str], message: str) -> None:
-    code, out, err = cli("run", "ridge-path", *args)
+    code, out, err = cli("run", "ridge-path", "--no-figures", *args)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert message in err

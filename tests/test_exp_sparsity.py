@@ -176,6 +176,6 @@ def test_cli_json(cli_json: Any, tmp_path: Path) -> None:
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(cli: Any, args: list[str], message: str) -> None:
-    code, out, err = cli("run", "sparsity", *args)
+    code, out, err = cli("run", "sparsity", "--no-figures", *args)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert message in err

@@ -27,7 +27,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def test_run_gives_the_numbers_of_the_cli(cli_json: Any) -> None:
-    doc = cli_json("run", "d2l-linear", *SMALL_ARGV, "--store", "s.db", "--quiet")
+    doc = cli_json("run", "d2l-linear", "--no-figures", *SMALL_ARGV, "--store", "s.db", "--quiet")
     r = lab.run("d2l-linear", store="s.db", **SMALL)
     assert r.status == "finished" and r.experiment == "d2l-linear" and r.id != doc["run_id"]
     assert len(r.results) == len(doc["configs"]) == 2
@@ -118,7 +118,7 @@ def test_curves(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_raises_the_cli_message(cli: Any, options: dict[str, Any], argv: tuple[str, ...]) -> None:
-    code, _, err = cli("run", "d2l-linear", *argv, "--store", "s.db", "--quiet")
+    code, _, err = cli("run", "d2l-linear", "--no-figures", *argv, "--store", "s.db", "--quiet")
     assert code == 2 and err.startswith("decaylab: error: ") and err.count("\n") == 1, err
     with pytest.raises(InvalidParameterError) as caught:
         lab.run("d2l-linear", store="s.db", **options)
@@ -128,12 +128,12 @@ def test_bad_input_raises_the_cli_message(cli: Any, options: dict[str, Any], arg
 
 def test_bad_store_and_names_raise(cli: Any, tmp_path: Path) -> None:
     Path("notes.txt").write_text("not a database\n")
-    code, _, err = cli("run", "d2l-linear", "--store", "notes.txt", "--quiet")
+    code, _, err = cli("run", "d2l-linear", "--no-figures", "--store", "notes.txt", "--quiet")
     with pytest.raises(InvalidParameterError) as caught:
         lab.run("d2l-linear", store="notes.txt")
     assert f"decaylab: error: {caught.value}\n" == err and code == 2
     assert Path("notes.txt").read_text() == "not a database\n"
-    code, _, err = cli("run", "no-such-experiment")
+    code, _, err = cli("run", "no-such-experiment", "--no-figures")
     with pytest.raises(InvalidParameterError) as caught:
         lab.run("no-such-experiment")
     assert f"decaylab: error: {caught.value}\n" == err

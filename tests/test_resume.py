@@ -14,7 +14,7 @@ import pytest
 
 from decaylab.lab.store import Store
 
-SWEEP = ["run", "d2l-linear", "--lambd", "0:4:24", "--epochs", "40", "--engine", "sequential", "--chunk", "1"]
+SWEEP = ["run", "d2l-linear", "--lambd", "0:4:24", "--epochs", "40", "--engine", "sequential", "--chunk", "1", "--no-figures"]
 
 
 def _as_in_a_terminal() -> None:
@@ -77,7 +77,7 @@ def test_cut_off_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path, sig: 
         # stored as running, shown as interrupted: its owner's pid is gone
         assert code == -signal.SIGKILL and record.stored_status == "running" and record.status == "interrupted"
 
-    resumed = cli_json("resume", run_id, "--store", str(store), "--quiet")
+    resumed = cli_json("resume", run_id, "--no-figures", "--store", str(store), "--quiet")
     full = cli_json(*SWEEP, "--store", str(tmp_path / "full.db"), "--quiet")
     assert resumed["run_id"] == run_id and resumed["status"] == "finished"
     # equal up to float32 rounding: thread counts may differ between this process and the killed one
@@ -96,9 +96,9 @@ def test_resume_through_run_checks_the_options(tmp_path: Path, cli: Any) -> None
     store = tmp_path / "s.db"
     code, out, err = cli(*SWEEP[:6], "--epochs", "2", "--store", str(store), "--json")
     run_id = json.loads(out)["run_id"]
-    code, out, err = cli("run", "d2l-linear", "--resume", run_id, "--lambd", "1", "--store", str(store))
+    code, out, err = cli("run", "d2l-linear", "--no-figures", "--resume", run_id, "--lambd", "1", "--store", str(store))
     assert code == 2 and "'--lambd'" in err and err.count("\n") == 1
-    code, out, err = cli("run", "d2l-linear", "--resume", run_id, "--store", str(store), "--json")
+    code, out, err = cli("run", "d2l-linear", "--no-figures", "--resume", run_id, "--store", str(store), "--json")
     assert code == 0 and json.loads(out)["run_id"] == run_id  # nothing left to train: the stored result
-    code, out, err = cli("resume", "no-such-run", "--store", str(store))
+    code, out, err = cli("resume", "no-such-run", "--no-figures", "--store", str(store))
     assert code == 2 and "'no-such-run'" in err

@@ -54,12 +54,12 @@ def test_resuming_a_finished_run_trains_nothing_and_changes_nothing(
     assert (again.status, again.finished) == ("finished", record.finished)
     assert [c.curves for c in again.configs] == [c.curves for c in record.configs]
 
-    code, out, err = cli("resume", record.run_id, "--store", str(store.path))  # the command
+    code, out, err = cli("resume", record.run_id, "--no-figures", "--store", str(store.path))  # the command
     assert (code, err) == (0, "")
     assert out.splitlines() == [
         f"run {record.run_id} is already finished; nothing to train (decaylab runs show {record.run_id})"
     ]
-    code, out, err = cli("resume", record.run_id, "--store", str(store.path), "--json")
+    code, out, err = cli("resume", record.run_id, "--no-figures", "--store", str(store.path), "--json")
     assert code == 0 and json.loads(out)["status"] == "finished"
     after = Store(store.path).get_run(record.run_id)
     assert after is not None and (after.status, after.finished) == ("finished", record.finished)
@@ -85,7 +85,7 @@ def test_an_error_while_planning_fails_the_run_in_one_line(
     exp = get_experiment("d2l-linear")
     monkeypatch.setattr(type(exp), "chunk_size", _planner_fails)
     store = tmp_path / "s.db"
-    code, out, err = cli("run", "d2l-linear", "--epochs", "2", "--store", str(store), "--quiet")
+    code, out, err = cli("run", "d2l-linear", "--no-figures", "--epochs", "2", "--store", str(store), "--quiet")
     (run,) = Store(store).list_runs()
     assert code == 1 and run.status == "failed" and out == ""
     assert err.splitlines() == [
@@ -123,7 +123,7 @@ def test_a_chunk_that_fails_is_recorded_and_the_run_goes_on(tmp_path: Path, monk
 
     monkeypatch.setattr(decaylab.lab.backends, "run_chunk", second_fails)
     store = tmp_path / "s.db"
-    code, out, err = cli("run", "d2l-linear", "--lambd", "0,1,2", "--epochs", "2", "--chunk", "1",
+    code, out, err = cli("run", "d2l-linear", "--no-figures", "--lambd", "0,1,2", "--epochs", "2", "--chunk", "1",
                          "--store", str(store), "--json")
     doc = json.loads(out)
     assert code == 1 and doc["status"] == "failed" and err == ""

@@ -21,7 +21,7 @@ FAST = ("--epochs", "4", "--quiet")
 
 
 def _stored_run(cli_json: Any, path: str = "s.db", *extra: str) -> dict[str, Any]:
-    return cli_json("run", "d2l-linear", *FAST, "--store", path, *extra)
+    return cli_json("run", "d2l-linear", "--no-figures", *FAST, "--store", path, *extra)
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -113,7 +113,7 @@ def test_version_1_run_cut_off_is_interrupted_and_resumable(cli_json: Any, tmp_p
     sql(tmp_path / "current.db", "UPDATE configs SET status = 'pending', metrics = NULL, curves = NULL WHERE idx = 1")
     write_v1_store(tmp_path / "old.db", source=tmp_path / "current.db")
     assert cli_json("runs", "list", "--store", "old.db")[0]["status"] == "interrupted"
-    resumed = cli_json("resume", full["run_id"], "--store", "old.db", "--quiet")
+    resumed = cli_json("resume", full["run_id"], "--no-figures", "--store", "old.db", "--quiet")
     assert resumed["status"] == "finished" and resumed["configs"] == full["configs"]
 
 
@@ -217,7 +217,7 @@ def test_full_disk_during_a_run(cli: Any, cli_json: Any, tmp_path: Path, monkeyp
         patch.setattr(Store, "create_run", then_the_disk_fills)
         # 64 configurations in one chunk (not the planner's choice, which measures throughput and so depends on
         # the machine's load): their packed curves (~100 KB) cannot fit in the free space of the pages there are
-        code, out, err = cli("run", "d2l-linear", "--lambd", "0:3:64", "--epochs", "100", "--chunk", "64", "--quiet",
+        code, out, err = cli("run", "d2l-linear", "--no-figures", "--lambd", "0:3:64", "--epochs", "100", "--chunk", "64", "--quiet",
                              "--store", "s.db")
     one_line_error(code, err, "'s.db'", "The disk is full", "database or disk is full", "everything stored before is intact")
     runs = {r["run_id"]: r for r in cli_json("runs", "list", "--store", "s.db")}
@@ -237,7 +237,7 @@ def test_read_only_store_file_is_read_but_not_written(cli_json: Any, tmp_path: P
     assert [r["run_id"] for r in json.loads(listed.stdout)] == [doc["run_id"]]
     shown = decaylab("runs", "show", doc["run_id"], "--store", "s.db", "--json", prefix=prefix)
     assert shown.returncode == 0 and json.loads(shown.stdout)["configs"] == doc["configs"]
-    written = decaylab("run", "d2l-linear", *FAST, "--store", "s.db", prefix=prefix)
+    written = decaylab("run", "d2l-linear", "--no-figures", *FAST, "--store", "s.db", prefix=prefix)
     one_line_error(written.returncode, written.stderr, "'s.db'", "Its file is read-only")
     assert _files(tmp_path) == before
 
@@ -252,9 +252,9 @@ def test_store_in_a_read_only_directory(cli_json: Any, tmp_path: Path) -> None:
         listed = decaylab("runs", "list", "--store", "ro/s.db", "--json", prefix=prefix)
         assert listed.returncode == 0, listed.stderr
         assert [r["run_id"] for r in json.loads(listed.stdout)] == [doc["run_id"]]
-        written = decaylab("run", "d2l-linear", *FAST, "--store", "ro/s.db", prefix=prefix)
+        written = decaylab("run", "d2l-linear", "--no-figures", *FAST, "--store", "ro/s.db", prefix=prefix)
         one_line_error(written.returncode, written.stderr, "'ro/s.db'", "Its directory is read-only")
-        created = decaylab("run", "d2l-linear", *FAST, "--store", "ro/new.db", prefix=prefix)
+        created = decaylab("run", "d2l-linear", "--no-figures", *FAST, "--store", "ro/new.db", prefix=prefix)
         one_line_error(created.returncode, created.stderr, "'ro/new.db'", "Its directory 'ro' is read-only")
         assert sorted(p.name for p in folder.iterdir()) == ["s.db"]
     finally:
@@ -268,7 +268,7 @@ def test_environment_in_the_store_runs_show_and_results_json(cli: Any, cli_json:
 
     from decaylab import __version__
 
-    doc = cli_json("run", "d2l-linear", *FAST, "--out", "out")
+    doc = cli_json("run", "d2l-linear", "--no-figures", *FAST, "--out", "out")
     env = doc["environment"]
     assert env["decaylab"] == __version__ and env["torch"] == torch.__version__ and env["numpy"] == numpy.__version__
     assert env["python"] == ".".join(map(str, sys.version_info[:3]))
@@ -285,7 +285,7 @@ def test_environment_in_the_store_runs_show_and_results_json(cli: Any, cli_json:
 def test_environment_records_a_forced_cpu_capability(tmp_path: Path) -> None:
     """``ATEN_CPU_CAPABILITY=default`` makes torch use its portable kernels; the run says so."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
-    done = decaylab("run", "d2l-linear", "--epochs", "2", "--json", "--store", "s.db", env=env, cwd=tmp_path)
+    done = decaylab("run", "d2l-linear", "--no-figures", "--epochs", "2", "--json", "--store", "s.db", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     recorded = json.loads(done.stdout)["environment"]
     assert recorded["aten_cpu_capability"] == "default" and recorded["cpu_capability"] == "DEFAULT"
@@ -313,7 +313,7 @@ def test_runs_show_needs_no_input_file(cli: Any, cli_json: Any, tmp_path: Path) 
     X, y = load_diabetes(return_X_y=True)
     rows = [",".join(f"{v:.10g}" for v in [*x, t]) for x, t in zip(X[:60], y[:60])]
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
-    doc = cli_json("run", "ridge-path", "--data", "data.csv", "--lambd", "log:1e-3:10:20", "--quiet")
+    doc = cli_json("run", "ridge-path", "--no-figures", "--data", "data.csv", "--lambd", "log:1e-3:10:20", "--quiet")
     (tmp_path / "data.csv").rename(tmp_path / "moved.csv")
     shown = cli_json("runs", "show", doc["run_id"])
     assert shown["configs"] == doc["configs"] and shown["summary"] == doc["summary"]

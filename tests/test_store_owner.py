@@ -18,8 +18,9 @@ from store_helpers import one_line_error, sql
 from decaylab.lab import store as store_module
 from decaylab.lab.store import RunBusyError, Store, owner_alive
 
-SWEEP = ("run", "d2l-linear", "--lambd", "0:3:6", "--epochs", "20", "--engine", "sequential", "--chunk", "1", "--quiet")
-RESUME = ("--engine", "sequential", "--chunk", "1", "--quiet")  # as the sweep trained: the same numbers
+SWEEP = ("run", "d2l-linear", "--lambd", "0:3:6", "--epochs", "20", "--engine", "sequential", "--chunk", "1", "--quiet",
+         "--no-figures")
+RESUME = ("--engine", "sequential", "--chunk", "1", "--quiet", "--no-figures")  # as the sweep trained: the same numbers
 
 
 def _dead_pid() -> int:

@@ -64,7 +64,7 @@ def test_cli_sweep_stores_prints_and_draws(tmp_path: Path, cli: Any, cli_json: A
 
 def test_python_api_gives_the_cli_s_numbers(tmp_path: Path, cli_json: Any) -> None:
     path = write(tmp_path)
-    doc = cli_json("sweep", f"{path}:setup", *ARGS, "--quiet")
+    doc = cli_json("sweep", f"{path}:setup", "--no-figures", *ARGS, "--quiet")
     import decaylab.lab.sweep as module  # importing the lab's module first must not shadow the function
 
     result = decaylab.sweep(f"{path}:setup", lambd="0,0.01,0.1", seed=[0, 1], lr=0.1, momentum=0.9, batch_size=32, epochs=2)
@@ -78,8 +78,8 @@ def test_python_api_gives_the_cli_s_numbers(tmp_path: Path, cli_json: Any) -> No
 
 def test_engine_sequential_matches_batched(tmp_path: Path, cli_json: Any) -> None:
     target = f"{write(tmp_path)}:setup"
-    a = cli_json("sweep", target, *ARGS, "--quiet")
-    b = cli_json("sweep", target, *ARGS, "--quiet", "--engine", "sequential")
+    a = cli_json("sweep", target, "--no-figures", *ARGS, "--quiet")
+    b = cli_json("sweep", target, "--no-figures", *ARGS, "--quiet", "--engine", "sequential")
     for x, y in zip(a["configs"], b["configs"]):
         assert x["curves"]["val_loss"] == pytest.approx(y["curves"]["val_loss"], rel=1e-5)
 
@@ -102,13 +102,13 @@ def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, cli: Any) -
     body = SETUP.replace("def model(seed):\n    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))\n", model_code)
     if case == "loss not scalar":
         body = body.replace('"loss": F.cross_entropy', '"loss": _loss')
-    code, out, err = cli("sweep", f"{write(tmp_path, body)}:setup", *ARGS, "--quiet")
+    code, out, err = cli("sweep", f"{write(tmp_path, body)}:setup", "--no-figures", *ARGS, "--quiet")
     assert code == 2, err
     assert err.startswith("decaylab: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert f"'{name}'" in err and words in err
     assert not Path("decaylab.db").exists() or not Store(Path("decaylab.db")).list_runs()  # nothing was stored
     if case == "layer not batchable":  # the suggestion works
-        code, _, err = cli("sweep", f"{write(tmp_path, body)}:setup", *ARGS, "--quiet", "--engine", "sequential")
+        code, _, err = cli("sweep", f"{write(tmp_path, body)}:setup", "--no-figures", *ARGS, "--quiet", "--engine", "sequential")
         assert code == 0, err
 
 
@@ -122,13 +122,13 @@ def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, cli: Any) -
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(args: tuple[str, ...], words: str, tmp_path: Path, cli: Any) -> None:
-    code, _, err = cli("sweep", f"{write(tmp_path)}:setup", "--epochs", "1", *args, "--quiet")
+    code, _, err = cli("sweep", f"{write(tmp_path)}:setup", "--no-figures", "--epochs", "1", *args, "--quiet")
     assert code == 2 and words in err and err.count("\n") == 1
 
 
 def test_bad_target_is_one_line_and_exit_2(tmp_path: Path, cli: Any) -> None:
     for target in ("nofile.py:setup", f"{write(tmp_path)}:nosuch", "setup_file.py"):
-        code, _, err = cli("sweep", target, "--quiet")
+        code, _, err = cli("sweep", target, "--no-figures", "--quiet")
         assert code == 2 and "FILE.py:FUNCTION" in err and err.count("\n") == 1
 
 
@@ -141,7 +141,7 @@ def _decaylab(*args: str, cwd: Path) -> subprocess.Popen[str]:
 def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_json: Any) -> None:
     target = f"{write(tmp_path).name}:setup"  # relative: the resumed run, started elsewhere, must still find it
     store = tmp_path / "killed.db"
-    proc = _decaylab("sweep", target, *ARGS, "--chunk", "1", "--store", str(store), "--quiet", cwd=tmp_path)
+    proc = _decaylab("sweep", target, *ARGS, "--chunk", "1", "--store", str(store), "--quiet", "--no-figures", cwd=tmp_path)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
@@ -163,10 +163,11 @@ def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_js
     (run,) = Store(store).list_runs()
     assert run.status == "interrupted" and 2 <= run.counts().get("done", 0) < 6  # killed: its dead owner shows it interrupted
     (tmp_path / "elsewhere").mkdir()
-    resumed = subprocess.run([sys.executable, "-m", "decaylab.lab.cli", "resume", run.run_id, "--store", str(store), "--json"],
+    resumed = subprocess.run([sys.executable, "-m", "decaylab.lab.cli", "resume", run.run_id, "--store", str(store), "--json",
+                              "--no-figures"],
                              capture_output=True, text=True, cwd=tmp_path / "elsewhere", timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stderr
-    whole = cli_json("sweep", target, *ARGS, "--chunk", "1", "--quiet")
+    whole = cli_json("sweep", target, "--no-figures", *ARGS, "--chunk", "1", "--quiet")
     got = json.loads(resumed.stdout)
     assert got["status"] == "finished"
     for a, b in zip(got["configs"], whole["configs"]):
@@ -178,8 +179,8 @@ def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_js
 def test_ray_backend_gives_the_local_results(tmp_path: Path, cli_json: Any) -> None:
     pytest.importorskip("ray")
     target = f"{write(tmp_path)}:setup"
-    local = cli_json("sweep", target, *ARGS, "--quiet")
-    remote = cli_json("sweep", target, *ARGS, "--quiet", "--backend", "ray")
+    local = cli_json("sweep", target, "--no-figures", *ARGS, "--quiet")
+    remote = cli_json("sweep", target, "--no-figures", *ARGS, "--quiet", "--backend", "ray")
     assert [c["params"] for c in remote["configs"]] == [c["params"] for c in local["configs"]]
     for a, b in zip(local["configs"], remote["configs"]):
         assert b["status"] == "done"

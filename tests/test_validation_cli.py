@@ -27,7 +27,7 @@ def _no_run_stored(path: Path) -> bool:
 
 def _refused(cli: Any, tmp_path: Path, experiment: str, args: list[str], *needles: str) -> str:
     store = tmp_path / "s.db"
-    code, out, err = cli("run", experiment, *args, "--store", str(store), "--quiet")
+    code, out, err = cli("run", experiment, "--no-figures", *args, "--store", str(store), "--quiet")
     assert code == 2, err
     assert out == ""
     assert err.startswith("decaylab: error: The ") and err.count("\n") == 1, err
@@ -96,7 +96,7 @@ def test_values_beyond_what_the_machine_holds_are_refused(cli: Any, tmp_path: Pa
 
 def test_the_largest_values_allowed_still_run(cli: Any, tmp_path: Path) -> None:
     """The bounds are not tighter than they say: λ = σ = 1e18 train (and diverge or not) without a crash."""
-    code, out, err = cli("run", "noise-tikhonov", "--sigma", "0,1e18", "--seed", "0", "--epochs", "2",
+    code, out, err = cli("run", "noise-tikhonov", "--no-figures", "--sigma", "0,1e18", "--seed", "0", "--epochs", "2",
                          "--store", str(tmp_path / "s.db"), "--json")
     assert code == 0, err
     statuses = [c["status"] for c in json.loads(out)["configs"]]
@@ -109,7 +109,7 @@ def test_the_largest_values_allowed_still_run(cli: Any, tmp_path: Path) -> None:
 
 # -- duplicated grid values ----------------------------------------------------------------------
 def test_duplicated_grid_values_are_merged_with_one_note(cli: Any, tmp_path: Path) -> None:
-    code, out, err = cli("run", "d2l-linear", "--lambd", "1,1,2", "--seed", "0,0", "--epochs", "2",
+    code, out, err = cli("run", "d2l-linear", "--no-figures", "--lambd", "1,1,2", "--seed", "0,0", "--epochs", "2",
                          "--store", str(tmp_path / "s.db"), "--json")
     assert code == 0, err
     assert err.splitlines() == [
@@ -149,7 +149,7 @@ def test_the_count_checked_up_front_is_the_number_of_configurations(experiment: 
 
 def test_a_repeated_training_set_size_is_merged(cli: Any, tmp_path: Path) -> None:
     """``scaling --m 16,16`` (refused before duplicates were merged) now trains 16 once, with the note."""
-    code, out, err = cli("run", "scaling", "--m", "16,16,32", "--lambd-half", "0.01,0.1", "--lambd-mean", "0.1,1",
+    code, out, err = cli("run", "scaling", "--no-figures", "--m", "16,16,32", "--lambd-half", "0.01,0.1", "--lambd-mean", "0.1,1",
                          "--seed", "0", "--epochs", "3", "--n-val", "50", "--store", str(tmp_path / "s.db"), "--json")
     assert code == 0, err
     assert err == "decaylab: note: --m '16,16,32': 1 duplicate value(s) (16) merged; 2 distinct value(s) are trained\n"

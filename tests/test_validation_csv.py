@@ -85,7 +85,7 @@ def test_a_file_beyond_the_size_limit_is_refused_before_reading(tmp_path: Path) 
 # -- through the command line ---------------------------------------------------------------------
 def _refused(cli: Any, tmp_path: Path, data: str, *needles: str, extra: tuple[str, ...] = ()) -> None:
     store = tmp_path / "s.db"
-    code, out, err = cli("run", "ridge-path", "--data", data, *extra, "--store", str(store), "--quiet")
+    code, out, err = cli("run", "ridge-path", "--no-figures", "--data", data, *extra, "--store", str(store), "--quiet")
     assert code == 2 and out == "", err
     assert err.startswith("decaylab: error: The '--data' parameter of ridge-path must be") or "--standardize" in err
     assert err.count("\n") == 1, err
@@ -110,6 +110,6 @@ def test_cli_refuses_a_fifo_a_device_a_directory(cli: Any, tmp_path: Path) -> No
 def test_cli_refuses_a_constant_feature_before_the_run(cli: Any, tmp_path: Path) -> None:
     path = _write(tmp_path, "a,b,y\n1,2,3\n1,5,6\n1,8,9\n1,3,2\n")
     _refused(cli, tmp_path, str(path), "feature 'a' is constant", extra=())
-    code, _, err = cli("run", "ridge-path", "--data", str(path), "--standardize", "no", "--lambd", "1e-3,1",
+    code, _, err = cli("run", "ridge-path", "--no-figures", "--data", str(path), "--standardize", "no", "--lambd", "1e-3,1",
                        "--store", str(tmp_path / "s.db"), "--out", str(tmp_path / "out"), "--quiet")
     assert code == 0, err

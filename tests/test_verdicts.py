@@ -43,7 +43,7 @@ def test_verdict_lines() -> None:
 
 
 def test_the_cli_prints_the_verdict_under_the_table(cli: Any, cli_json: Any) -> None:
-    code, out, err = cli("run", "d2l-linear", "--epochs", "3", "--out", "o")
+    code, out, err = cli("run", "d2l-linear", "--no-figures", "--epochs", "3", "--out", "o")
     assert code == 0, err
     lines = out.splitlines()
     table_end = max(i for i, line in enumerate(lines) if line.startswith("└"))
@@ -53,9 +53,9 @@ def test_the_cli_prints_the_verdict_under_the_table(cli: Any, cli_json: Any) -> 
     run_id = lines[-1].split()[1]
     code, shown, _ = cli("runs", "show", run_id)
     assert code == 0 and printed_verdict(shown) == verdict
-    doc = cli_json("run", "d2l-linear", "--epochs", "3", "--out", "o2")
+    doc = cli_json("run", "d2l-linear", "--no-figures", "--epochs", "3", "--out", "o2")
     assert doc["summary"]["verdict"].split() == verdict.split()
-    code, out, _ = cli("run", "d2l-linear", "--epochs", "3", "--out", "o3", "--quiet")
+    code, out, _ = cli("run", "d2l-linear", "--no-figures", "--epochs", "3", "--out", "o3", "--quiet")
     assert code == 0 and out == ""
 
 
@@ -72,7 +72,7 @@ def test_every_fast_experiment_prints_its_verdict(name: str, cli: Any, cli_json:
     from test_validation_diverged import SMALL
 
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL[name].items()]
-    code, out, err = cli("run", name, *argv, "--out", "o")
+    code, out, err = cli("run", name, "--no-figures", *argv, "--out", "o")
     assert code == 0, err
     verdict = printed_verdict(out)
     run_id = next(line.split()[1] for line in out.splitlines() if line.startswith("run "))
