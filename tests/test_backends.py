@@ -17,15 +17,12 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def ray_instance() -> Any:
-    """One local Ray instance with 2 CPUs for the module (starting one costs seconds)."""
-    import ray
+def ray_instance(ray_local: Any) -> Any:
+    """The worker's shared local Ray (tests/conftest.py), with this module's functions sent by value."""
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+    return ray_local
 
 
 def test_ray_backend_gives_the_local_results(ray_instance: Any, cli_json: Any) -> None:

@@ -176,8 +176,7 @@ def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_js
 
 
 @pytest.mark.ray
-def test_ray_backend_gives_the_local_results(tmp_path: Path, cli_json: Any) -> None:
-    pytest.importorskip("ray")
+def test_ray_backend_gives_the_local_results(tmp_path: Path, cli_json: Any, ray_local: Any) -> None:
     target = f"{write(tmp_path)}:setup"
     local = cli_json("sweep", target, "--no-figures", *ARGS, "--quiet")
     remote = cli_json("sweep", target, "--no-figures", *ARGS, "--quiet", "--backend", "ray")
