@@ -23,6 +23,38 @@ SWEEP = ("run", "d2l-linear", "--lambd", "0:3:6", "--epochs", "20", "--engine", 
 RESUME = ("--engine", "sequential", "--chunk", "1", "--quiet", "--no-figures")  # as the sweep trained: the same numbers
 
 
+@pytest.fixture(scope="module")
+def _swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """``decaylab SWEEP --json`` trained once for the module: its store file and its document."""
+    import contextlib
+    import io
+
+    from decaylab.lab.cli import main
+
+    base = tmp_path_factory.mktemp("swept")
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        code = main([*SWEEP, "--store", str(base / "s.db"), "--out", str(base / "out"), "--json"])
+    assert code == 0
+    return base / "s.db", json.loads(text.getvalue())
+
+
+@pytest.fixture
+def stored(_swept: tuple[Path, dict[str, Any]]) -> Any:
+    """``stored("s.db")``: a copy of the module's trained SWEEP at ``./s.db`` and its document, as
+    ``cli_json(*SWEEP, "--store", "s.db")`` would give (the same run, trained once, not once per test)."""
+    import copy
+    import shutil
+
+    source, doc = _swept
+
+    def copy_to(name: str) -> dict[str, Any]:
+        shutil.copyfile(source, Path.cwd() / name)
+        return copy.deepcopy(doc)
+
+    return copy_to
+
+
 def _dead_pid() -> int:
     """The pid of a process that has ended (and been reaped)."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -58,9 +90,9 @@ sys.stdin.readline()  # killed here, before COMMIT
 """
 
 
-def test_kill_during_a_commit_leaves_a_store_that_lists_and_resumes(cli: Any, cli_json: Any, tmp_path: Path) -> None:
-    full = cli_json(*SWEEP, "--store", "full.db")
-    cut = cli_json(*SWEEP, "--store", "s.db")
+def test_kill_during_a_commit_leaves_a_store_that_lists_and_resumes(cli: Any, cli_json: Any, tmp_path: Path, stored: Any) -> None:
+    full = stored("full.db")
+    cut = stored("s.db")
     _cut(tmp_path / "s.db", keep_done={0, 1})
     writer = subprocess.Popen(
         [sys.executable, "-c", HOLD_A_COMMIT, str(tmp_path / "s.db")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -99,7 +131,7 @@ main(sys.argv[1:])
 """
 
 
-def test_decaylab_run_killed_in_the_middle_of_storing_a_chunk(cli_json: Any, tmp_path: Path) -> None:
+def test_decaylab_run_killed_in_the_middle_of_storing_a_chunk(cli_json: Any, tmp_path: Path, stored: Any) -> None:
     """A real ``decaylab run`` killed inside its third chunk's transaction; ``resume`` completes it."""
     killed = subprocess.run(
         [sys.executable, "-c", KILL_IN_SAVE, *SWEEP, "--store", "s.db"], capture_output=True, text=True, cwd=tmp_path, timeout=300
@@ -109,14 +141,14 @@ def test_decaylab_run_killed_in_the_middle_of_storing_a_chunk(cli_json: Any, tmp
     (listed,) = cli_json("runs", "list", "--store", "s.db")
     assert listed["status"] == "interrupted" and listed["counts"] == {"done": 2, "pending": 4}
     resumed = cli_json("resume", listed["run_id"], "--store", "s.db", *RESUME)
-    full = cli_json(*SWEEP, "--store", "full.db")
+    full = stored("full.db")
     assert resumed["status"] == "finished" and resumed["configs"] == full["configs"]
 
 
 # -- dead and live owners ---------------------------------------------------------------------
 @pytest.mark.parametrize("owner", ["pid gone", "stale heartbeat elsewhere", "stale heartbeat here"])
-def test_dead_owner_is_shown_interrupted_and_resumable(cli: Any, cli_json: Any, tmp_path: Path, owner: str) -> None:
-    full = cli_json(*SWEEP, "--store", "s.db")
+def test_dead_owner_is_shown_interrupted_and_resumable(cli: Any, cli_json: Any, tmp_path: Path, owner: str, stored: Any) -> None:
+    full = stored("s.db")
     _cut(tmp_path / "s.db", keep_done={0, 2, 4})
     now = time.time()
     if owner == "pid gone":
@@ -136,8 +168,8 @@ def test_dead_owner_is_shown_interrupted_and_resumable(cli: Any, cli_json: Any, 
 
 
 @pytest.mark.parametrize("owner", ["live pid here", "fresh heartbeat elsewhere"])
-def test_live_owner_is_refused(cli: Any, cli_json: Any, tmp_path: Path, owner: str) -> None:
-    doc = cli_json(*SWEEP, "--store", "s.db")
+def test_live_owner_is_refused(cli: Any, cli_json: Any, tmp_path: Path, owner: str, stored: Any) -> None:
+    doc = stored("s.db")
     _cut(tmp_path / "s.db", keep_done={0})
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
@@ -190,8 +222,8 @@ else:
 """
 
 
-def test_simultaneous_claims_exactly_one_wins(cli_json: Any, tmp_path: Path) -> None:
-    doc = cli_json(*SWEEP, "--store", "s.db")
+def test_simultaneous_claims_exactly_one_wins(cli_json: Any, tmp_path: Path, stored: Any) -> None:
+    doc = stored("s.db")
     _cut(tmp_path / "s.db", keep_done=set())
     start = time.time() + 1.5
     claims = [
@@ -223,8 +255,8 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-def test_two_resumes_at_once_one_is_refused_and_nothing_is_trained_twice(cli_json: Any, tmp_path: Path) -> None:
-    full = cli_json(*SWEEP, "--store", "s.db")
+def test_two_resumes_at_once_one_is_refused_and_nothing_is_trained_twice(cli_json: Any, tmp_path: Path, stored: Any) -> None:
+    full = stored("s.db")
     _cut(tmp_path / "s.db", keep_done={1, 3})
     counter, go = tmp_path / "trained.txt", tmp_path / "go"
     args = [sys.executable, "-c", COUNTING_RESUME, str(counter), str(go), "resume", full["run_id"], "--store", "s.db", *RESUME, "--json"]
@@ -292,11 +324,11 @@ def test_a_stored_chunk_beats_too(tmp_path: Path) -> None:
     assert sql(tmp_path / "s.db", "SELECT heartbeat FROM runs")[0][0] > time.time() - 60
 
 
-def test_hot_journal_of_a_read_only_store_is_one_line_until_it_can_be_rolled_back(cli_json: Any, tmp_path: Path) -> None:
+def test_hot_journal_of_a_read_only_store_is_one_line_until_it_can_be_rolled_back(cli_json: Any, tmp_path: Path, stored: Any) -> None:
     """A read-only open cannot roll a hot journal back: never judge the file through it; say what to do."""
     from store_helpers import decaylab, unprivileged
 
-    cut = cli_json(*SWEEP, "--store", "s.db")
+    cut = stored("s.db")
     _cut(tmp_path / "s.db", keep_done={0, 1})
     writer = subprocess.Popen(
         [sys.executable, "-c", HOLD_A_COMMIT, str(tmp_path / "s.db")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -313,8 +345,8 @@ def test_hot_journal_of_a_read_only_store_is_one_line_until_it_can_be_rolled_bac
     assert listed["run_id"] == cut["run_id"] and listed["counts"] == {"done": 2, "pending": 4}
 
 
-def test_runs_show_names_the_owner_of_a_running_run(cli: Any, cli_json: Any, tmp_path: Path) -> None:
-    doc = cli_json(*SWEEP, "--store", "s.db")
+def test_runs_show_names_the_owner_of_a_running_run(cli: Any, cli_json: Any, tmp_path: Path, stored: Any) -> None:
+    doc = stored("s.db")
     sql(tmp_path / "s.db", "UPDATE runs SET status = 'running'")
     _own(tmp_path / "s.db", os.getpid(), socket.gethostname(), time.time() - 3)
     code, out, _ = cli("runs", "show", doc["run_id"], "--store", "s.db")
