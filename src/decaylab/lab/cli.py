@@ -255,7 +255,7 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     command = shlex.join(["decaylab", *sys.argv[1:]]) if sys.argv else "decaylab"
     request = RunRequest(exp, opts, raw, command, getattr(ns, "engine", None), chunk, ns.backend, ns.address)
     show_progress = not ns.quiet and not ns.json and sys.stdout.isatty()
-    figures = FigureWorker(exp.name)  # loads matplotlib and the figures' module on the other core while this one trains
+    figures = FigureWorker(exp.name, opts)  # loads matplotlib, lays out the figures on the other core while this one trains
     record = None
     try:
         try:
