@@ -169,14 +169,16 @@ def _drawn_in_fixed_layout(fig: Any) -> bool:
     return True
 
 
-def prepare(experiment: Experiment, opts: dict[str, Any]) -> None:
+def prepare(experiment: Experiment, opts: dict[str, Any]) -> bool:
     """Build ahead whatever ``experiment``'s figures module can from ``opts`` alone (its ``prepare``, if it
-    has one); nothing otherwise. Figures that do not match the results when they come are not used."""
+    has one); whether it did. Figures that do not match the results when they come are not used."""
     import importlib
 
     module = importlib.import_module(f"{__name__}.{experiment.name.replace('-', '_')}")
-    if hasattr(module, "prepare"):
-        module.prepare(experiment, opts)
+    if not hasattr(module, "prepare"):
+        return False
+    module.prepare(experiment, opts)
+    return True
 
 
 @contextmanager

@@ -66,8 +66,17 @@ def _warm_up(experiment: str | None = None, opts: dict[str, Any] | None = None) 
     ``experiment``, also import its figures' module (``decaylab.lab.plots.NAME``), so that drawing,
     once the results come, starts at once; with ``opts`` too, build and lay out ahead the figures of
     those options (:func:`decaylab.lab.plots.prepare`), so that only their data is left to draw."""
-    from decaylab.lab.plots import new_figure
+    import importlib
 
+    from decaylab.lab.plots import new_figure, prepare
+
+    if experiment is not None:
+        importlib.import_module(f"decaylab.lab.plots.{experiment.replace('-', '_')}")
+        if opts is not None:
+            from decaylab.lab.experiments import get_experiment
+
+            if prepare(get_experiment(experiment), opts):  # the figures themselves were the warm-up
+                return
     fig, axes = new_figure(1, 1)
     axes[0, 0].plot([1, 2], [1, 10], label="x")
     axes[0, 0].set_yscale("log")
@@ -77,15 +86,6 @@ def _warm_up(experiment: str | None = None, opts: dict[str, Any] | None = None) 
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    if experiment is not None:
-        import importlib
-
-        importlib.import_module(f"decaylab.lab.plots.{experiment.replace('-', '_')}")
-        if opts is not None:
-            from decaylab.lab.experiments import get_experiment
-            from decaylab.lab.plots import prepare
-
-            prepare(get_experiment(experiment), opts)
 
 
 def _own_fonts() -> None:
