@@ -227,3 +227,24 @@ def test_worker_lays_out_ahead_and_draws_what_is_drawn_in_process(tmp_path: Path
     assert sorted(p.name for p in worker.collect()) == ["curves.png", "norms.png"]
     figures(exp, results, opts, tmp_path / "here")
     assert (_pixels(tmp_path / "worker" / "curves.png") == _pixels(tmp_path / "here" / "curves.png")).all()
+
+
+def test_preparation_stops_when_the_results_have_come() -> None:
+    from decaylab.lab.experiments import get_experiment
+    from decaylab.lab.plots import d2l_linear, prepare
+    from experiment_helpers import options
+
+    exp = get_experiment("d2l-linear")
+    opts = options(exp, epochs="3")
+    asked: list[int] = []
+
+    def after_first() -> bool:  # the results come while the first figure is being prepared
+        asked.append(1)
+        return len(asked) > 1
+
+    try:
+        assert prepare(exp, opts, lambda: True) and d2l_linear._prepared == {}
+        prepare(exp, opts, after_first)
+        assert list(d2l_linear._prepared) == ["curves.png"] and len(asked) == 2
+    finally:
+        d2l_linear._prepared.clear()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -169,15 +169,19 @@ def _drawn_in_fixed_layout(fig: Any) -> bool:
     return True
 
 
-def prepare(experiment: Experiment, opts: dict[str, Any]) -> bool:
+def prepare(experiment: Experiment, opts: dict[str, Any], stop: Callable[[], bool] | None = None) -> bool:
     """Build ahead whatever ``experiment``'s figures module can from ``opts`` alone (its ``prepare``, if it
-    has one); whether it did. Figures that do not match the results when they come are not used."""
+    has one); whether it did. Figures that do not match the results when they come are not used.
+
+    ``stop()`` is asked before each figure: once it is true (the results have come: a short run), the
+    figures not prepared yet are left to be drawn afresh rather than prepared first.
+    """
     import importlib
 
     module = importlib.import_module(f"{__name__}.{experiment.name.replace('-', '_')}")
     if not hasattr(module, "prepare"):
         return False
-    module.prepare(experiment, opts)
+    module.prepare(experiment, opts, stop or (lambda: False))
     return True
 
 

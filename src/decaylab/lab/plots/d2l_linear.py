@@ -8,7 +8,7 @@ rasterized ``LineCollection`` coloured by λ (a colour bar, not a legend) once t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -265,10 +265,13 @@ def _stand_in(experiment: Experiment, opts: dict[str, Any]) -> list[ConfigResult
     return [ConfigResult(params=c, metrics=dict(metrics), curves=dict(curves)) for c in experiment.configs(opts)]
 
 
-def prepare(experiment: Experiment, opts: dict[str, Any]) -> None:
+def prepare(experiment: Experiment, opts: dict[str, Any], stop: Callable[[], bool]) -> None:
     """Build both figures for the configurations of ``opts``, all finished, and lay them out ahead with
     stand-in data (:func:`decaylab.lab.plots.lay_out_ahead`): :func:`draw` then draws the real data into
-    them if the results are those (no λ diverged), or builds fresh figures if not."""
+    them if the results are those (no λ diverged), or builds fresh figures if not. Before each figure,
+    ``stop()`` true ends the preparation (the results are there)."""
+    if stop():
+        return
     groups = _by_lambda(_stand_in(experiment, opts))
     built_for = _built_for(groups, opts)
     fig, axes, shown = _curves_frame(groups, opts)
@@ -278,7 +281,8 @@ def prepare(experiment: Experiment, opts: dict[str, Any]) -> None:
     _curves_legend(fig, axes)
     lay_out_ahead(fig, stand_in)
     _prepared["curves.png"] = built_for, (fig, axes, shown)
-
+    if stop():
+        return
     fig, left, right = _norms_frame(groups, opts)
     before = set(data_artists(fig))
     _norms_data(left, right, groups, float(np.sqrt(opts["dim"])))

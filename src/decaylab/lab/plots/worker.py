@@ -21,7 +21,7 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -61,11 +61,14 @@ def _end_quietly(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _warm_up(experiment: str | None = None, opts: dict[str, Any] | None = None) -> None:
+def _warm_up(
+    experiment: str | None = None, opts: dict[str, Any] | None = None, stop: Callable[[], bool] | None = None
+) -> None:
     """Import pyplot and draw one throw-away figure: loads fonts and the Agg renderer. With
     ``experiment``, also import its figures' module (``decaylab.lab.plots.NAME``), so that drawing,
     once the results come, starts at once; with ``opts`` too, build and lay out ahead the figures of
-    those options (:func:`decaylab.lab.plots.prepare`), so that only their data is left to draw."""
+    those options (:func:`decaylab.lab.plots.prepare`), so that only their data is left to draw — until
+    ``stop()`` says the results have come."""
     import importlib
 
     from decaylab.lab.plots import new_figure, prepare
@@ -75,7 +78,7 @@ def _warm_up(experiment: str | None = None, opts: dict[str, Any] | None = None) 
         if opts is not None:
             from decaylab.lab.experiments import get_experiment
 
-            if prepare(get_experiment(experiment), opts):  # the figures themselves were the warm-up
+            if prepare(get_experiment(experiment), opts, stop):  # the figures themselves were the warm-up
                 return
     fig, axes = new_figure(1, 1)
     axes[0, 0].plot([1, 2], [1, 10], label="x")
@@ -170,7 +173,7 @@ def _serve(
     # The parent's end came along with the fork: close it, so that the parent's death reads as EOF.
     parent_end.close()
     try:
-        _warm_up(experiment, opts)
+        _warm_up(experiment, opts, conn.poll)  # a short run's results may come first: then draw them
     except Exception:  # drawing for real will report the problem (a figure not prepared is drawn afresh)
         pass
     try:
