@@ -217,6 +217,8 @@ def round_number(text: str) -> bool:
         return True
     if re.fullmatch(r"(?:\d(?:\.\d)?\\times)?10\^\{?-?\d+\}?", text):
         return True
+    if re.fullmatch(r"(?:\d(?:\.\d)?×)?10⁻?[⁰¹²³⁴⁵⁶⁷⁸⁹]+", text):  # plain-text labels (decaylab.lab.plots.plain_log_labels)
+        return True
     try:
         value = float(text)
     except ValueError:

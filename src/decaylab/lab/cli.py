@@ -260,8 +260,8 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     command = shlex.join(["decaylab", *sys.argv[1:]]) if sys.argv else "decaylab"
     request = RunRequest(exp, opts, raw, command, getattr(ns, "engine", None), chunk, ns.backend, ns.address)
     show_progress = not ns.quiet and not ns.json and sys.stdout.isatty()
-    # loads matplotlib and the figures' module on the other core while this one trains
-    figures: FigureWorker | _NoFigures = FigureWorker(exp.name) if ns.figures else _NoFigures()
+    # loads matplotlib and lays out the figures on the other core while this one trains
+    figures: FigureWorker | _NoFigures = FigureWorker(exp.name, opts) if ns.figures else _NoFigures()
     record = None
     try:
         try:

@@ -4,23 +4,43 @@ Each experiment ``NAME`` has its figures in ``decaylab.lab.plots.NAME`` (``-`` r
 either ``figure_names(opts)`` and ``draw(experiment, done, opts, out)`` — drawn from the configurations that
 finished, :func:`figures` saying how many did not — or ``figures(experiment, results, opts, out)``, which
 draws what there is itself. The experiments never import their figures: the figures read the experiments.
+
+A module may also define ``prepare(experiment, opts)``, called by :func:`prepare` in the figure worker while
+the parent still imports torch and trains: it builds its figures from the options alone, lays them out
+with stand-in data (:func:`lay_out_ahead`) and keeps them, so that once the results come only the data is
+drawn into them. What is drawn must be the figure a fresh one would be: :func:`save` checks it (see there).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 if TYPE_CHECKING:
     from decaylab.lab.experiments.base import Experiment
     from decaylab.results import ConfigResult
 
-__all__ = ["figures", "figure_note", "lambda_colors", "new_figure", "nothing_finished", "rendering_share", "save"]
+__all__ = [
+    "data_artists",
+    "figures",
+    "figure_note",
+    "lambda_colors",
+    "lay_out_ahead",
+    "new_figure",
+    "nothing_finished",
+    "plain_log_labels",
+    "prepare",
+    "rendering_share",
+    "save",
+]
 
 MINOR_TICK_DECADES = 4  # log axes spanning more decades than this get no minor ticks
+PNG_COMPRESS_LEVEL = 1  # zlib level of the PNG files: Pillow's default 6 takes twice the time for files ~5 % smaller
+_LAID_OUT = "_decaylab_laid_out"  # attribute of a figure laid out ahead: every Axes' tight box, see lay_out_ahead
 
 _share = {"index": 0, "count": 1, "seen": 0}  # which of the figures :func:`save` renders, see rendering_share
 _note = {"text": ""}  # a line :func:`save` adds under each figure's title, see figure_note
@@ -62,6 +82,11 @@ def save(fig: Any, path: Path) -> Path:
     The file is written atomically (:func:`decaylab.lab.atomic.atomic_write`): ``path`` is the whole new
     figure or left as it was, never a truncated or empty image. Under :func:`rendering_share` only this
     process's share of the figures is written. Raises ``OSError`` (e.g. ``ENOSPC``) if it cannot be.
+
+    A figure laid out ahead (:func:`lay_out_ahead`) is drawn once in its fixed layout and written from
+    that drawing if every Axes, with everything around it (tick labels, axis labels, title, legend), stays
+    inside the box it had when the layout was made; otherwise (or with a note to add, or for SVG) it is
+    laid out again with constrained layout, as a fresh figure is.
     """
     from decaylab.lab.atomic import atomic_write
 
@@ -73,14 +98,91 @@ def save(fig: Any, path: Path) -> Path:
             _add_note(fig, _note["text"])
         path.parent.mkdir(parents=True, exist_ok=True)
         _thin_log_minor_ticks(fig)
+        fmt = path.suffix.lstrip(".").lower() or "png"
         try:
-            with atomic_write(path) as f:
-                fig.savefig(f, format=path.suffix.lstrip(".").lower() or None)  # layout, rasterizing: the cost
+            if fmt == "png" and not _note["text"] and _drawn_in_fixed_layout(fig):
+                from matplotlib.image import imsave
+
+                with atomic_write(path) as f:  # the drawing just made, as savefig would write it
+                    imsave(cast("BinaryIO", f), fig.canvas.buffer_rgba(), format="png", dpi=fig.dpi,
+                           pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+            else:
+                if getattr(fig, _LAID_OUT, None) is not None:
+                    fig.set_layout_engine("constrained")
+                kwargs = {"pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}} if fmt == "png" else {}
+                with atomic_write(path) as f:
+                    fig.savefig(f, format=fmt, **kwargs)  # layout, rasterizing: the cost
         finally:
             plt.close(fig)
         return path
     plt.close(fig)
     return path
+
+
+def data_artists(fig: Any) -> list[Any]:
+    """The lines, collections, patches and texts of every Axes of ``fig`` (what :func:`lay_out_ahead` can
+    take out again)."""
+    return [a for ax in fig.axes for group in (ax.lines, ax.collections, ax.patches, ax.texts) for a in group]
+
+
+def lay_out_ahead(fig: Any, stand_in: list[Any]) -> None:
+    """Fix ``fig``'s layout now, with the artists ``stand_in`` (stand-in data) in it, then take them out.
+
+    The figure is drawn once with its layout engine (constrained layout: its positions, and the caches
+    of text extents, glyphs and ticks of this figure's renderer), every Axes' tight box (the Axes with its
+    tick labels, axis labels, title and legend) is recorded, the layout engine is removed (the positions
+    stay) and ``stand_in`` is removed, each Axes' data limits recomputed from what is left. The real data
+    drawn into the figure later is written by :func:`save` in these positions only if it fits the same
+    boxes; so stand-in data should make the widest labels the real data may have.
+    """
+    minor = [(axis, axis.get_minor_locator()) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)]
+    _thin_log_minor_ticks(fig)  # for the stand-in's range (unlabelled ticks: no say in the layout)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.get_tightbbox(renderer) if ax.get_visible() else None for ax in fig.axes]
+    fig.set_layout_engine("none")
+    for axis, locator in minor:  # the real data's range decides them again in save()
+        axis.set_minor_locator(locator)
+    for artist in stand_in:
+        artist.remove()
+    for ax in fig.axes:
+        ax.relim()
+    setattr(fig, _LAID_OUT, boxes)
+
+
+def _drawn_in_fixed_layout(fig: Any) -> bool:
+    """Draw a figure laid out ahead in its fixed layout; whether everything fits the boxes of the layout
+    (:func:`lay_out_ahead`). ``False`` at once, drawing nothing, for any other figure."""
+    boxes = getattr(fig, _LAID_OUT, None)
+    if boxes is None or len(boxes) != len(fig.axes):
+        return False
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax, box in zip(fig.axes, boxes, strict=True):
+        if box is None:
+            if ax.get_visible():
+                return False
+            continue
+        now = ax.get_tightbbox(renderer)
+        if now is None or now.x0 < box.x0 - 0.5 or now.y0 < box.y0 - 0.5 or now.x1 > box.x1 + 0.5 or now.y1 > box.y1 + 0.5:
+            return False
+    return True
+
+
+def prepare(experiment: Experiment, opts: dict[str, Any], stop: Callable[[], bool] | None = None) -> bool:
+    """Build ahead whatever ``experiment``'s figures module can from ``opts`` alone (its ``prepare``, if it
+    has one); whether it did. Figures that do not match the results when they come are not used.
+
+    ``stop()`` is asked before each figure: once it is true (the results have come: a short run), the
+    figures not prepared yet are left to be drawn afresh rather than prepared first.
+    """
+    import importlib
+
+    module = importlib.import_module(f"{__name__}.{experiment.name.replace('-', '_')}")
+    if not hasattr(module, "prepare"):
+        return False
+    module.prepare(experiment, opts, stop or (lambda: False))
+    return True
 
 
 @contextmanager
@@ -131,6 +233,44 @@ def lambda_colors(values: list[float]) -> dict[float, Any]:
     ordered = sorted(set(values))
     n = max(len(ordered) - 1, 1)
     return {v: cmap(0.9 * i / n) for i, v in enumerate(ordered)}
+
+
+_SUPERSCRIPTS = str.maketrans("-−0123456789", "⁻⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+_SCI_LABEL = re.compile(r"^\$\\mathdefault\{(?P<sign>[-−]?)(?:(?P<coeff>[\d.]+)\\times\s?)?(?P<base>10)\^\{(?P<exp>[-−]?\d+)\}\}\$$")
+
+
+def _plain(label: str) -> str:
+    """A log axis' mathtext label (``$\\mathdefault{10^{-3}}$``, ``$\\mathdefault{2\\times10^{-1}}$``) as plain
+    text with superscript digits (``10⁻³``, ``2×10⁻¹``); any other label as it is."""
+    match = _SCI_LABEL.match(label)
+    if match is None:
+        return label
+    sign = "−" if match["sign"] else ""
+    coeff = f"{match['coeff']}×" if match["coeff"] else ""
+    return f"{sign}{coeff}{match['base']}{match['exp'].translate(_SUPERSCRIPTS)}"
+
+
+def plain_log_labels(ax: Any) -> None:
+    """Label ``ax``'s log (and symlog) axes ``10⁻³`` in plain text instead of mathtext ``10^{-3}``.
+
+    The same labels at the same places (matplotlib's own ``LogFormatterSciNotation`` decides them), drawn
+    with the font's superscript digits: no mathtext parse (~10 ms a label) and no mathtext font cache,
+    which a forked process would share with its parent. Call it after the axis' scale is set.
+    """
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class PlainLogFormatter(LogFormatterSciNotation):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return _plain(super().__call__(x, pos))
+
+    for axis in (ax.xaxis, ax.yaxis):
+        for get, set_ in ((axis.get_major_formatter, axis.set_major_formatter),
+                          (axis.get_minor_formatter, axis.set_minor_formatter)):
+            old: Any = get()  # its settings are private attributes, copied to the new formatter
+            if type(old) is LogFormatterSciNotation:
+                settings: Any = old
+                set_(PlainLogFormatter(base=settings._base, labelOnlyBase=settings.labelOnlyBase,
+                                       minor_thresholds=settings.minor_thresholds, linthresh=settings._linthresh))
 
 
 def _thin_log_minor_ticks(fig: Any) -> None:

@@ -21,7 +21,7 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -61,12 +61,25 @@ def _end_quietly(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _warm_up(experiment: str | None = None) -> None:
+def _warm_up(
+    experiment: str | None = None, opts: dict[str, Any] | None = None, stop: Callable[[], bool] | None = None
+) -> None:
     """Import pyplot and draw one throw-away figure: loads fonts and the Agg renderer. With
     ``experiment``, also import its figures' module (``decaylab.lab.plots.NAME``), so that drawing,
-    once the results come, starts at once."""
-    from decaylab.lab.plots import new_figure
+    once the results come, starts at once; with ``opts`` too, build and lay out ahead the figures of
+    those options (:func:`decaylab.lab.plots.prepare`), so that only their data is left to draw — until
+    ``stop()`` says the results have come."""
+    import importlib
 
+    from decaylab.lab.plots import new_figure, prepare
+
+    if experiment is not None:
+        importlib.import_module(f"decaylab.lab.plots.{experiment.replace('-', '_')}")
+        if opts is not None:
+            from decaylab.lab.experiments import get_experiment
+
+            if prepare(get_experiment(experiment), opts, stop):  # the figures themselves were the warm-up
+                return
     fig, axes = new_figure(1, 1)
     axes[0, 0].plot([1, 2], [1, 10], label="x")
     axes[0, 0].set_yscale("log")
@@ -76,10 +89,22 @@ def _warm_up(experiment: str | None = None) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    if experiment is not None:
-        import importlib
 
-        importlib.import_module(f"decaylab.lab.plots.{experiment.replace('-', '_')}")
+
+def _own_fonts() -> None:
+    """In a process forked after fonts were opened: forget every font object of the parent, so that this
+    process reads its own.
+
+    matplotlib's font objects read the font file through a Python file object, seek then read; after
+    a fork parent and child share that file's offset, so two processes drawing at once read each other's
+    glyphs (seen: ``FT_Load_Glyph ... too many hints``). matplotlib empties its font cache in a forked child
+    itself; the parsed mathtext (tick labels such as 10⁻³ on log axes) keeps its fonts in a cache of its
+    own, emptied here.
+    """
+    from matplotlib.mathtext import MathTextParser
+
+    parser: Any = MathTextParser  # its cache is a functools.lru_cache on a method
+    parser._parse_cached.cache_clear()
 
 
 def _draw(experiment: str, results: list[ConfigResult], opts: dict[str, Any], out: str) -> list[str]:
@@ -102,6 +127,7 @@ def _draw_on_two_cores(experiment: str, results: list[ConfigResult], opts: dict[
     pid = os.fork()
     if pid == 0:  # the helper: write the odd figures, report an error on the pipe, never return
         _helper.clear()
+        _own_fonts()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
         signal.signal(signal.SIGTERM, _end_quietly)  # the worker's clean-up ends the helper
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -137,7 +163,9 @@ def _draw_on_two_cores(experiment: str, results: list[ConfigResult], opts: dict[
     return paths
 
 
-def _serve(conn: Connection, parent_end: Connection, experiment: str | None = None) -> None:
+def _serve(
+    conn: Connection, parent_end: Connection, experiment: str | None = None, opts: dict[str, Any] | None = None
+) -> None:
     # Ctrl-C reaches the whole process group; the parent decides what it means (see the module's doc).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _end_quietly)
@@ -145,8 +173,8 @@ def _serve(conn: Connection, parent_end: Connection, experiment: str | None = No
     # The parent's end came along with the fork: close it, so that the parent's death reads as EOF.
     parent_end.close()
     try:
-        _warm_up(experiment)
-    except Exception:  # drawing for real will report the problem
+        _warm_up(experiment, opts, conn.poll)  # a short run's results may come first: then draw them
+    except Exception:  # drawing for real will report the problem (a figure not prepared is drawn afresh)
         pass
     try:
         message = conn.recv()
@@ -168,11 +196,12 @@ def _serve(conn: Connection, parent_end: Connection, experiment: str | None = No
 
 
 class FigureWorker:
-    """``worker = FigureWorker(name)`` early; later ``worker.submit(name, results, opts, out)``, other
+    """``worker = FigureWorker(name, opts)`` early; later ``worker.submit(name, results, opts, out)``, other
     work, and ``worker.collect()`` returns the paths. ``name`` (optional) is the experiment whose
-    figures the worker will draw: it imports their module while it waits."""
+    figures the worker will draw: it imports their module while it waits; with its ``opts`` (optional)
+    it also builds and lays out those figures ahead (:func:`decaylab.lab.plots.prepare`)."""
 
-    def __init__(self, experiment: str | None = None) -> None:
+    def __init__(self, experiment: str | None = None, opts: dict[str, Any] | None = None) -> None:
         self._conn: Connection | None = None
         self._proc: Any = None
         self._job: tuple[str, list[ConfigResult], dict[str, Any], str] | None = None
@@ -180,7 +209,7 @@ class FigureWorker:
             ctx = multiprocessing.get_context("fork")
             self._conn, child = ctx.Pipe()
             self._proc = ctx.Process(
-                target=_serve, args=(child, self._conn, experiment), daemon=True, name="decaylab-figures"
+                target=_serve, args=(child, self._conn, experiment, opts), daemon=True, name="decaylab-figures"
             )
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # until the worker's handlers are set
             try:
