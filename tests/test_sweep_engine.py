@@ -208,13 +208,16 @@ def test_frozen_parameters_stay_as_they_are() -> None:
 
 
 def test_planned_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """chunk=None: the planner's stacks, or — when it finds no gain and torch.optim measures faster — the
-    sequential engine; either way the reference's numbers."""
+    """chunk=None: the planner's stacks, or — when it finds no gain in stacking — the model and torch.optim one
+    configuration at a time (no stack is built); either way the reference's numbers."""
     import decaylab.engine.module as module
 
     task, hypers = case("mlp-momentum-decoupled")
     refs = [reference(task, h) for h in hypers]
     assert_matches(train_module(task, hypers), refs)
     monkeypatch.setattr(module, "plan_module_chunks", lambda task, n, chunk=None, **kw: [range(i, i + 1) for i in range(n)])
-    monkeypatch.setattr(module, "_alone_is_faster", lambda task, models: True)
+    alone, one = [], module.train_one_module
+    monkeypatch.setattr(module, "train_one_module", lambda task, h, progress=None: alone.append(h) or one(task, h, progress))
+    monkeypatch.setattr(module.ModuleStack, "run", None)  # no stack trains
     assert_matches(train_module(task, hypers), refs)
+    assert alone == list(hypers)
