@@ -291,12 +291,13 @@ def test_one_seed_shared_input_paths_follow_torch_optim(name: str) -> None:
 
 
 class Ties(nn.Module):
-    """A 1×1 convolution of integer images with integer weights: ReLU then 2×2 max pooling sees exact ties, at
-    zero and above it."""
+    """A 1×1 convolution of two-channel integer images with integer weights: ReLU then 2×2 max pooling sees exact
+    ties, at zero and above it, between elements computed from different inputs (so where the gradient goes
+    changes the weights' gradient)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(1, 2, 1)
+        self.conv = nn.Conv2d(2, 2, 1)
         self.pool = nn.MaxPool2d(2)
         self.fc = nn.Linear(2 * 4 * 4, 3)
 
@@ -316,11 +317,11 @@ def test_relu_after_max_pooling_and_unfolded_convolution_keep_values_and_gradien
     forward = StackedForward(model, K)
     assert any(forward.relu_after_pool[training])
     params = {n: torch.stack([p.detach() for _ in range(K)]).clone() for n, p in model.named_parameters()}
-    params["conv.weight"] = torch.randint(-2, 3, (K, 2, 1, 1, 1), generator=g).float()
+    params["conv.weight"] = torch.randint(-2, 3, (K, 2, 2, 1, 1), generator=g).float()
     params["conv.bias"] = torch.randint(-1, 2, (K, 2), generator=g).float()
     for p in params.values():
         p.requires_grad_(True)
-    x = torch.randint(-1, 2, (5, 1, 8, 8), generator=g).float()
+    x = torch.randint(-1, 2, (5, 2, 8, 8), generator=g).float()
     w = torch.randn(K, 5, 3, generator=g)
     with torch.set_grad_enabled(training):
         out = forward(params, {}, x, None, [])
