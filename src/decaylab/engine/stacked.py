@@ -17,8 +17,10 @@ Layouts of an activation of one configuration ``a_k`` of shape ``(B, *rest)``:
 Layer rules (``W[k]`` the configuration's tensor):
 
 * ``Conv1d/2d/3d`` (zero padding): on ``S`` one convolution with ``K·C_out`` output channels
-  (weights ``W`` viewed as ``(K·C_out, C_in, …)``) when ``groups = 1``; otherwise a grouped
-  convolution with ``groups = K·g`` on ``BK`` — output ``BK``;
+  (weights ``W`` viewed as ``(K·C_out, C_in, …)``) when ``groups = 1`` — for ``Conv2d`` with patches no
+  larger than the output (``C_in·k_h·k_w ≤ K·C_out``) as ``F.unfold`` then one ``F.linear``, whose
+  output is the ``BK`` view of channels-last memory; otherwise a grouped convolution with
+  ``groups = K·g`` on ``BK`` — output ``BK``;
 * ``BatchNorm1d/2d/3d``: ``F.batch_norm`` over ``BK`` with ``K·C`` channels — per channel, hence per
   configuration, statistics; the running statistics are views of the stacked buffers and updated in
   place with the layer's momentum (``momentum=None``: the cumulative average ``1/num_batches_tracked``),
@@ -30,7 +32,9 @@ Layer rules (``W[k]`` the configuration's tensor):
 * ``MultiheadAttention`` (``batch_first``, self-attention, no masks, no attention dropout in training,
   ``need_weights=False``): the projections as batched matrix products, then
   ``F.scaled_dot_product_attention`` on ``(K·B, heads, T, d_head)`` (the fused kernel);
-* elementwise activations, pooling, ``Flatten``, ``Identity``: as they are, on any layout;
+* elementwise activations, pooling, ``Flatten``, ``Identity``: as they are, on any layout; a ReLU whose
+  only user is a max pooling runs after it (the same values and gradients, on the smaller tensor); without
+  gradients (evaluation) a 2-D max pooling is the ``torch.maximum`` of its strided slices (the same values);
 * :class:`~decaylab.engine.module.StreamDropout`: ``x·1[u ≥ p]/(1 − p)`` with the configuration's
   uniforms (the same as the ``vmap`` path's), so masks depend only on the seed;
 * functions and methods between nodes: ``+ − × ÷`` (a stacked parameter broadcasts per configuration,
