@@ -65,6 +65,7 @@ sequential one to the same tolerance.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -868,8 +869,9 @@ def plan_module_chunks(
         if size == 1:  # one configuration: what the sequential engine would run (the model, torch.optim)
             step = _plain_step(task, model, seed, rows)
         else:
-            stack = ModuleStack(task, [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * size, {seed: model})
-            step = lambda stack=stack: stack.train_step([torch.arange(rows)])  # noqa: E731
+            step = functools.partial(
+                ModuleStack(task, [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * size, {seed: model}).train_step, [torch.arange(rows)]
+            )
         times: list[float] = []
         with torch.random.fork_rng(devices=[]):
             step()  # warm-up: allocations, kernel selection
