@@ -271,3 +271,66 @@ def test_unsupported_options_of_known_layers_are_refused() -> None:
         x = torch.zeros(3, 6, dtype=torch.long) if isinstance(layer, nn.Embedding) else torch.zeros(3, 1, 8, 8)
         with pytest.raises(Unsupported):
             forward(params, {}, x, None, [])
+
+
+ONE_SEED = [Hyper(seed=0, lr=0.05, l2=l2) for l2 in (0.0, 1e-3, 3e-2)]
+
+
+@pytest.mark.parametrize("name", ["conv-pool-linear", "batchnorm"])
+def test_one_seed_shared_input_paths_follow_torch_optim(name: str) -> None:
+    """One seed: every configuration sees the same minibatch, so the first Conv2d runs as one unfolded matrix
+    product (channels-last output), ReLU→MaxPool as MaxPool→ReLU, and evaluation pools by strided maxima; the
+    stack must use these rules (a wrong one would fall back to vmap) and follow torch.optim alone."""
+    model, kind = CASES[name]
+    task = task_of(model, kind)
+    stack = ModuleStack(task, ONE_SEED)
+    assert stack.stacked is not None, stack.fallback
+    assert any(stack.stacked.relu_after_pool.values())
+    for o, h in zip(stack.run(), ONE_SEED):
+        assert_close(losses(o), alone(task, h)[0])
+
+
+class Ties(nn.Module):
+    """A 1×1 convolution of two-channel integer images with integer weights: ReLU then 2×2 max pooling sees exact
+    ties, at zero and above it, between elements computed from different inputs (so where the gradient goes
+    changes the weights' gradient)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_relu_after_max_pooling_and_unfolded_convolution_keep_values_and_gradients_with_ties(training: bool) -> None:
+    """relu(maxpool(x)) for maxpool(relu(x)), the unfolded convolution and the strided maxima of evaluation: the
+    outputs and every parameter's gradient equal the model's own per configuration (``functional_call``) on
+    windows full of ties, where a gradient split between tied elements or sent to another one would differ by O(1)."""
+    from torch.func import functional_call
+
+    g = torch.Generator().manual_seed(0)
+    model, K = Ties().train(training), 3
+    forward = StackedForward(model, K)
+    assert any(forward.relu_after_pool[training])
+    params = {n: torch.stack([p.detach() for _ in range(K)]).clone() for n, p in model.named_parameters()}
+    params["conv.weight"] = torch.randint(-2, 3, (K, 2, 2, 1, 1), generator=g).float()
+    params["conv.bias"] = torch.randint(-1, 2, (K, 2), generator=g).float()
+    for p in params.values():
+        p.requires_grad_(True)
+    x = torch.randint(-1, 2, (5, 2, 8, 8), generator=g).float()
+    w = torch.randn(K, 5, 3, generator=g)
+    with torch.set_grad_enabled(training):
+        out = forward(params, {}, x, None, [])
+        for k in range(K):
+            own = {n: p[k].detach().clone().requires_grad_(True) for n, p in params.items()}
+            ref = functional_call(model, own, (x,))
+            torch.testing.assert_close(out[k], ref, rtol=1e-6, atol=1e-6)
+            if training:
+                grads = torch.autograd.grad((out[k] * w[k]).sum(), list(params.values()), retain_graph=True)
+                own_grads = torch.autograd.grad((ref * w[k]).sum(), list(own.values()))
+                for n, a, b in zip(params, grads, own_grads, strict=True):
+                    torch.testing.assert_close(a[k], b, rtol=1e-6, atol=1e-6, msg=n)

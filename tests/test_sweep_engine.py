@@ -106,7 +106,22 @@ def test_w_norm_is_the_norm_of_the_decayed_tensors() -> None:
         task.loss(model(X[perm[a : a + 32]]), y[perm[a : a + 32]]).backward()
         opt.step()
     weights = [model[0].weight.detach(), model[2].weight.detach()]  # biases are not decayed: not in the norm
-    assert out.curves["w_norm"][0] == pytest.approx(math.sqrt(sum(float(w.pow(2).sum()) for w in weights)), rel=REL)
+    expected = math.sqrt(sum(float(w.double().pow(2).sum()) for w in weights))
+    assert out.curves["w_norm"][0] == pytest.approx(expected, rel=REL)
+    # the sequential engine (also what a planned sweep of stacks of one runs) sums the squares its own way
+    assert train_module(task, [h], engine="sequential")[0].curves["w_norm"][0] == pytest.approx(expected, rel=REL)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, None])
+def test_the_sequential_divergence_check_sees_any_non_finite_parameter(bad: float | None) -> None:
+    from decaylab.engine.module import _diverged
+
+    task = ModuleTask(**setup("mlp"), optimizer="sgd", batch_size=32, epochs=1)
+    params = [torch.ones(3, 4), torch.zeros(5)]
+    if bad is not None:
+        params[0][1, 2] = bad
+    assert _diverged(task, [0.5, 0.7], params) is (bad is not None)
+    assert _diverged(task, [0.5, math.inf], [torch.ones(2)])
 
 
 def test_a_diverging_configuration_is_isolated() -> None:
@@ -208,13 +223,16 @@ def test_frozen_parameters_stay_as_they_are() -> None:
 
 
 def test_planned_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """chunk=None: the planner's stacks, or — when it finds no gain and torch.optim measures faster — the
-    sequential engine; either way the reference's numbers."""
+    """chunk=None: the planner's stacks, or — when it finds no gain in stacking — the model and torch.optim one
+    configuration at a time (no stack is built); either way the reference's numbers."""
     import decaylab.engine.module as module
 
     task, hypers = case("mlp-momentum-decoupled")
     refs = [reference(task, h) for h in hypers]
     assert_matches(train_module(task, hypers), refs)
     monkeypatch.setattr(module, "plan_module_chunks", lambda task, n, chunk=None, **kw: [range(i, i + 1) for i in range(n)])
-    monkeypatch.setattr(module, "_alone_is_faster", lambda task, models: True)
+    alone, one = [], module.train_one_module
+    monkeypatch.setattr(module, "train_one_module", lambda task, h, progress=None: alone.append(h) or one(task, h, progress))
+    monkeypatch.setattr(module.ModuleStack, "run", None)  # no stack trains
     assert_matches(train_module(task, hypers), refs)
+    assert alone == list(hypers)
