@@ -35,9 +35,9 @@ def test_no_figures_forks_no_worker_draws_nothing_and_says_so(
     started: list[str | None] = []
 
     class CountedWorker(worker.FigureWorker):
-        def __init__(self, experiment: str | None = None) -> None:
+        def __init__(self, experiment: str | None = None, *args: Any, **kwargs: Any) -> None:
             started.append(experiment)
-            super().__init__(experiment)
+            super().__init__(experiment, *args, **kwargs)
 
     monkeypatch.setattr(worker, "FigureWorker", CountedWorker)
     code, out, err = cli("run", "d2l-linear", "--epochs", "5", "--store", "s.db", "--out", "plain", "--no-figures")
