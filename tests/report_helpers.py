@@ -16,24 +16,7 @@ from typing import Any
 from decaylab.lab.cli import main
 from decaylab.lab.store import Store
 from decaylab.results import ConfigResult
-
-SWEEP_SETUP = '''
-import torch
-import torch.nn.functional as F
-from torch import nn
-from sklearn.datasets import load_digits
-
-def model(seed):
-    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-
-def setup():
-    d = load_digits()
-    X = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target)
-    acc = lambda out, t: (out.argmax(dim=1) == t).float().mean()
-    return {"model": model, "train": (X[:160], y[:160]), "val": (X[160:240], y[160:240]),
-            "loss": F.cross_entropy, "metrics": {"acc": acc}}
-'''
+from sweep_models import SWEEP_FILE as SWEEP_SETUP
 
 HOSTILE = '"><script>alert(1)</script><img src=https://evil.example/x.png onerror=alert(2)>'
 HOSTILE_ID = "r</script><script>alert('id')</script>"

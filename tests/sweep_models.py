@@ -114,3 +114,23 @@ def train_alone(task: Any, h: Any) -> tuple[list[tuple[float, float]], nn.Module
         with torch.no_grad():
             curves.append((task.loss(model(X), y).item(), task.loss(model(Xv), yv).item()))
     return curves, model
+
+
+# A `decaylab sweep FILE.py:setup` file (digits MLP 64-16-10), written by the CLI and report tests.
+SWEEP_FILE = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+from sklearn.datasets import load_digits
+
+def model(seed):
+    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+def setup():
+    d = load_digits()
+    X = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target)
+    acc = lambda out, t: (out.argmax(dim=1) == t).float().mean()
+    return {"model": model, "train": (X[:160], y[:160]), "val": (X[160:240], y[160:240]),
+            "loss": F.cross_entropy, "metrics": {"acc": acc}}
+'''

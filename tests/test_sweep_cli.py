@@ -15,26 +15,11 @@ import pytest
 
 import decaylab
 from decaylab.lab.store import Store
+from sweep_models import SWEEP_FILE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SETUP = '''
-import torch
-import torch.nn.functional as F
-from torch import nn
-from sklearn.datasets import load_digits
-
-def model(seed):
-    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-
-def setup():
-    d = load_digits()
-    X = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target)
-    acc = lambda out, t: (out.argmax(dim=1) == t).float().mean()
-    return {"model": model, "train": (X[:160], y[:160]), "val": (X[160:240], y[160:240]),
-            "loss": F.cross_entropy, "metrics": {"acc": acc}}
-'''
+SETUP = SWEEP_FILE  # the setup file every sweep test starts from (tests/sweep_models.py)
 
 ARGS = ("--lambd", "0,0.01,0.1", "--seed", "0,1", "--lr", "0.1", "--momentum", "0.9", "--batch-size", "32", "--epochs", "2")
 
