@@ -236,3 +236,53 @@ def test_planned_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(module.ModuleStack, "run", None)  # no stack trains
     assert_matches(train_module(task, hypers), refs)
     assert alone == list(hypers)
+
+
+class _ScaledByItsMaximum(torch.nn.Module):
+    """``x / max|x|`` through a Python float: fine for one model, impossible for vmap (``.item()`` on a batched
+    tensor) and untraceable for torch.fx — a layer the batched engine cannot batch that no static rule names."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / float(x.detach().abs().max())
+
+
+def _unbatchable_task() -> ModuleTask:
+    model = lambda seed: torch.nn.Sequential(torch.nn.Linear(64, 16), _ScaledByItsMaximum(), torch.nn.Linear(16, 10))
+    return ModuleTask(**{**setup("mlp"), "model": model}, optimizer="sgd", batch_size=32, epochs=1)
+
+
+def test_a_layer_vmap_cannot_batch_is_one_line_before_any_stack_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_module_task probes batching; the engine probes before its first stack (the planner's or a given chunk);
+    training one configuration at a time (the planner found no gain) needs no probe and works."""
+    import decaylab.engine.module as module
+    from decaylab.validation import InvalidParameterError
+
+    task = _unbatchable_task()
+    hypers = [Hyper(seed=0, lr=0.05, l2=l2) for l2 in (0.0, 1e-3, 1e-2)]
+    with pytest.raises(InvalidParameterError, match="--engine sequential") as info:
+        module.check_module_task(task, [0])
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(module.ModuleStack, "run", None)  # no stack may train before the error
+    for chunk in (2, None):  # None: the planner measures stacks, so it probes first
+        with pytest.raises(InvalidParameterError, match="--engine sequential"):
+            train_module(task, hypers, chunk=chunk)
+    monkeypatch.setattr(module, "plan_module_chunks", lambda task, n, chunk=None, **kw: [range(i, i + 1) for i in range(n)])
+    outcomes = train_module(task, hypers)  # one at a time: the model itself, no batching to probe
+    assert [o.status for o in outcomes] == ["done"] * 3
+    assert outcomes == train_module(task, hypers, engine="sequential")
+
+
+@pytest.mark.parametrize(
+    ("rates", "size"),
+    [
+        ({1: 100.0}, 1),
+        ({1: 100.0, 16: 104.0, 8: 90.0}, 1),  # no stack 5 % faster than one at a time: never slower than a plain loop
+        ({1: 100.0, 16: 300.0, 8: 320.0, 4: 250.0}, 16),  # the largest within 10 % of the best
+        ({1: 100.0, 16: 250.0, 8: 320.0, 4: 300.0}, 8),
+        ({1: 100.0, 12: 106.0, 6: 110.0}, 12),
+    ],
+)
+def test_the_planner_chooses_the_largest_stack_near_the_best_rate(rates: dict[int, float], size: int) -> None:
+    from decaylab.engine.module import _chosen_size
+
+    assert _chosen_size(rates) == size

@@ -337,13 +337,17 @@ def _scalar(value: Any, what: str) -> torch.Tensor:
     return value
 
 
-def check_module_task(task: ModuleTask, seeds: Sequence[int], engine: str = "batched") -> dict[int, nn.Module]:
+def check_module_task(
+    task: ModuleTask, seeds: Sequence[int], engine: str = "batched", probe: bool = True
+) -> dict[int, nn.Module]:
     """Build every seed's model and check the task on it; return the models.
 
     Raises :class:`~decaylab.validation.InvalidParameterError` (one line) for a factory that does not
     return a module, architectures that differ between seeds, data the model or the loss cannot take,
     a loss or metric that is not a scalar, and (``engine='batched'``) a layer the batched engine
-    cannot batch, suggesting ``--engine sequential``.
+    cannot batch, suggesting ``--engine sequential`` — known layers from the model's modules, any other
+    by one training step and one evaluation of a stack of two on two rows (``probe=False``: not yet; the
+    engine itself probes before it first stacks the model, and not at all when it trains one at a time).
     """
     models = {seed: build_model(task, seed) for seed in sorted(set(seeds))}
     if not models:
@@ -376,7 +380,8 @@ def check_module_task(task: ModuleTask, seeds: Sequence[int], engine: str = "bat
         reason = _unbatchable(model)
         if reason is not None:
             raise parameter_error("model", OWNER, "a model the batched engine can train" + SEQUENTIAL_HINT, reason)
-        _probe_batched(task, models)
+        if probe:
+            _probe_batched(task, models)
     return models
 
 
@@ -397,21 +402,31 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------- sequential reference
+def _fused(model: nn.Module) -> bool | None:
+    """``True`` when every trainable tensor is a floating-point CPU tensor: ``torch.optim``'s fused CPU kernels then
+    update each tensor in one pass (the same rule as the default for-loop implementation; ~5 % of a step of the
+    64-2048-2048-10 MLP, measured at 2 threads); else ``None``, PyTorch's default."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return True if params and all(p.device.type == "cpu" and p.is_floating_point() for p in params) else None
+
+
 def _optimizer(task: ModuleTask, hyper: Hyper, model: nn.Module, both: bool) -> torch.optim.Optimizer:
-    """``torch.optim`` over :func:`decaylab.param_groups`, decoupled decay and L1 through :func:`decaylab.attach`."""
+    """``torch.optim`` (fused where :func:`_fused` allows) over :func:`decaylab.param_groups`, decoupled decay and
+    L1 through :func:`decaylab.attach`."""
     from decaylab.policy import param_groups
     from decaylab.steps import DecoupledDecay, L1Prox, Step, attach
 
+    fused = _fused(model)
     if task.optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(
-            param_groups(model, hyper.decoupled, task.policy), lr=hyper.lr, betas=task.betas, eps=task.eps
+            param_groups(model, hyper.decoupled, task.policy), lr=hyper.lr, betas=task.betas, eps=task.eps, fused=fused
         )
     else:
         groups = param_groups(model, 0.0 if both else hyper.l2, task.policy)
         if task.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=hyper.lr, momentum=task.momentum, nesterov=task.nesterov)
+            opt = torch.optim.SGD(groups, lr=hyper.lr, momentum=task.momentum, nesterov=task.nesterov, fused=fused)
         else:
-            opt = torch.optim.Adam(groups, lr=hyper.lr, betas=task.betas, eps=task.eps)
+            opt = torch.optim.Adam(groups, lr=hyper.lr, betas=task.betas, eps=task.eps, fused=fused)
     steps: list[Step] = []
     if hyper.decoupled and task.optimizer != "adamw":
         steps.append(DecoupledDecay(hyper.decoupled))
@@ -543,8 +558,7 @@ class ModuleStack:
         self.dropout = [generator(s, "dropout") for s in self.seeds]
         self.shapes: dict[tuple[int, ...], list[tuple[tuple[int, ...], torch.dtype]]] = {}
         self.diverged_epoch: list[int | None] = [None] * self.K
-        per_row = activations_per_row(copies[0], task.train[0], largest=True)
-        self.eval_rows = max(32, min(task.eval_batch_size, EVAL_BLOCK_FLOATS // max(1, self.K * per_row)))
+        self.eval_rows = eval_block_rows(task, self.K, activations_per_row(copies[0], task.train[0], largest=True))
         self.stacked: StackedForward | None = None
         self.fallback = "one configuration: the model itself" if self.K == 1 else "native=False"
         if native and self.K > 1:
@@ -753,10 +767,12 @@ def train_module_batched(
     if not hypers:
         return []
     order = sorted(range(len(hypers)), key=lambda i: hypers[i].seed)
-    models = check_module_task(task, [h.seed for h in hypers])
-    sizes = plan_module_chunks(task, len(hypers), chunk, models=models)
+    models = check_module_task(task, [h.seed for h in hypers], probe=False)
+    sizes = plan_module_chunks(task, len(hypers), chunk, models=models)  # probes the model's batching if it tries stacks
     if chunk is None and max(len(r) for r in sizes) == 1:  # the model and torch.optim, one configuration at a time
         return [train_one_module(task, h, progress) for h in hypers]  # the same numbers, within float32 rounding
+    if chunk is not None and max(len(r) for r in sizes) > 1:  # a layer the engine cannot batch: one line, before training
+        _probe_batched(task, models)
     outcomes: dict[int, Outcome] = {}  # position in hypers -> outcome
     for part in sizes:
         idx = [order[i] for i in part]
@@ -780,9 +796,10 @@ def train_module(
 DEFAULT_MODULE_MEMORY_BUDGET = 1 << 30
 PROBE_SECONDS = 1.0
 PROBE_MIN_SECONDS = 0.3  # the probe may always take this long (a compute-bound model stops after size 1 anyway)
-PROBE_LONG_STEP = 0.02  # CPU seconds: a stack whose timed step took longer is timed once, not best of three
+PROBE_LONG_STEP = 0.02  # seconds: a stack whose timed step took longer is timed once, not best of three
 PROBE_FRACTION = 0.05  # of the sweep's training time, estimated from one configuration's step
-_GAIN = 1.05
+_GAIN = 1.05  # a stack must train this much faster than one configuration at a time to be used at all
+_NEAR_BEST = 0.9  # the largest stack whose rate is at least this fraction of the best rate is chosen
 
 
 EVAL_BLOCK_FLOATS = 1 << 20  # evaluation runs in row blocks of about this many numbers in the largest module output
@@ -810,18 +827,43 @@ def activations_per_row(model: nn.Module, X: torch.Tensor, rows: int = 8, larges
     return max(1, acts // n)
 
 
-def bytes_per_module_config(task: ModuleTask, model: nn.Module) -> int:
-    """An upper estimate of what one configuration adds to a stack: parameters ×(θ, g, 2 temporaries, optimizer
-    buffers), buffers, and 3× the activations of a training minibatch and of an evaluation block (outputs of
-    every module, measured by forward hooks on one copy)."""
+def eval_block_rows(task: ModuleTask, K: int, largest_per_row: int) -> int:
+    """The rows a stack of ``K`` evaluates at once: about ``EVAL_BLOCK_FLOATS`` numbers in its largest module
+    output (``largest_per_row`` per row and configuration), at least 32 and at most ``task.eval_batch_size``."""
+    return max(32, min(task.eval_batch_size, EVAL_BLOCK_FLOATS // max(1, K * largest_per_row)))
+
+
+def stack_memory(task: ModuleTask, model: nn.Module) -> Callable[[int], int]:
+    """An upper estimate, in bytes, of a stack of ``K`` configurations, as a function of ``K``: per
+    configuration the parameters ×(θ, g, 2 temporaries, optimizer buffers), the buffers, and 3× the
+    activations of a training minibatch and of the evaluation block the stack uses (outputs of every module,
+    measured by forward hooks on one copy; see :func:`eval_block_rows`)."""
     n_params = sum(p.numel() for p in model.parameters())
     n_buffers = sum(b.numel() for b in model.buffers())
     state = (1 if task.momentum else 0) + (0 if task.optimizer == "sgd" else 2)
     rows = task.batch_size or task.n_train
     per_row = activations_per_row(model, task.train[0])
-    eval_rows = min(task.eval_batch_size, max(task.n_train, int(task.val[0].shape[0]) if task.val is not None else 0))
+    largest = activations_per_row(model, task.train[0], largest=True)
+    data_rows = max(task.n_train, int(task.val[0].shape[0]) if task.val is not None else 0)
     itemsize = next(model.parameters()).element_size()
-    return int(itemsize * ((4 + state) * n_params + n_buffers + 3 * per_row * (rows + eval_rows)))
+
+    def estimate(K: int) -> int:
+        eval_rows = min(data_rows, eval_block_rows(task, K, largest))
+        return K * itemsize * ((4 + state) * n_params + n_buffers + 3 * per_row * (rows + eval_rows))
+
+    return estimate
+
+
+def _largest_stack(memory: Callable[[int], int], n_configs: int, budget: int) -> int:
+    """The largest ``K ≤ n_configs`` whose ``memory(K)`` fits ``budget`` (at least 1), by bisection."""
+    low, high = 1, n_configs
+    while low < high:
+        mid = (low + high + 1) // 2
+        if memory(mid) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def plan_module_chunks(
@@ -835,17 +877,27 @@ def plan_module_chunks(
 ) -> list[range]:
     """Consecutive, balanced chunks of ``0..n_configs-1`` (configurations sorted by seed).
 
-    ``chunk`` fixes the size; else the size is bounded by ``memory_budget_bytes`` /
-    :func:`bytes_per_module_config`, and the configurations·steps per second of a stack of sizes 1, 2,
-    4, … are measured on the first minibatch (a warm-up step, then the best of three timed steps, or one
-    when it took more than ``PROBE_LONG_STEP``), up to the cap, as long as the next size's predicted
-    probe fits in ``probe_seconds`` (and ``PROBE_FRACTION`` of the sweep's estimated time, at least
-    ``PROBE_MIN_SECONDS``); the smallest size within 5 % of the best wins. (The rates are not monotone in
-    the size — a stack of 4 measured slower per configuration than a stack of 2 and 16 twice as fast on
-    the digits CNN — so the probe does not stop at a size that gained nothing.) Size 1 is measured as the sequential engine
-    runs it (the model with ``torch.optim``), which :func:`train_module_batched` then runs — for a
-    compute-bound model, so batching is never slower than one at a time. Times are the process's CPU time,
-    so that other processes on a shared machine do not decide the chunk.
+    ``chunk`` fixes the size. Else the size is bounded by ``memory_budget_bytes`` and
+    :func:`stack_memory` (the cap), and the configurations·steps per second are measured on the
+    first minibatch (a warm-up step, then the best of three timed steps, or one when it took more than
+    ``PROBE_LONG_STEP``): first of one configuration as the sequential engine runs it (the model with
+    ``torch.optim``, which :func:`train_module_batched` then runs), then of stacks of the cap, half of it, a
+    quarter, … down to 2, skipping a size whose predicted probe does not fit what is left of the probe's time
+    — ``probe_seconds``, and ``PROBE_FRACTION`` of the sweep's time estimated from one configuration's step,
+    at least ``PROBE_MIN_SECONDS`` — and stopping once a halved stack is no faster than the one before it.
+
+    Stacks are used only when one trains at least 5 % faster than one configuration at a time — so a
+    compute-bound model is never slower batched than one at a time; among them the *largest* whose rate is
+    within 10 % of the best wins: the probe times only the training step, and what it leaves out (building
+    and checking each stack, the evaluation after every epoch, the per-epoch bookkeeping) costs less per
+    configuration in a larger stack, as do the rounding and allocation noise of short steps. (The rates are
+    not monotone in the size: on the digits CNN at 2 threads a stack of 2 trained 1.1×, 4 1.9×, 8 1.9–3×
+    and 16 2.6–3× as fast per configuration as one at a time.)
+
+    Times are the process's CPU time with one torch thread (other processes on a shared machine do not
+    decide the chunk), the wall clock with more: the CPU time of several threads counts their spin-waiting
+    between parallel regions (a stack of one of the digits CNN, 1.6–1.8 ms per step by the wall clock at 2
+    threads, measured 1.6–5.8 ms of CPU time), which penalizes the stacks that use the threads well.
     """
     from decaylab.engine.chunking import _balanced
 
@@ -854,42 +906,53 @@ def plan_module_chunks(
         return []
     if chunk is not None:
         return _balanced(n_configs, check_int(chunk, "chunk", OWNER, low=1))
-    models = dict(models) if models is not None else check_module_task(task, [0])
+    models = dict(models) if models is not None else check_module_task(task, [0], probe=False)
     model = next(iter(models.values()))
-    cap = max(1, min(n_configs, memory_budget_bytes // max(1, bytes_per_module_config(task, model))))
+    cap = _largest_stack(stack_memory(task, model), n_configs, memory_budget_bytes)
     if cap == 1:
         return _balanced(n_configs, 1)
     seed = next(iter(models))
-    start = time.process_time()
-    rates: dict[int, float] = {}
-    size, budget = 1, probe_seconds
     rows = min(task.batch_size or task.n_train, task.n_train)
-    config_steps = n_configs * task.epochs * -(-task.n_train // rows)
-    while True:
-        if size == 1:  # one configuration: what the sequential engine would run (the model, torch.optim)
+    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+
+    def rate_of(size: int) -> float:
+        """Configurations·steps per second of a stack of ``size`` (1: the model with torch.optim)."""
+        if size == 1:
             step = _plain_step(task, model, seed, rows)
         else:
-            step = functools.partial(
-                ModuleStack(task, [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * size, {seed: model}).train_step, [torch.arange(rows)]
-            )
+            stack = ModuleStack(task, [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * size, {seed: model})
+            step = functools.partial(stack.train_step, [torch.arange(rows)])
         times: list[float] = []
         with torch.random.fork_rng(devices=[]):
-            step()  # warm-up: allocations, kernel selection
-            if size == 1:  # the probe's time from here: a process's first torch.optim step imports ~1 s of modules
-                start = time.process_time()
+            step()  # warm-up: allocations, kernel selection (a process's first torch.optim step imports ~1 s)
             while len(times) < 3 and not (times and times[-1] > PROBE_LONG_STEP):  # a long step is its own average
-                t0 = time.process_time()
+                t0 = clock()
                 step()
-                times.append(time.process_time() - t0)
-        best = min(times)
-        if size == 1:  # PROBE_FRACTION of the sweep's time, estimated one configuration at a time, within [min, max]
-            budget = max(min(probe_seconds, PROBE_MIN_SECONDS), min(probe_seconds, PROBE_FRACTION * best * config_steps))
-        rate = size / best
-        rates[size] = rate
-        nxt = min(cap, 2 * size)
-        if nxt == size or time.process_time() - start + 4 * best * nxt / size > budget:
-            break
-        size = nxt
-    top = max(rates.values())
-    return _balanced(n_configs, min(c for c, r in rates.items() if r * _GAIN >= top))
+                times.append(clock() - t0)
+        return size / min(times)
+
+    rates = {1: rate_of(1)}
+    start = clock()  # the probe's own time from here: the first step above may pay for imports
+    config_steps = n_configs * task.epochs * -(-task.n_train // rows)
+    budget = max(min(probe_seconds, PROBE_MIN_SECONDS), min(probe_seconds, PROBE_FRACTION * config_steps / rates[1]))
+    size = cap
+    while size >= 2:
+        if clock() - start + 4 * size / rates[1] <= budget:  # four steps of the stack (building it, too), as if it gained nothing
+            if len(rates) == 1:  # a layer the engine cannot batch: one line (check_module_task), not a traceback here
+                _probe_batched(task, models)
+            rates[size] = rate_of(size)
+            if len(rates) > 2 and rates[size] <= rates[min(c for c in rates if c > size)]:
+                break
+        size = (size + 1) // 2 if size > 2 else 1
+    return _balanced(n_configs, _chosen_size(rates))
+
+
+def _chosen_size(rates: Mapping[int, float]) -> int:
+    """The stack size to train with, from the configurations·steps per second measured for each size (1 included):
+    the largest within ``_NEAR_BEST`` of the best rate among the stacks ``_GAIN`` faster than size 1, else 1."""
+    gaining = {c: r for c, r in rates.items() if c > 1 and r >= _GAIN * rates[1]}
+    if not gaining:
+        return 1
+    top = max(gaining.values())
+    return max(c for c, r in gaining.items() if r >= _NEAR_BEST * top)
 
