@@ -334,3 +334,40 @@ def test_relu_after_max_pooling_and_unfolded_convolution_keep_values_and_gradien
                 own_grads = torch.autograd.grad((ref * w[k]).sum(), list(own.values()))
                 for n, a, b in zip(params, grads, own_grads, strict=True):
                     torch.testing.assert_close(a[k], b, rtol=1e-6, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("T", [1, 16, 33])
+def test_short_attention_is_scaled_dot_product_attention_with_its_gradients(T: int) -> None:
+    """ShortAttention against F.scaled_dot_product_attention (math) in float64: output and all three gradients; and
+    torch.autograd.gradcheck of its hand-written backward against finite differences."""
+    from decaylab.engine.stacked import ShortAttention
+
+    g = torch.Generator().manual_seed(T)
+    q, k, v = (torch.randn(6, T, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out = ShortAttention.apply(q, k, v)
+    ref = F.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad), strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(ShortAttention.apply, (q[:2], k[:2], v[:2]))
+
+
+def test_the_transformer_block_attends_through_short_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """T ≤ SHORT_SEQUENCE: the stacked block's attention is ShortAttention (training and evaluation), and the stack
+    still follows torch.optim (the parametrized test above); a sequence longer than the limit goes to the fused kernel."""
+    import decaylab.engine.stacked as stacked_module
+
+    calls: list[bool] = []
+    apply = stacked_module.ShortAttention.apply
+    monkeypatch.setattr(stacked_module.ShortAttention, "apply", lambda *a: calls.append(torch.is_grad_enabled()) or apply(*a))
+    task = task_of(block, "tokens")
+    stack = ModuleStack(task, HYPERS)
+    assert stack.stacked is not None, stack.fallback
+    calls.clear()
+    stack.run()
+    assert True in calls and False in calls
+    monkeypatch.setattr(stacked_module, "SHORT_SEQUENCE", task.train[0].shape[1] - 1)
+    calls.clear()
+    ModuleStack(task, HYPERS).run()
+    assert calls == []
