@@ -17,7 +17,8 @@ SGD with momentum 0.9, batch 64 — a CNN Conv-ReLU-Pool ×2 + Linear; the same 
 transformer block (embedding, LayerNorm, MultiheadAttention, MLP) on synthetic token sequences; and a
 compute-bound MLP 64-2048-2048-10 (batch 256, 4 λ), where batching cannot help and the planner must
 not make it slower. The ``forward`` column says which forward the stacks used: ``stacked`` (the native
-stacked forward of ``decaylab.engine.stacked``) or ``vmap`` (its fallback). The results are printed as
+stacked forward of ``decaylab.engine.stacked``) or ``vmap`` (its fallback), or that the planner chose to train
+the model itself one configuration at a time. The results are printed as
 the README section, table rows included, and written into ``benchmarks/README.md`` between the
 ``<!-- sweep_module -->`` markers (``--no-write``: printed only).
 
@@ -219,7 +220,10 @@ def measure(case: str, task: ModuleTask, hypers: list[Hyper], goal: float, repea
     seq, bat = math.inf, math.inf
     plan = plan_module_chunks(task, len(hypers))
     chunks = f"{len(plan)}×{max(len(r) for r in plan)}"
-    forward = "stacked" if ModuleStack(task, hypers[:2]).stacked is not None else "vmap"
+    if max(len(r) for r in plan) == 1:
+        forward = "the model, one at a time"  # what train_module runs when the planner finds no gain in stacking
+    else:
+        forward = "stacked" if ModuleStack(task, hypers[:2]).stacked is not None else "vmap"
     for _ in range(repeats):
         bat = min(bat, timed(lambda: train_module(task, hypers)))  # planner and its probe included
         seq = min(seq, timed(lambda: plain_loop(task, hypers)))
