@@ -7,7 +7,7 @@ epochs and the decay policy; a :class:`~decaylab.engine.task.Hyper` holds what v
 ``l1`` (a proximal step). Two engines train them and agree:
 
 * ``"sequential"`` (:func:`train_module_sequential`): each configuration alone, as one writes it by hand —
-  ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` over :func:`decaylab.param_groups`, decoupled decay and the
+  ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` (fused CPU update) over :func:`decaylab.param_groups`, decoupled decay and the
   L1 step through :func:`decaylab.attach`;
 * ``"batched"`` (:func:`train_module_batched`): parameters and buffers of the K copies stacked along a
   leading configuration axis (``torch.func.stack_module_state``), one forward pass of the K copies, one
@@ -15,7 +15,7 @@ epochs and the decay policy; a :class:`~decaylab.engine.task.Hyper` holds what v
   configuration k's own), and the update of :mod:`decaylab.engine.updates`, shared with the MLP engine.
   The forward pass is the *stacked native forward* of :mod:`decaylab.engine.stacked` when it knows every
   layer and operation of the model (convolutions as one grouped convolution, Linear as ``baddbmm``,
-  BatchNorm over ``K·C`` channels, attention through the fused ``scaled_dot_product_attention``, …) and a
+  BatchNorm over ``K·C`` channels, attention as batched products with a hand-written backward, …) and a
   check run on two rows agrees with the model itself; otherwise ``vmap(functional_call(model, (θ_k,
   buffers_k), x))`` for the whole model (``ModuleStack.fallback`` says why). A stack of one runs the model
   itself.
