@@ -93,6 +93,34 @@ def test_an_error_inside_the_block_keeps_the_old_file(tmp_path: Path) -> None:
     assert target.read_bytes() == b"old" and leftovers(tmp_path) == []
 
 
+def test_a_signal_right_after_the_temporary_file_is_created_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real SIGINT raised the moment ``mkstemp`` has created the file (Python runs its handler at the next
+    bytecode, before ``atomic_write`` knows the file's name unless signals are held back there): KeyboardInterrupt
+    reaches the caller, the old file stays, no temporary file is left (a CI run once found one after a SIGTERM)."""
+    import signal
+    import tempfile
+
+    target = tmp_path / "results.json"
+    target.write_bytes(b"old")
+    mkstemp = tempfile.mkstemp
+
+    def interrupted_mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        created = mkstemp(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)  # Python's default handler: KeyboardInterrupt at the next bytecode
+        return created
+
+    monkeypatch.setattr(tempfile, "mkstemp", interrupted_mkstemp)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), atomic_write(target) as f:
+            f.write(b"new")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert target.read_bytes() == b"old" and leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("full", ["results.json", "curves.png"])
 def test_a_full_disk_is_one_line_and_keeps_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Any, full: str

@@ -103,7 +103,7 @@ def test_a_signal_ends_the_run_interrupted(tmp_path: Path, phase: str, sig: int)
     ]
     assert code == 130 and run.status == "interrupted"
     assert_no_process_left(token)
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")] if out.exists() else True
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")] if out.exists() else True, sorted(p.name for p in out.rglob("*"))
 
 
 @pytest.mark.parametrize("sig", SIGNALS)

@@ -5,7 +5,8 @@ is atomic), is flushed and ``fsync``-ed, and the temporary file is renamed over 
 :func:`os.replace` (POSIX ``rename(2)``; on Windows ``MoveFileEx`` with replace). The directory is
 then synced so that the rename itself survives a power cut. If anything fails on the way (a full disk,
 ``ENOSPC``, a Ctrl-C), the temporary file is removed and the target is left as it was: no truncated
-``results.json``, no 0-byte PNG.
+``results.json``, no 0-byte PNG. Ctrl-C and SIGTERM are held back while the temporary file is created, so
+that none comes between its creation and the clean-up that would remove it.
 
 This is the recipe of SQLite's and git's lock files and of the ``atomicwrites`` package (now
 unmaintained, hence these few lines here).
@@ -20,6 +21,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
+from decaylab.lab.interrupts import signals_deferred
+
 __all__ = ["atomic_write"]
 
 
@@ -32,8 +35,12 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     disk), after removing the temporary file.
     """
     target = Path(path)
-    f, tmp = _open_temporary(target)
+    tmp: str | None = None
     try:
+        # a Ctrl-C or SIGTERM between the file's creation and ``tmp`` naming it would leave it behind: held back
+        # until ``tmp`` is set, then delivered here, inside the try that removes the file
+        with signals_deferred():
+            f, tmp = _open_temporary(target)
         with f:
             yield f
             f.flush()
@@ -41,8 +48,9 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
         os.replace(tmp, target)
     except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with suppress(OSError):
+                os.unlink(tmp)
         raise
     _sync_directory(target.parent)
 
