@@ -42,6 +42,7 @@ def test_cli_sweep_stores_prints_and_draws(tmp_path: Path, cli: Any, cli_json: A
     assert (tmp_path / "out" / "sweep.png").stat().st_size > 0 and (tmp_path / "out" / "curves.png").stat().st_size > 0
     code, out, _ = cli("runs", "show", doc["run_id"])
     assert code == 0 and "done *" in out
+    assert f"verdict: {doc['summary']['verdict']}" in " ".join(out.split())  # the verdict under the table
     # norms shrink with λ (mean over seeds): the figure's right panel shows a real effect
     norms = {s["lambd"]: s["w_norm"] for s in doc["summary"]["settings"]}
     assert norms[0.1] < norms[0.0]
@@ -169,3 +170,33 @@ def test_ray_backend_gives_the_local_results(tmp_path: Path, cli_json: Any, ray_
     for a, b in zip(local["configs"], remote["configs"]):
         assert b["status"] == "done"
         assert b["curves"]["val_loss"] == pytest.approx(a["curves"]["val_loss"], rel=1e-5)
+
+
+def _result(lambd: float, seed: int, val_loss: float, lr: float = 0.1) -> Any:
+    from decaylab.results import ConfigResult
+
+    return ConfigResult(metrics={"val_loss": val_loss}, curves={"epoch": [1], "val_loss": [val_loss]},
+                        params={"lambd": lambd, "decoupled": 0.0, "l1": 0.0, "lr": lr, "seed": seed})
+
+
+@pytest.mark.parametrize(
+    ("losses", "words"),
+    [
+        ({0.0: 0.5, 1e-3: 0.3, 1e-2: 0.4}, "best λ = 0.001 (val_loss 0.3, mean of 2 seeds); inside the grid"),
+        ({0.0: 0.5, 1e-3: 0.4, 1e-2: 0.3}, "λ = 0.01 is the largest of its grid (0 … 0.01): the best may lie beyond the grid — widen it"),
+        ({0.0: 0.3, 1e-3: 0.4, 1e-2: 0.5}, "no decay (λ = 0) was best: no λ of the grid (≥ 0.001) did better"),
+        ({1e-4: 0.3, 1e-3: 0.4, 1e-2: 0.5}, "λ = 0.0001 is the smallest of its grid (0.0001 … 0.01): the best may lie beyond"),
+        ({1e-3: 0.4, 1e-2: 0.3}, "best λ = 0.01 (val_loss 0.3, mean of 2 seeds)"),
+    ],
+)
+def test_the_sweep_verdict_says_whether_the_best_lies_inside_the_grid(losses: dict[float, float], words: str) -> None:
+    """The mean over seeds picks the best (seed 1 is 0.1 worse everywhere); an edge of a grid of ≥ 3 values is said
+    with the advice to widen it, no decay being best as such; two values have no inside, so nothing is said."""
+    from decaylab.lab.sweep import summarize
+
+    results = [_result(lam, seed, loss + 0.1 * seed) for lam, loss in losses.items() for seed in (0, 1)]
+    verdict = summarize(results)["verdict"]
+    assert words.replace("0.3,", "0.35,") in verdict
+    if len(losses) == 2:
+        assert verdict.endswith("seeds)")
+    assert summarize([])["verdict"] == "no configuration finished: no best setting"

@@ -230,7 +230,36 @@ def summarize(results: Sequence[ConfigResult], select: str = "val_loss") -> dict
         done = [r for r in group if r.status == "done"]
         means = {m: sum(r.metrics[m] for r in done) / len(done) if done else math.nan for m in (done[0].metrics if done else {})}
         settings.append({**dict(zip(SWEPT, key, strict=True)), "n_seeds": len(done), **means})
-    return {"best": best_config(results, select) if results else None, "settings": settings}
+    best = best_config(results, select) if results else None
+    return {"best": best, "settings": settings, "verdict": sweep_verdict(results, best)}
+
+
+def sweep_verdict(results: Sequence[ConfigResult], best: dict[str, Any] | None) -> str:
+    """One line: the best setting with its metric (mean over seeds of the final value), and whether each swept
+    number's best value lies inside its grid or at an edge of it — then the best may lie beyond the grid: widen
+    it; no decay (0) being best is said as such, since no decay can go lower. A grid of two values has no inside."""
+    if best is None:
+        return "no configuration finished: no best setting"
+    labels = {"lambd": "λ", "decoupled": "λ decoupled", "l1": "λ₁", "lr": "lr"}
+    names = swept_names(results)
+    setting = ", ".join(f"{labels[k]} = {best['params'][k]:g}" for k in names)
+    seeds = f"mean of {best['n_seeds']} seeds" if best["n_seeds"] > 1 else "one seed"
+    edges: list[str] = []
+    notes: list[str] = []
+    for k in names:
+        grid = sorted({r.params[k] for r in results if r.params.get(k) is not None})
+        value = best["params"][k]
+        if k != "lr" and value == 0 and len(grid) >= 2:  # a decay can go no lower than none
+            notes.append(f"no decay ({labels[k]} = 0) was best: no {labels[k]} of the grid (≥ {grid[1]:g}) did better")
+        elif len(grid) >= 3 and value in (grid[0], grid[-1]):
+            side = "smallest" if value == grid[0] else "largest"
+            edges.append(f"{labels[k]} = {value:g} is the {side} of its grid ({grid[0]:g} … {grid[-1]:g})")
+    if edges:
+        notes.append("; ".join(edges) + ": the best may lie beyond the grid — widen it")
+    elif not notes and any(len({r.params.get(k) for r in results}) >= 3 for k in names):
+        notes.append("inside the grid of every swept number")
+    where = "".join("; " + n for n in notes)
+    return f"best {setting} ({best['metric']} {best['value']:.4g}, {seeds}){where}"
 
 
 @dataclass
