@@ -809,15 +809,15 @@ _NEAR_BEST = 0.9  # the largest stack whose rate is at least this fraction of th
 EVAL_BLOCK_FLOATS = 1 << 22
 
 
-def activations_per_row(model: nn.Module, X: torch.Tensor, rows: int = 8, largest: bool = False) -> int:
-    """The numbers the modules' outputs hold per input row, all together (or the ``largest`` one), measured by
-    forward hooks on a copy, on ``rows`` rows, without gradients."""
-    acts = 0
+def module_outputs_per_row(model: nn.Module, X: torch.Tensor, rows: int = 8) -> tuple[int, int]:
+    """The numbers the modules' outputs hold per input row, all together and the largest one, measured by forward
+    hooks on a copy, on ``rows`` rows, without gradients."""
+    total = largest = 0
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-        nonlocal acts
+        nonlocal total, largest
         if isinstance(out, torch.Tensor):
-            acts = max(acts, out.numel()) if largest else acts + out.numel()
+            total, largest = total + out.numel(), max(largest, out.numel())
 
     probe = copy.deepcopy(model)
     handles = [m.register_forward_hook(hook) for m in probe.modules()]
@@ -828,7 +828,13 @@ def activations_per_row(model: nn.Module, X: torch.Tensor, rows: int = 8, larges
     finally:
         for h in handles:
             h.remove()
-    return max(1, acts // n)
+    return max(1, total // n), max(1, largest // n)
+
+
+def activations_per_row(model: nn.Module, X: torch.Tensor, rows: int = 8, largest: bool = False) -> int:
+    """The numbers the modules' outputs hold per input row, all together (or the ``largest`` one): one of
+    :func:`module_outputs_per_row`."""
+    return module_outputs_per_row(model, X, rows)[1 if largest else 0]
 
 
 def eval_block_rows(task: ModuleTask, K: int, largest_per_row: int) -> int:
@@ -846,8 +852,7 @@ def stack_memory(task: ModuleTask, model: nn.Module) -> Callable[[int], int]:
     n_buffers = sum(b.numel() for b in model.buffers())
     state = (1 if task.momentum else 0) + (0 if task.optimizer == "sgd" else 2)
     rows = task.batch_size or task.n_train
-    per_row = activations_per_row(model, task.train[0])
-    largest = activations_per_row(model, task.train[0], largest=True)
+    per_row, largest = module_outputs_per_row(model, task.train[0])
     data_rows = max(task.n_train, int(task.val[0].shape[0]) if task.val is not None else 0)
     itemsize = next(model.parameters()).element_size()
 

@@ -44,6 +44,7 @@ __all__ = ["SPEC_KEYS", "SweepResult", "best_config", "load_setup", "module_task
 
 SPEC_KEYS = ("model", "train", "val", "loss", "metrics")
 SWEPT = ("lambd", "decoupled", "l1", "lr")  # per-configuration numbers besides the seed
+LABELS = {"lambd": "λ", "decoupled": "λ decoupled", "l1": "λ₁", "lr": "lr"}  # their names in tables and verdicts
 OWNER = "sweep"
 _LOADED: dict[tuple[str, str, float], Mapping[str, Any]] = {}
 
@@ -216,8 +217,7 @@ def results_table(results: Sequence[ConfigResult], select: str = "val_loss", tit
             [r.params[k] for k in names] + [r.params["seed"]] + [r.metrics.get(m, math.nan) for m in metrics]
             + [r.status + (" *" if is_best else "")]
         )
-    labels = {"lambd": "λ", "decoupled": "λ decoupled", "l1": "λ₁", "lr": "lr"}
-    return Table([labels[k] for k in names] + ["seed"] + metrics + ["status"], rows, title)
+    return Table([LABELS[k] for k in names] + ["seed"] + metrics + ["status"], rows, title)
 
 
 def summarize(results: Sequence[ConfigResult], select: str = "val_loss") -> dict[str, Any]:
@@ -240,9 +240,8 @@ def sweep_verdict(results: Sequence[ConfigResult], best: dict[str, Any] | None) 
     it; no decay (0) being best is said as such, since no decay can go lower. A grid of two values has no inside."""
     if best is None:
         return "no configuration finished: no best setting"
-    labels = {"lambd": "λ", "decoupled": "λ decoupled", "l1": "λ₁", "lr": "lr"}
     names = swept_names(results)
-    setting = ", ".join(f"{labels[k]} = {best['params'][k]:g}" for k in names)
+    setting = ", ".join(f"{LABELS[k]} = {best['params'][k]:g}" for k in names)
     seeds = f"mean of {best['n_seeds']} seeds" if best["n_seeds"] > 1 else "one seed"
     edges: list[str] = []
     notes: list[str] = []
@@ -250,10 +249,10 @@ def sweep_verdict(results: Sequence[ConfigResult], best: dict[str, Any] | None) 
         grid = sorted({r.params[k] for r in results if r.params.get(k) is not None})
         value = best["params"][k]
         if k != "lr" and value == 0 and len(grid) >= 2:  # a decay can go no lower than none
-            notes.append(f"no decay ({labels[k]} = 0) was best: no {labels[k]} of the grid (≥ {grid[1]:g}) did better")
+            notes.append(f"no decay ({LABELS[k]} = 0) was best: no {LABELS[k]} of the grid (≥ {grid[1]:g}) did better")
         elif len(grid) >= 3 and value in (grid[0], grid[-1]):
             side = "smallest" if value == grid[0] else "largest"
-            edges.append(f"{labels[k]} = {value:g} is the {side} of its grid ({grid[0]:g} … {grid[-1]:g})")
+            edges.append(f"{LABELS[k]} = {value:g} is the {side} of its grid ({grid[0]:g} … {grid[-1]:g})")
     if edges:
         notes.append("; ".join(edges) + ": the best may lie beyond the grid — widen it")
     elif not notes and any(len({r.params.get(k) for r in results}) >= 3 for k in names):
