@@ -338,24 +338,29 @@ def test_relu_after_max_pooling_and_unfolded_convolution_keep_values_and_gradien
 
 @pytest.mark.parametrize("T", [1, 16, 33])
 def test_short_attention_is_scaled_dot_product_attention_with_its_gradients(T: int) -> None:
-    """ShortAttention against F.scaled_dot_product_attention (math) in float64: output and all three gradients; and
-    torch.autograd.gradcheck of its hand-written backward against finite differences."""
+    """ShortAttention of packed (q, k, v) projections against F.scaled_dot_product_attention (math) per head in
+    float64: output and gradient; and torch.autograd.gradcheck of its hand-written backward against finite
+    differences."""
     from decaylab.engine.stacked import ShortAttention
 
     g = torch.Generator().manual_seed(T)
-    q, k, v = (torch.randn(6, T, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    out = ShortAttention.apply(q, k, v)
-    ref = F.scaled_dot_product_attention(q, k, v)
+    heads, d = 3, 8
+    qkv = torch.randn(6, T, 3 * heads * d, generator=g, dtype=torch.float64, requires_grad=True)
+    out = ShortAttention.apply(qkv, heads)
+    q, k, v = (t.unflatten(-1, (heads, d)).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    ref = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+    assert out.shape == (6, T, heads * d)
     assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
     grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
-    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad), strict=True):
-        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
-    assert torch.autograd.gradcheck(ShortAttention.apply, (q[:2], k[:2], v[:2]))
+    (mine,), (theirs,) = torch.autograd.grad(out, qkv, grad), torch.autograd.grad(ref, qkv, grad)
+    assert torch.allclose(mine, theirs, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: ShortAttention.apply(x, heads), (qkv[:2].detach().requires_grad_(),))
 
 
 def test_the_transformer_block_attends_through_short_attention(monkeypatch: pytest.MonkeyPatch) -> None:
     """T ≤ SHORT_SEQUENCE: the stacked block's attention is ShortAttention (training and evaluation), and the stack
-    still follows torch.optim (the parametrized test above); a sequence longer than the limit goes to the fused kernel."""
+    still follows torch.optim (the parametrized test above); a sequence longer than the limit goes to the fused kernel,
+    with the same curves."""
     import decaylab.engine.stacked as stacked_module
 
     calls: list[bool] = []
@@ -365,9 +370,11 @@ def test_the_transformer_block_attends_through_short_attention(monkeypatch: pyte
     stack = ModuleStack(task, HYPERS)
     assert stack.stacked is not None, stack.fallback
     calls.clear()
-    stack.run()
+    short = stack.run()
     assert True in calls and False in calls
     monkeypatch.setattr(stacked_module, "SHORT_SEQUENCE", task.train[0].shape[1] - 1)
     calls.clear()
-    ModuleStack(task, HYPERS).run()
+    fused = ModuleStack(task, HYPERS).run()
     assert calls == []
+    for a, b in zip(short, fused, strict=True):
+        assert_close(losses(a), losses(b))
