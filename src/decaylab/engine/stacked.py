@@ -489,7 +489,11 @@ class StackedForward:
         K, V = self.K, W.shape[1]
         idx = self.k_view(a if a.layout == "S" else self.to_kb(a))
         offsets = torch.arange(K, device=idx.device, dtype=idx.dtype).mul_(V).view(K, *([1] * (idx.ndim - 1)))
-        return self.from_k(F.embedding(idx + offsets, W.reshape(K * V, W.shape[2])))
+        # index_select rather than F.embedding: its gradient is one index_add_ (0.49 ms against embedding's dense
+        # backward's 1.65 ms for 16 tables of 32 × 32 and 16,384 tokens, 2 threads)
+        idx = idx + offsets  # (K, B, *rest): S's (1, B, *rest) broadcasts
+        rows = W.reshape(K * V, W.shape[2]).index_select(0, idx.reshape(-1))
+        return self.from_k(rows.view(*idx.shape, W.shape[2]))
 
     def attention(self, target: str, m: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[Act, None]:
         """Self-attention as ``F.multi_head_attention_forward`` computes it with ``need_weights=False``."""
