@@ -231,7 +231,7 @@ def measure(case: str, task: ModuleTask, hypers: list[Hyper], goal: float, repea
     row = Row(case, len(hypers), torch.get_num_threads(), seq, bat, goal, chunks, sweep_flops(task, len(hypers)), peak, CLOCK,
               forward)
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"{case}, {row.threads} thread(s): plain loop {seq:.2f} s, batched {bat:.2f} s: {row.speedup:.1f}× "
+    print(f"{case}, {row.threads} thread(s): plain loop {seq:.2f} s, batched {bat:.2f} s: {row.speedup:.2f}× "
           f"(goal ≥ {goal:g}×), chunks {chunks}, {forward} forward, batched at {row.flops / bat / peak:.1%} of the "
           f"fp32 matmul peak; load average {load}", flush=True)
     return row
@@ -245,7 +245,7 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         unit = "CPU s" if r.clock == "cpu" else "s"
         lines.append(
-            f"| {r.case} | {r.configs} | {r.threads} | {r.sequential:.2f} {unit} | {r.batched:.2f} {unit} | {r.speedup:.1f}× | "
+            f"| {r.case} | {r.configs} | {r.threads} | {r.sequential:.2f} {unit} | {r.batched:.2f} {unit} | {r.speedup:.2f}× | "
             f"≥ {r.goal:g}× | {'yes' if r.speedup >= r.goal else '**no**'} | {r.chunks} | {r.forward} | {r.flops / 1e9:.1f} | "
             f"{r.flops / r.batched / r.peak:.1%} | {r.flops / r.sequential / r.peak:.1%} |"
         )
