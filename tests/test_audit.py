@@ -216,6 +216,11 @@ def test_explain_accepts_an_optimizer_and_shows_its_own_decay_and_the_attached_s
     adamw = torch.optim.AdamW(m.parameters(), lr=1e-3)
     text = str(decaylab.explain(adamw))
     assert "AdamW weight_decay=0.01 (decoupled, ×lr)" in text
+    # a model's options given with an optimizer: an error, not silently ignored
+    with pytest.raises(InvalidParameterError, match="The 'weight_decay' parameter of explain must be None with an optimizer"):
+        decaylab.explain(adamw, weight_decay=0.1)
+    with pytest.raises(InvalidParameterError, match="The 'policy' parameter of explain must be None with an optimizer"):
+        decaylab.explain(adamw, policy=decaylab.DecayPolicy())
 
 
 def test_audit_arguments_are_validated() -> None:

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from decaylab.penalties import elastic_net_penalty, l1_penalty, l2_penalty
-from decaylab.policy import DecayPolicy, decay_plan, explain, param_groups
+from decaylab.audit import explain
+from decaylab.policy import DecayPolicy, decay_plan, param_groups
 from decaylab.steps import DecoupledDecay, L1Prox, MaxNorm, attach
 from decaylab.validation import InvalidParameterError
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from decaylab.policy import DecayPolicy, decay_plan, explain, is_bias_name, param_groups, unwrap
+from decaylab.audit import explain
+from decaylab.policy import DecayPolicy, decay_plan, is_bias_name, param_groups, unwrap
 from decaylab.validation import InvalidParameterError
 
 

@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     # which parameters decay
     "DecayPolicy": "decaylab.policy",
     "param_groups": "decaylab.policy",
-    "explain": "decaylab.policy",
+    "explain": "decaylab.audit",
     "decay_plan": "decaylab.policy",
     "unwrap": "decaylab.policy",
     # penalties added to the loss
@@ -89,13 +89,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from decaylab.audit import AuditReport, Finding, audit
+    from decaylab.audit import AuditReport, Finding, audit, explain
     from decaylab.closed_form import decay_timescale, ridge, ridge_path, rotational_equilibrium
     from decaylab.conventions import convert
     from decaylab.lab.sweep import sweep
     from decaylab.layers import Dropout, GaussianNoise
     from decaylab.penalties import elastic_net_penalty, l1_penalty, l2_penalty
-    from decaylab.policy import DecayPolicy, explain, param_groups, unwrap
+    from decaylab.policy import DecayPolicy, param_groups, unwrap
     from decaylab.schedules import (
         ChainedWD,
         ConstantWD,

@@ -52,11 +52,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from decaylab.policy import DecayPolicy, DecayTable, ExplainRow, decay_plan
+from decaylab.policy import DecayPolicy, DecayTable, ExplainRow, ModelOrParams, decay_plan, explain_model
 from decaylab.steps import attached
 from decaylab.validation import InvalidParameterError, check_int, parameter_error
 
-__all__ = ["AuditReport", "Finding", "audit", "explain_optimizer"]
+__all__ = ["AuditReport", "Finding", "audit", "explain", "explain_optimizer"]
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
@@ -502,6 +502,32 @@ def audit(
     order = {s: i for i, s in enumerate(SEVERITIES)}
     report.sort(key=lambda f: order[f.severity])
     return report
+
+
+def explain(
+    model: ModelOrParams | torch.optim.Optimizer,
+    policy: DecayPolicy | None = None,
+    weight_decay: float | None = None,
+) -> DecayTable:
+    """Show which parameters decay: one row per tensor (name, shape, count, multiplier, λ, reason).
+
+    ``print(explain(model))`` prints an aligned table and nanoGPT's totals; in a ``rich`` console the
+    table renders as a rich table. With ``weight_decay`` the λ column shows ``m·weight_decay``.
+    Frozen parameters are listed (and counted) but marked as skipped. A tied tensor is one row that
+    shows every name (``wte.weight = lm_head.weight``). (:func:`decaylab.policy.explain_model`.)
+
+    Given an optimizer instead (``explain(optimizer)``), the table shows what the optimizer *does*:
+    each tensor's own ``weight_decay`` (coupled or decoupled, by optimizer class) and the steps
+    attached to it (:func:`decaylab.attach`); the λ column is the total. Names come from the groups'
+    ``"param_names"`` (:func:`explain_optimizer`). ``policy`` and ``weight_decay`` are a model's:
+    given with an optimizer they raise :class:`~decaylab.InvalidParameterError`.
+    """
+    if not isinstance(model, torch.optim.Optimizer):
+        return explain_model(model, policy, weight_decay)
+    for name, value in (("policy", policy), ("weight_decay", weight_decay)):
+        if value is not None:
+            raise parameter_error(name, "explain", "None with an optimizer (its groups say how they decay)", value)
+    return explain_optimizer(model)
 
 
 def explain_optimizer(optimizer: torch.optim.Optimizer) -> DecayTable:

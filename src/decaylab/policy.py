@@ -6,7 +6,7 @@ normalization layers and those the model or the user excludes by name; biases an
 :class:`DecayPolicy` holds the rules, :func:`decay_plan` applies them to a model (or to tensors) and
 returns one ``(name, param, multiplier, reason, aliases)`` entry per tensor; a multiplier of 0 means "not
 decayed", any other value multiplies λ. :func:`param_groups` turns the plan into plain ``torch.optim``
-parameter groups, :func:`explain` into a table a person can read. The penalties
+parameter groups, :func:`explain_model` into a table a person can read. The penalties
 (:mod:`decaylab.penalties`) and the optimizer steps (:mod:`decaylab.steps`) ask :func:`decay_plan` too,
 so a bias the policy excludes receives no decay from any of them.
 
@@ -70,7 +70,7 @@ __all__ = [
     "ExplainRow",
     "PlanEntry",
     "decay_plan",
-    "explain",
+    "explain_model",
     "is_bias_name",
     "param_groups",
     "unwrap",
@@ -532,7 +532,7 @@ def param_groups(
 
 @dataclass(frozen=True)
 class ExplainRow:
-    """One row of :func:`explain`: a parameter, its shape and size, its multiplier and λ, and why."""
+    """One row of :func:`decaylab.explain`: a parameter, its shape and size, its multiplier and λ, and why."""
 
     name: str
     shape: tuple[int, ...]
@@ -556,7 +556,7 @@ def _fmt(x: float) -> str:
 
 
 class DecayTable(list[ExplainRow]):
-    """The rows of :func:`explain`; ``str()`` is an aligned table with totals, ``rich`` renders it too."""
+    """The rows of :func:`decaylab.explain`; ``str()`` is an aligned table with totals, ``rich`` renders it too."""
 
     def totals(self) -> dict[str, int]:
         """Tensor and element counts: decayed, not decayed (trainable) and frozen."""
@@ -620,27 +620,18 @@ class DecayTable(list[ExplainRow]):
         return table
 
 
-def explain(
-    model: ModelOrParams | torch.optim.Optimizer,
+def explain_model(
+    model: ModelOrParams,
     policy: DecayPolicy | None = None,
     weight_decay: float | None = None,
 ) -> DecayTable:
-    """Show which parameters decay: one row per tensor (name, shape, count, multiplier, λ, reason).
+    """Which parameters of ``model`` decay under ``policy``: one row per tensor (name, shape, count,
+    multiplier, λ, reason) — :func:`decaylab.explain` of a model.
 
-    ``print(explain(model))`` prints an aligned table and nanoGPT's totals; in a ``rich`` console the
-    table renders as a rich table. With ``weight_decay`` the λ column shows ``m·weight_decay``.
-    Frozen parameters are listed (and counted) but marked as skipped. A tied tensor is one row that
-    shows every name (``wte.weight = lm_head.weight``).
-
-    Given an optimizer instead (``explain(optimizer)``), the table shows what the optimizer *does*:
-    each tensor's own ``weight_decay`` (coupled or decoupled, by optimizer class) and the steps
-    attached to it (:func:`decaylab.attach`); the λ column is the total. Names come from the groups'
-    ``"param_names"`` (see :func:`decaylab.audit.explain_optimizer`).
+    With ``weight_decay`` the λ column shows ``m·weight_decay``. Frozen parameters are listed (and
+    counted) but marked as skipped. A tied tensor is one row that shows every name
+    (``wte.weight = lm_head.weight``).
     """
-    if isinstance(model, torch.optim.Optimizer):
-        from decaylab.audit import explain_optimizer
-
-        return explain_optimizer(model)
     wd = None if weight_decay is None else check_float(weight_decay, "weight_decay", "explain", low=0.0)
     table = DecayTable()
     for entry in decay_plan(model, policy, include_frozen=True, owner="explain"):

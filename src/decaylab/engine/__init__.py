@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from decaylab.engine.batched import run_batched_chunk, train_batched
-from decaylab.engine.chunking import DEFAULT_MEMORY_BUDGET, plan_chunks, run_in_chunks
+from decaylab.engine.batched import run_batched_chunk
+from decaylab.engine.chunking import DEFAULT_MEMORY_BUDGET, plan_chunks, run_in_chunks, train_batched
 from decaylab.engine.sequential import train_sequential
 from decaylab.engine.task import Hyper, Task, check_hypers
 from decaylab.results import Outcome

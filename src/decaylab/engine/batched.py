@@ -107,29 +107,15 @@ from decaylab.engine.semantics import (
 )
 from decaylab.engine.task import Hyper, Task, check_hypers
 from decaylab.engine.updates import Coefficients, OptimizerSettings, StackedUpdate
+from decaylab.policy import DecayPolicy, decay_plan
 from decaylab.results import Outcome
 from decaylab.rng import generator
 from decaylab.validation import check_choice, parameter_error
 
-__all__ = ["BACKWARDS", "BatchedRun", "decay_multipliers", "train_batched"]
+__all__ = ["BACKWARDS", "BatchedRun", "decay_multipliers", "run_batched_chunk"]
 
 BACKWARDS = ("manual", "autograd")
 EVAL_BLOCK_FLOATS = 1 << 20  # evaluation runs in row blocks of ≤ this many activations (K × width × rows)
-
-
-def train_batched(
-    task: Task, hypers: Sequence[Hyper], chunk: int | None = None, *, backward: str = "manual"
-) -> list[Outcome]:
-    """Train ``hypers`` in chunks of ``chunk`` configurations at once; outcomes in the order of ``hypers``.
-
-    ``chunk=None`` asks :func:`decaylab.engine.chunking.plan_chunks` (memory budget and a short
-    throughput probe). Results do not depend on the chunking beyond float32 rounding.
-    """
-    from decaylab.engine.chunking import run_in_chunks
-
-    hypers = check_hypers(task, hypers)
-    check_choice(backward, "backward", "train_batched", BACKWARDS)
-    return run_in_chunks(task, hypers, lambda part: run_batched_chunk(task, part, backward=backward), chunk)
 
 
 def decay_multipliers(task: Task) -> list[float]:
@@ -139,8 +125,6 @@ def decay_multipliers(task: Task) -> list[float]:
     ``layers.{l}.bias``) and judged by name and shape; the policy is :class:`~decaylab.DecayPolicy`'s default
     (weights decay, biases do not), or with ``task.decay_bias`` one that also decays biases and 1-D tensors.
     """
-    from decaylab.policy import DecayPolicy, decay_plan
-
     pairs = [(f"layers.{l}.weight", torch.empty(o, i, device="meta")) for l, (i, o) in enumerate(pairwise(task.layers))]
     pairs += [(f"layers.{l}.bias", torch.empty(o, device="meta")) for l, o in enumerate(task.layers[1:])]
     # the MLP has no norm-layer parameters (Task(norm="layer") is scale-free, its shift is the layer's bias)

@@ -25,10 +25,11 @@ from itertools import pairwise
 
 import torch
 
+from decaylab.engine.batched import BACKWARDS, BatchedRun, run_batched_chunk
 from decaylab.engine.semantics import Split, dtype_of, load_data
-from decaylab.engine.task import Hyper, Task
+from decaylab.engine.task import Hyper, Task, check_hypers
 from decaylab.results import Outcome
-from decaylab.validation import check_float, check_int
+from decaylab.validation import check_choice, check_float, check_int
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -38,6 +39,7 @@ __all__ = [
     "plan_chunks",
     "run_in_chunks",
     "seed_order",
+    "train_batched",
 ]
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes
@@ -49,6 +51,19 @@ _GAIN = 1.05  # a larger chunk must be this much faster to be preferred
 def seed_order(hypers: Sequence[Hyper]) -> list[int]:
     """Indices of ``hypers`` sorted by seed (stable), so chunks hold as few distinct seeds as possible."""
     return sorted(range(len(hypers)), key=lambda i: hypers[i].seed)
+
+
+def train_batched(
+    task: Task, hypers: Sequence[Hyper], chunk: int | None = None, *, backward: str = "manual"
+) -> list[Outcome]:
+    """Train ``hypers`` in chunks of ``chunk`` configurations at once; outcomes in the order of ``hypers``.
+
+    ``chunk=None`` asks :func:`plan_chunks` (memory budget and a short
+    throughput probe). Results do not depend on the chunking beyond float32 rounding.
+    """
+    hypers = check_hypers(task, hypers)
+    check_choice(backward, "backward", "train_batched", BACKWARDS)
+    return run_in_chunks(task, hypers, lambda part: run_batched_chunk(task, part, backward=backward), chunk)
 
 
 def run_in_chunks(
@@ -170,8 +185,6 @@ def best_chunk(
 
 def measure_rate(task: Task, size: int, rows: int, repeats: int = 2) -> tuple[float, float]:
     """Configurations·steps per second, and seconds per step, of a ``size``-stack on synthetic data."""
-    from decaylab.engine.batched import BatchedRun
-
     run = BatchedRun(task, [_probe_hyper(task)] * size, {0: _synthetic(task, rows)})
     run.train_step([None])  # warm-up: allocations, kernel selection
     best = float("inf")

@@ -76,7 +76,8 @@ import torch
 from torch import nn
 
 from decaylab.engine.semantics import epoch_batches, make_outcome
-from decaylab.engine.stacked import StackedForward
+from decaylab.engine.stacked import StackedForward, Unsupported, build_stacked
+from decaylab.engine.stream_dropout import Draws, with_stream_dropout
 from decaylab.engine.task import Hyper
 from decaylab.engine.updates import Coefficients, OptimizerSettings, StackedUpdate
 from decaylab.results import Outcome
@@ -105,7 +106,6 @@ MODULE_OPTIMIZERS = ("sgd", "adam", "adamw")
 MODULE_ENGINES = ("batched", "sequential")
 OWNER = "sweep"
 SEQUENTIAL_HINT = "; --engine sequential (engine='sequential') trains it one configuration at a time"
-_DROPOUT_TYPES: tuple[type, ...] = (nn.Dropout,)
 _RANDOM_TYPES: tuple[type, ...] = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 Progress = Callable[[int], None]
@@ -249,66 +249,6 @@ def check_same_architecture(models: Mapping[int, nn.Module]) -> None:
             if a != b:
                 got = f"seed {seeds[0]}: {a[0]} {a[1]}, seed {seed}: {b[0]} {b[1]}".replace("  ", " ")
                 raise parameter_error("model", OWNER, "a function that builds the same architecture for every seed", got)
-
-
-def _dropout_p(module: nn.Module) -> float | None:
-    """``p`` of an elementwise dropout module (``nn.Dropout``, :class:`decaylab.Dropout`), else None."""
-    from decaylab.layers import Dropout
-
-    if isinstance(module, Dropout) or (isinstance(module, nn.Dropout) and type(module) in _DROPOUT_TYPES):
-        return float(module.p)
-    return None
-
-
-class _Draws:
-    """Where dropout layers get their uniforms: a generator (sequential), queued tensors (batched), or a recorder."""
-
-    def __init__(self) -> None:
-        self.gen: torch.Generator | None = None
-        self.queue: list[torch.Tensor] = []
-        self.shapes: list[tuple[tuple[int, ...], torch.dtype]] | None = None
-
-    def next(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.shapes is not None:  # recording the calls' shapes: no mask
-            self.shapes.append((tuple(x.shape), x.dtype))
-            return None
-        if self.gen is not None:
-            return torch.rand(x.shape, generator=self.gen, dtype=x.dtype)
-        return self.queue.pop(0)
-
-
-class StreamDropout(nn.Module):
-    """Inverted dropout ``x·1[u ≥ p]/(1 − p)`` whose uniforms ``u`` come from a :class:`_Draws` source."""
-
-    def __init__(self, p: float, draws: _Draws) -> None:
-        super().__init__()
-        self.p, self.draws = p, draws
-
-    def extra_repr(self) -> str:
-        return f"p={self.p:g}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        u = self.draws.next(x)
-        if u is None:
-            return x
-        keep = (u >= self.p).to(x.dtype)
-        if self.p >= 1.0:
-            return x * keep
-        return x * keep / (1.0 - self.p)
-
-
-def _with_stream_dropout(model: nn.Module, draws: _Draws) -> int:
-    """Replace every elementwise dropout module of ``model`` (in place) by :class:`StreamDropout`; return how many."""
-    count = 0
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            p = _dropout_p(child)
-            if p is not None:
-                setattr(module, child_name, StreamDropout(p, draws))
-                count += 1
-    return count
 
 
 def _unbatchable(model: nn.Module) -> str | None:
@@ -474,9 +414,9 @@ def _diverged(task: ModuleTask, row: list[float], params: Sequence[torch.Tensor]
 def train_one_module(task: ModuleTask, hyper: Hyper, progress: Progress | None = None) -> Outcome:
     """Train one configuration alone with ``torch.optim`` (see the module docstring); its outcome."""
     model = build_model(task, hyper.seed)
-    draws = _Draws()
+    draws = Draws()
     draws.gen = generator(hyper.seed, "dropout")
-    _with_stream_dropout(model, draws)
+    with_stream_dropout(model, draws)
     multipliers = _decay_multipliers(task, model)
     both = bool(hyper.l2 and hyper.decoupled) and task.optimizer != "adamw"
     opt = _optimizer(task, hyper, model, both)
@@ -527,8 +467,6 @@ class ModuleStack:
         """``native=False``: always the ``vmap`` forward, even for a model the stacked native forward knows."""
         from torch.func import stack_module_state
 
-        from decaylab.engine.stacked import build_stacked
-
         self.task = task
         self.perm = sorted(range(len(hypers)), key=lambda i: hypers[i].seed)
         self.hypers = [hypers[i] for i in self.perm]
@@ -542,9 +480,9 @@ class ModuleStack:
         self.names = [n for n in params if n in trainable]
         self.params = {n: p.detach().clone().requires_grad_(n in trainable) for n, p in params.items()}
         self.buffers = {n: b.clone() for n, b in buffers.items()}
-        self.draws = _Draws()
+        self.draws = Draws()
         self.base = copy.deepcopy(copies[0])
-        self.n_dropout = _with_stream_dropout(self.base, self.draws)
+        self.n_dropout = with_stream_dropout(self.base, self.draws)
         multipliers = _decay_multipliers(task, copies[0])
         self.multipliers = [multipliers.get(n, 0.0) for n in self.names]
         hs = self.hypers
@@ -569,8 +507,6 @@ class ModuleStack:
         compare it with the model itself for the first and last configuration (outputs and updated buffers) and
         with per-configuration inputs; raise :class:`~decaylab.engine.stacked.Unsupported` when they differ."""
         from torch.func import functional_call
-
-        from decaylab.engine.stacked import Unsupported
 
         X = self.task.train[0][:2]
         params = {n: p.detach() for n, p in self.params.items()}

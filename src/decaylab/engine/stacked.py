@@ -37,7 +37,7 @@ Layer rules (``W[k]`` the configuration's tensor):
 * elementwise activations, pooling, ``Flatten``, ``Identity``: as they are, on any layout; a ReLU whose
   only user is a max pooling runs after it (the same values and gradients, on the smaller tensor); without
   gradients (evaluation) a 2-D max pooling is the ``torch.maximum`` of its strided slices (the same values);
-* :class:`~decaylab.engine.module.StreamDropout`: ``x·1[u ≥ p]/(1 − p)`` with the configuration's
+* :class:`~decaylab.engine.stream_dropout.StreamDropout`: ``x·1[u ≥ p]/(1 − p)`` with the configuration's
   uniforms (the same as the ``vmap`` path's), so masks depend only on the seed;
 * functions and methods between nodes: ``+ − × ÷`` (a stacked parameter broadcasts per configuration,
   right-aligned as in one configuration), elementwise activations, ``mean``/``sum``/``amax``/
@@ -64,6 +64,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from decaylab.engine.stream_dropout import StreamDropout
 
 __all__ = ["StackedForward", "Unsupported", "build_stacked"]
 
@@ -168,8 +170,6 @@ class _Tracer(fx.Tracer):
     """``torch.fx``'s tracer with decaylab's dropout layer kept as a leaf."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from decaylab.engine.module import StreamDropout
-
         return isinstance(m, StreamDropout) or super().is_leaf_module(m, qualname)
 
 
@@ -308,8 +308,6 @@ class StackedForward:
 
     # ------------------------------------------------------------------ modules
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
-        from decaylab.engine.module import StreamDropout
-
         m: Any = self.modules[target]
         kind = type(m)
         if kind is nn.MultiheadAttention:
@@ -366,7 +364,7 @@ class StackedForward:
         return out if kh * kw > 1 else out.contiguous()
 
     def dropout(self, m: Any, a: Act) -> Act:
-        """``x·1[u ≥ p]/(1 − p)`` as :class:`~decaylab.engine.module.StreamDropout` computes it."""
+        """``x·1[u ≥ p]/(1 − p)`` as :class:`~decaylab.engine.stream_dropout.StreamDropout` computes it."""
         if not m.training or m.p == 0.0 or not self.masks:  # no masks: a check run without uniforms, the identity
             return a
         u = self.masks.pop(0)
