@@ -29,16 +29,20 @@ from typing import Any, NoReturn, Protocol, cast
 
 from decaylab import __version__
 from decaylab.lab.interrupts import signals_as_interrupt
+from decaylab.lab.workspace import (
+    UsageError,
+    check_out,
+    make_progress,
+    open_store,
+    shown_options,
+    writable_dir,
+)
 from decaylab.validation import InvalidParameterError, check_int, parameter_error
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_FLUSH_FAILED = 120  # the output could not be written at exit (CPython's own code for this)
-
-
-class UsageError(Exception):
-    """Bad input from the command line; printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,75 +133,6 @@ def _parse_options(exp: Any, ns: argparse.Namespace) -> tuple[dict[str, Any], di
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _open_store(path: str | None, owner: str = "decaylab", *, create: bool = True, readonly: bool = False) -> Any:
-    """The store at ``--store`` (or the default); reading commands pass ``create=False, readonly=True``."""
-    from decaylab.lab.store import Store, StoreError, default_store_path
-
-    target = Path(path) if path else default_store_path()
-    try:
-        return Store(target, create=create, readonly=readonly, owner=owner)
-    except StoreError as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        raise UsageError(str(parameter_error("--store", "decaylab", "a writable file path", str(target)))) from exc
-
-
-def _writable_dir(path: Path, flag: str) -> Path:
-    """Create ``path`` if needed and check that a file can be written there."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".decaylab-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError:
-        raise UsageError(str(parameter_error(flag, "decaylab run", "a writable directory", str(path)))) from None
-    return path
-
-
-def _check_out(out: str | None) -> None:
-    """Fail before training if the run directory cannot be made (its final name needs the run id)."""
-    target = Path(out) if out else Path("runs")
-    existing = target
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if existing.exists() and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
-        raise UsageError(str(parameter_error("--out", "decaylab run", "a writable directory", str(target))))
-
-
-def _make_progress(enabled: bool) -> Any:
-    from decaylab.lab.runner import Progress
-
-    if not enabled:
-        return Progress()
-
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-    from rich.progress import Progress as Bar
-
-    class RichProgress(Progress):
-        def __init__(self) -> None:
-            self.bar = Bar(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("config-epochs"),
-                TimeRemainingColumn(),
-                transient=True,
-            )
-            self.task: Any = None
-
-        def start(self, total: int, description: str) -> None:
-            self.bar.start()
-            self.task = self.bar.add_task(description, total=total)
-
-        def advance(self, amount: int) -> None:
-            self.bar.advance(self.task, amount)
-
-        def stop(self) -> None:
-            self.bar.stop()
-
-    return RichProgress()
-
-
 def _print_json(doc: Any) -> None:
     from decaylab.lab.outputs import document_text
 
@@ -253,8 +188,8 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     chunk = check_int(ns.chunk, "--chunk", "decaylab run", low=1) if ns.chunk is not None else None
     if ns.address and ns.backend != "ray":
         raise UsageError(str(parameter_error("--address", "decaylab run", "given with --backend ray", ns.address)))
-    _check_out(ns.out)
-    store = _open_store(ns.store, create=resume is None)
+    check_out(ns.out)
+    store = open_store(ns.store, create=resume is None)
     store_path = store.path
     run_id = resume or new_run_id()
     command = shlex.join(["decaylab", *sys.argv[1:]]) if sys.argv else "decaylab"
@@ -265,10 +200,10 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     record = None
     try:
         try:
-            record = execute(store, request, resume=resume, progress=_make_progress(show_progress), run_id=run_id)
+            record = execute(store, request, resume=resume, progress=make_progress(show_progress), run_id=run_id)
         finally:
             store.close()
-        out = _writable_dir(Path(ns.out) if ns.out else Path("runs") / record.run_id, "--out")
+        out = writable_dir(Path(ns.out) if ns.out else Path("runs") / record.run_id, "--out")
         figures.submit(exp.name, record.configs, opts, out)  # drawn on the other core while this one writes
         curves = _with_curves(record, ns)
         summary = exp.summarize(record.configs, opts)
@@ -399,7 +334,7 @@ def _cmd_run(argv: list[str]) -> int:
     ns = parser.parse_args(argv[1:])
     opts, raw, given = _parse_options(exp, ns)
     if ns.resume:
-        store = _open_store(ns.store, create=False)
+        store = open_store(ns.store, create=False)
         try:
             record = store.get_run(ns.resume, curves=False)
         finally:
@@ -430,21 +365,6 @@ def _stored_options(record: Any) -> tuple[Any, dict[str, Any]]:
         return exp, {o.name: o.parse(record.raw_options[o.name], o.flag, exp.name) for o in exp.options}
 
 
-def _shown_options(record: Any) -> tuple[Any, dict[str, Any]]:
-    """A stored run's experiment and its options as stored (parsed when it ran): ``runs show`` needs no
-    input file. An option the run's decaylab did not have yet takes its default."""
-    from decaylab.lab.experiments import get_experiment
-
-    exp = get_experiment(record.experiment)
-    opts = {}
-    for o in exp.options:
-        if o.name in record.options:
-            opts[o.name] = record.options[o.name]
-        else:
-            opts[o.name] = o.parse(o.default, o.flag, exp.name)
-    return exp, opts
-
-
 def _resume(record: Any, ns: argparse.Namespace) -> int:
     """Train what ``record`` has left; a ``finished`` run is left as it is (exit 0), shown with ``--json``."""
     exp, opts = _stored_options(record)
@@ -467,7 +387,7 @@ def _cmd_resume(argv: list[str]) -> int:
     parser.add_argument("--engine", choices=("sequential", "batched"))
     _output_options(parser)
     ns = parser.parse_args(argv)
-    store = _open_store(ns.store, "decaylab resume", create=False)
+    store = open_store(ns.store, "decaylab resume", create=False)
     try:
         record = store.get_run(ns.run_id, curves=False)
         if record is not None and record.status == "finished" and ns.json:  # printed whole: its summary reads curves
@@ -497,7 +417,7 @@ def _cmd_runs(argv: list[str]) -> int:
     ns = parser.parse_args(argv)
     if ns.action in _RUNS_MANAGEMENT:
         return _RUNS_MANAGEMENT[ns.action](ns)
-    store = _open_store(ns.store, f"decaylab runs {ns.action}", create=False, readonly=True)
+    store = open_store(ns.store, f"decaylab runs {ns.action}", create=False, readonly=True)
     try:
         if ns.action == "list":
             records = store.list_runs()
@@ -526,7 +446,7 @@ def _cmd_runs(argv: list[str]) -> int:
         store.close()
     if record is None:
         raise UsageError(str(parameter_error("RUN_ID", "decaylab runs show", "the id of a run in the store", ns.run_id)))
-    exp, opts = _shown_options(record)
+    exp, opts = shown_options(record)
     if ns.json:
         curves = _with_curves(record, ns)
         # streamed: each configuration's line is made and written, never the whole document at once
@@ -579,7 +499,7 @@ def _runs_delete(ns: argparse.Namespace) -> int:
     """``runs delete ID... [--yes]``: ask per run on a terminal, then delete the confirmed runs in one
     transaction (:meth:`Store.delete_runs`, which refuses a run a live process trains)."""
     owner = "decaylab runs delete"
-    store = _open_store(ns.store, owner, create=False)
+    store = open_store(ns.store, owner, create=False)
     try:
         records = [_stored_run(store, run_id, owner, curves=False) for run_id in dict.fromkeys(ns.run_ids)]
         for record in records:  # said before asking; the store checks again inside its transaction
@@ -629,7 +549,7 @@ def _runs_export(ns: argparse.Namespace) -> int:
     for package in ("pandas", "pyarrow") if fmt == "parquet" else ("pandas",):
         if importlib.util.find_spec(package) is None:
             raise UsageError(str(parameter_error(flag, owner, f"used with {package} installed (pip install 'decaylab[lab]')", path)))
-    store = _open_store(ns.store, owner, create=False, readonly=True)
+    store = open_store(ns.store, owner, create=False, readonly=True)
     try:
         record = _stored_run(store, ns.run_id, owner, curves=ns.curves)
     finally:
@@ -651,13 +571,13 @@ def _runs_compare(ns: argparse.Namespace) -> int:
     from decaylab.lab.outputs import render_table
 
     owner = "decaylab runs compare"
-    store = _open_store(ns.store, owner, create=False, readonly=True)
+    store = open_store(ns.store, owner, create=False, readonly=True)
     try:
         a, b = (_stored_run(store, run_id, owner) for run_id in (ns.run_a, ns.run_b))
     finally:
         store.close()
-    exp_a, opts_a = _shown_options(a)
-    exp_b, opts_b = _shown_options(b)
+    exp_a, opts_a = shown_options(a)
+    exp_b, opts_b = shown_options(b)
     order = [o.name for o in exp_a.options] + [o.name for o in exp_b.options]
     doc = compare_runs(a, b, exp_a.summarize(a.configs, opts_a), exp_b.summarize(b.configs, opts_b), order)
     if ns.json:
@@ -781,7 +701,7 @@ def _cmd_report(argv: list[str]) -> int:
                                              " ".join(ns.run_ids) or "nothing")))
     if ns.out is not None and Path(ns.out).is_dir():
         raise UsageError(str(parameter_error("--out", "decaylab report", "a file path (not a directory)", ns.out)))
-    store = _open_store(ns.store, "decaylab report", create=False, readonly=True)
+    store = open_store(ns.store, "decaylab report", create=False, readonly=True)
     try:
         try:
             path = write_report(store, ns.run_ids, ns.out, all_runs=ns.all_runs)

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from decaylab.lab.workspace import UsageError, check_out, make_progress, open_store, shown_options, writable_dir
 from decaylab.validation import InvalidParameterError, check_choice, check_int, parameter_error
 
 if TYPE_CHECKING:
@@ -46,11 +47,9 @@ __all__ = ["Run", "load", "run", "runs"]
 OWNER = "decaylab.lab.run"
 
 
-# -- the CLI's helpers, their UsageError raised as InvalidParameterError ---------------------------
+# -- the workspace's helpers, their UsageError raised as InvalidParameterError ---------------------------
 @contextmanager
 def _as_parameter_errors() -> Iterator[None]:
-    from decaylab.lab.cli import UsageError
-
     try:
         yield
     except UsageError as exc:
@@ -58,10 +57,8 @@ def _as_parameter_errors() -> Iterator[None]:
 
 
 def _open(path: str | Path | None, owner: str, *, create: bool, readonly: bool) -> Store:
-    from decaylab.lab.cli import _open_store
-
     with _as_parameter_errors():
-        store: Store = _open_store(None if path is None else str(path), owner, create=create, readonly=readonly)
+        store: Store = open_store(None if path is None else str(path), owner, create=create, readonly=readonly)
     return store
 
 
@@ -186,7 +183,6 @@ def run(
         decaylab.lab.runner.RunInterrupted: Ctrl-C (the run is marked ``interrupted``; resumable).
         OSError: the run directory could not be written (the run itself is stored).
     """
-    from decaylab.lab.cli import _check_out, _make_progress, _writable_dir
     from decaylab.lab.experiments import get_experiment
     from decaylab.lab.outputs import CURVES_INLINE_MAX, run_document, write_json
     from decaylab.lab.runner import RunRequest, execute, new_run_id
@@ -203,18 +199,18 @@ def run(
     if address and backend != "ray":
         raise parameter_error("--address", "decaylab run", "given with --backend ray", address)
     with _as_parameter_errors():
-        _check_out(None if out is None else str(out))
+        check_out(None if out is None else str(out))
     command = _command(exp, raw, list(options), {"--engine": engine, "--chunk": chunk, "--backend": None if backend == "local" else backend, "--address": address})
     handle = _open(store, "decaylab", create=True, readonly=False)  # the owner `decaylab run` names
     store_path = handle.path
     run_id = new_run_id()
     try:
         record = execute(handle, RunRequest(exp, opts, raw, command, engine, chunk, backend, address),
-                         progress=_make_progress(not quiet), run_id=run_id)
+                         progress=make_progress(not quiet), run_id=run_id)
     finally:
         handle.close()
     with _as_parameter_errors():
-        directory = _writable_dir(Path(out) if out is not None else Path("runs") / run_id, "--out")
+        directory = writable_dir(Path(out) if out is not None else Path("runs") / run_id, "--out")
     summary = exp.summarize(record.configs, opts)
     # results.json as the CLI writes it: a run of more than CURVES_INLINE_MAX configurations without curves
     write_json(run_document(record, summary, curves=record.n_configs <= CURVES_INLINE_MAX), directory / "results.json")
@@ -230,8 +226,6 @@ def load(run_id: str, store: str | Path | None = None, out: str | Path | None = 
     Raises:
         InvalidParameterError: no such run, or a store that cannot be read (the CLI's messages).
     """
-    from decaylab.lab.cli import _shown_options
-
     handle = _open(store, "decaylab.lab.load", create=False, readonly=True)
     try:
         record = handle.get_run(run_id)
@@ -239,7 +233,7 @@ def load(run_id: str, store: str | Path | None = None, out: str | Path | None = 
         handle.close()
     if record is None:
         raise parameter_error("run_id", "decaylab.lab.load", "the id of a run in the store", run_id)
-    exp, opts = _shown_options(record)
+    exp, opts = shown_options(record)
     return Run(handle.path, record, exp, opts, Path(out) if out is not None else Path("runs") / run_id)
 
 
