@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ref_model = copy.deepcopy(ours_model)
     n_params = sum(p.numel() for p in ours_model.parameters())
     gen = torch.Generator().manual_seed(1)
-    for p, q in zip(ours_model.parameters(), ref_model.parameters()):
+    for p, q in zip(ours_model.parameters(), ref_model.parameters(), strict=True):
         p.grad = torch.randn(p.shape, generator=gen)
         q.grad = p.grad.clone()
 
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         for opt, sink in pair if rep % 2 == 0 else reversed(pair):
             sink.append(timed(opt, args.steps))
 
-    diff = max((p - q).abs().max().item() for p, q in zip(ours_model.parameters(), ref_model.parameters()))
-    same = all(torch.equal(p, q) for p, q in zip(ours_model.parameters(), ref_model.parameters()))
+    diff = max((p - q).abs().max().item() for p, q in zip(ours_model.parameters(), ref_model.parameters(), strict=True))
+    same = all(torch.equal(p, q) for p, q in zip(ours_model.parameters(), ref_model.parameters(), strict=True))
     handle.detach()
 
     m_ours, m_ref = statistics.median(t_ours), statistics.median(t_ref)

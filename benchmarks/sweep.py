@@ -51,7 +51,7 @@ REPEATS = 2  # each engine is timed this many times, alternately; the best time 
 
 
 # ---------------------------------------------------------------- data
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
@@ -129,7 +129,7 @@ def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
 
 def train_flops(task: Task, n_train: int, n_test: int, configs: int) -> float:
     """Matrix-multiply FLOPs of training (forward + backward ≈ 3 × forward) plus the per-epoch evaluation."""
-    macs_per_row = sum(i * o for i, o in zip(task.layers[:-1], task.layers[1:]))
+    macs_per_row = sum(i * o for i, o in zip(task.layers[:-1], task.layers[1:], strict=True))
     per_epoch = 3 * 2 * n_train * macs_per_row + 2 * (n_train + n_test) * macs_per_row
     return configs * task.epochs * per_epoch
 

@@ -19,4 +19,4 @@ def options(exp: Experiment, **given: str) -> dict[str, Any]:
 def train(exp: Experiment, opts: dict[str, Any], engine: str = "batched") -> list[ConfigResult]:
     """Every configuration of ``opts`` trained in one chunk, in order."""
     configs = exp.configs(opts)
-    return [ConfigResult.of(c, o) for c, o in zip(configs, exp.run_chunk(opts, configs, engine))]
+    return [ConfigResult.of(c, o) for c, o in zip(configs, exp.run_chunk(opts, configs, engine), strict=True)]

@@ -30,7 +30,7 @@ def test_ray_backend_gives_the_local_results(ray_instance: Any, cli_json: Any) -
     local = cli_json(*args)
     remote = cli_json(*args, "--backend", "ray")
     assert [c["params"] for c in remote["configs"]] == [c["params"] for c in local["configs"]]
-    for a, b in zip(local["configs"], remote["configs"]):
+    for a, b in zip(local["configs"], remote["configs"], strict=True):
         assert b["status"] == "done"
         for key, values in a["curves"].items():
             assert b["curves"][key] == pytest.approx(values, rel=1e-5, abs=1e-9)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_store_arrays import same
 
 from decaylab.lab.experiments import get_experiment
 from decaylab.lab.outputs import (
@@ -19,8 +18,9 @@ from decaylab.lab.outputs import (
     document_text,
     run_document,
 )
-from decaylab.results import ConfigResult, json_safe
 from decaylab.lab.store import Store
+from decaylab.results import ConfigResult, json_safe
+from test_store_arrays import same
 
 
 # -- the old code path, as it was before the document was vectorized ----------------------------

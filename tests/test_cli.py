@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from decaylab.lab import cli as cli_module
 from decaylab.lab.store import Store
 
 FAST = ("--epochs", "5", "--quiet")
@@ -93,7 +92,7 @@ def test_impl_is_recorded_and_changes_nothing_but_the_code_path(cli_json: Any, e
     for impl, doc in docs.items():
         assert {c["params"]["impl"] for c in doc["configs"]} == {impl}
     for impl in ("concise", "batched"):
-        for x, y in zip(docs["scratch"]["configs"], docs[impl]["configs"]):
+        for x, y in zip(docs["scratch"]["configs"], docs[impl]["configs"], strict=True):
             assert x["metrics"]["test_loss"] == pytest.approx(y["metrics"]["test_loss"], rel=1e-4)
 
 
@@ -238,6 +237,7 @@ def test_console_script_flushes_its_output_and_keeps_the_exit_code() -> None:
     import os
     import subprocess
     import sys
+
     import tomllib
 
     from decaylab.lab.experiments import list_experiments

@@ -65,7 +65,7 @@ def test_ridge_path_uses_one_svd_and_matches_sklearn(monkeypatch: pytest.MonkeyP
     assert len(calls) == 1
     monkeypatch.undo()
     assert coefs.shape == (len(LAMBDS), X.shape[1]) and intercepts.shape == (len(LAMBDS),)
-    for lam, c, b in zip(LAMBDS, coefs, intercepts):
+    for lam, c, b in zip(LAMBDS, coefs, intercepts, strict=True):
         ref = Ridge(alpha=len(y) * lam, solver="cholesky").fit(X, y) if lam > 0 else None
         if ref is None:  # λ = 0: ordinary least squares
             Z = np.c_[np.ones(len(y)), X]

@@ -75,7 +75,7 @@ def test_the_batched_engine_follows_the_scratch_trajectories() -> None:
     opts = {"n_train": 20, "n_test": 100, "dim": 200, "batch_size": 5, "epochs": 30}
     grid = [(0.0, 0), (3.0, 0), (1.0, 5)]
     outcomes = run_chunk(engine_task(opts), [Hyper(seed=s, lr=0.003, l2=lam) for lam, s in grid], "batched")
-    for (lambd, seed), batched in zip(grid, outcomes):
+    for (lambd, seed), batched in zip(grid, outcomes, strict=True):
         scratch = run(train_scratch, lambd, seed, epochs=30)
         for key in ("train_loss", "test_loss", "w_norm"):
             np.testing.assert_allclose(batched.curves[key], scratch.curves[key], rtol=1e-4, atol=1e-7)

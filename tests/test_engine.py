@@ -76,13 +76,13 @@ D2L = partial(d2l_linear_data, n_train=20, n_test=100, dim=200)
 # ---------------------------------------------------------------- comparison
 def assert_outcomes_close(got: list[Outcome], want: list[Outcome]) -> None:
     assert len(got) == len(want)
-    for k, (a, b) in enumerate(zip(got, want)):
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
         assert a.status == b.status, k
         assert a.diverged_epoch == b.diverged_epoch, k
         assert a.curves.keys() == b.curves.keys()
         for name in b.curves:
             floor = FLOOR * max((abs(v) for v in b.curves[name] if not math.isnan(v)), default=0.0)
-            for e, (x, y) in enumerate(zip(a.curves[name], b.curves[name])):
+            for e, (x, y) in enumerate(zip(a.curves[name], b.curves[name], strict=True)):
                 if math.isnan(y):
                     assert math.isnan(x), (k, name, e)
                 elif x != y:  # (equal infinities pass)
@@ -189,7 +189,7 @@ def test_full_d2l_experiment_matches() -> None:
 
 def test_single_configuration_is_bit_identical_to_reference() -> None:
     task, hypers, want = _sequential("d2l_sgd_l2")
-    for h, w in zip(hypers[:2], want[:2]):
+    for h, w in zip(hypers[:2], want[:2], strict=True):
         assert_outcomes_equal(run_batched_chunk(task, [h])[0], w)
 
 
@@ -217,7 +217,7 @@ def test_zero_dropout_and_zero_noise_change_nothing() -> None:
     base = Task(data=blobs, layers=(6, 16, 12, 3), loss="cross_entropy", batch_size=8, epochs=3)
     with_layers = Task(**{**base.__dict__, "dropout": True, "noise": True})
     hypers = [Hyper(seed=0, lr=0.1), Hyper(seed=1, lr=0.2, l2=0.01)]
-    for a, b in zip(run_batched_chunk(with_layers, hypers), run_batched_chunk(base, hypers)):
+    for a, b in zip(run_batched_chunk(with_layers, hypers), run_batched_chunk(base, hypers), strict=True):
         assert_outcomes_equal(a, b)
 
 
@@ -291,7 +291,7 @@ def test_train_orders_outcomes_and_reports_chunks() -> None:
     assert any(sorted(c) == [0, 2] for c in seen)
     assert_outcomes_close(got, want)
     seq = train(task, hypers, engine="sequential")
-    for a, b in zip(seq, want):
+    for a, b in zip(seq, want, strict=True):
         assert_outcomes_equal(a, b)
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from functools import partial
 
-import engine_data
 import pytest
 import torch
 
+import engine_data
 from decaylab.engine import Hyper, Task, run_chunk, train_batched, train_sequential
 from decaylab.engine.chunking import PY_FLOAT_BYTES, bytes_per_config
 from decaylab.results import ConfigResult, Outcome
@@ -39,19 +39,19 @@ def assert_vectors_close(got: list[float], want: list[float], rtol: float, where
     """``‖got − want‖∞ ≤ rtol·‖want‖∞``."""
     assert len(got) == len(want), where
     scale = max(abs(v) for v in want)
-    worst = max(abs(x - y) for x, y in zip(got, want))
+    worst = max(abs(x - y) for x, y in zip(got, want, strict=True))
     assert worst <= rtol * scale, (where, worst, scale)
 
 
 def assert_curves_close(got: list[float], want: list[float], rtol: float, where: object) -> None:
     floor = FLOOR * max(abs(v) for v in want)
-    for i, (x, y) in enumerate(zip(got, want)):
+    for i, (x, y) in enumerate(zip(got, want, strict=True)):
         assert abs(x - y) <= rtol * max(abs(y), floor), (where, i, x, y)
 
 
 def assert_averages_close(got: list[Outcome], want: list[Outcome], rtol: float) -> None:
     assert len(got) == len(want)
-    for k, (a, b) in enumerate(zip(got, want)):
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
         assert (a.status, a.diverged_epoch) == (b.status, b.diverged_epoch), k
         if b.averaged_weights is None:
             assert a.averaged_weights is None, k
@@ -145,7 +145,7 @@ def test_averaging_changes_no_other_number(engine: str) -> None:
     task, hypers = _case("linear_input_noise")
     plain = run_chunk(Task(**{**task.__dict__, "average_from": None}), hypers, engine)
     averaged = run_chunk(task, hypers, engine)
-    for a, b in zip(plain, averaged):
+    for a, b in zip(plain, averaged, strict=True):
         assert a.averaged_weights is None and b.averaged_weights is not None
         assert a.curves == b.curves and a.metrics == b.metrics and a.weights == b.weights  # bit for bit
 

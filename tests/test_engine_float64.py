@@ -11,11 +11,11 @@ import functools
 import math
 from functools import partial
 
-import engine_data
 import pytest
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+import engine_data
 from decaylab.engine import Hyper, Task, run_chunk, train_batched, train_sequential
 from decaylab.engine.sequential import build_model, data_loss
 from decaylab.results import ConfigResult, Outcome
@@ -38,7 +38,7 @@ TWO_OUTPUTS = partial(regression, out=2)
 # ---------------------------------------------------------------- comparison
 def assert_close(got: list[Outcome], want: list[Outcome]) -> None:
     assert len(got) == len(want)
-    for k, (a, b) in enumerate(zip(got, want)):
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
         assert (a.status, a.diverged_epoch) == (b.status, b.diverged_epoch), k
         assert a.curves.keys() == b.curves.keys() and a.curves.get("epoch") == b.curves.get("epoch")
         series = {name: (a.curves[name], b.curves[name]) for name in b.curves}
@@ -46,11 +46,11 @@ def assert_close(got: list[Outcome], want: list[Outcome]) -> None:
             assert a.weights is None, k
         else:
             assert a.weights is not None and len(a.weights) == len(b.weights), k
-            series.update({f"weights[{e}]": (x, y) for e, (x, y) in enumerate(zip(a.weights, b.weights))})
+            series.update({f"weights[{e}]": (x, y) for e, (x, y) in enumerate(zip(a.weights, b.weights, strict=True))})
         for name, (xs, ys) in series.items():
             assert len(xs) == len(ys), (k, name)
             floor = FLOOR * max((abs(v) for v in ys if not math.isnan(v)), default=0.0)
-            for i, (x, y) in enumerate(zip(xs, ys)):
+            for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
                 if math.isnan(y):
                     assert math.isnan(x), (k, name, i)
                 elif x != y:  # (equal infinities pass)
@@ -120,13 +120,13 @@ def test_float64_is_float64_throughout() -> None:
     w64, w32 = want[1].weights[-1], as32[1].weights[-1]
     assert any(float(torch.tensor(v, dtype=torch.float32)) != v for v in w64)
     assert all(float(torch.tensor(v, dtype=torch.float32)) == v for v in w32)
-    assert max(abs(a - b) for a, b in zip(w64, w32)) > 1e-9
+    assert max(abs(a - b) for a, b in zip(w64, w32, strict=True)) > 1e-9
 
 
 # ---------------------------------------------------------------- projection
 def test_projection_is_enforced_and_active() -> None:
     task, hypers, want = _sequential("linear_prox_projection")
-    for h, out in zip(hypers, want):
+    for h, out in zip(hypers, want, strict=True):
         if h.radius is None:
             continue
         norms = [joint_norm(task, theta) for theta in out.weights]
@@ -137,7 +137,7 @@ def test_projection_is_enforced_and_active() -> None:
 
 def test_joint_ball_includes_biases_only_with_decay_bias() -> None:
     task, hypers, want = _sequential("mlp_adamw_radius_decay_bias")  # decay_bias: weights and biases together
-    for h, out in zip(hypers, want):
+    for h, out in zip(hypers, want, strict=True):
         if h.radius is not None:
             assert float(torch.tensor(out.weights[-1]).norm()) <= h.radius * (1 + 1e-14)
     free = Task(**{**task.__dict__, "decay_bias": False})
@@ -152,7 +152,7 @@ def test_a_large_radius_changes_nothing(dtype: str) -> None:
     free = [Hyper(seed=0, lr=0.05, l2=0.01), Hyper(seed=1, lr=0.05)]
     loose = [Hyper(seed=h.seed, lr=h.lr, l2=h.l2, radius=1e6) for h in free]
     for engine in ("batched", "sequential"):
-        for a, b in zip(run_chunk(task, loose, engine), run_chunk(task, free, engine)):
+        for a, b in zip(run_chunk(task, loose, engine), run_chunk(task, free, engine), strict=True):
             assert a.curves == b.curves and a.weights == b.weights  # bit for bit
 
 
@@ -182,7 +182,7 @@ def test_projection_equals_maxnorm_on_one_output_unit() -> None:
 def test_kept_weights_are_the_sequential_models_parameters() -> None:
     """weights[-1] is parameters_to_vector of the model; loaded into build_model's model it gives the final losses."""
     task, hypers = _case("mlp_adamw_radius_decay_bias")
-    for h, out in zip(hypers, train_batched(task, hypers)):
+    for h, out in zip(hypers, train_batched(task, hypers), strict=True):
         assert len(out.weights) == 1
         model = build_model(task, h)
         assert len(out.weights[0]) == sum(p.numel() for p in model.parameters())
@@ -199,7 +199,7 @@ def test_epochs_keeps_one_vector_per_epoch_whatever_eval_every() -> None:
     assert all(len(o.weights) == task.epochs for o in want)
     sparse = Task(**{**task.__dict__, "eval_every": 7})
     got = train_batched(sparse, hypers)
-    for a, b in zip(got, train_batched(task, hypers)):
+    for a, b in zip(got, train_batched(task, hypers), strict=True):
         assert a.weights == b.weights  # evaluating less often changes no parameter
     assert_close(got, train_sequential(sparse, hypers))
 
@@ -209,7 +209,7 @@ def test_keeping_weights_changes_no_number() -> None:
     for engine in ("batched", "sequential"):
         plain = run_chunk(Task(**{**task.__dict__, "keep_weights": "none"}), hypers, engine)
         kept = run_chunk(task, hypers, engine)
-        for a, b in zip(plain, kept):
+        for a, b in zip(plain, kept, strict=True):
             assert a.weights is None and a.curves == b.curves
 
 
@@ -242,7 +242,7 @@ def test_eval_every_measures_the_same_numbers_at_fewer_epochs(engine: str) -> No
     every = run_chunk(Task(**{**task.__dict__, "eval_every": 1}), hypers, engine)
     some = run_chunk(task, hypers, engine)
     assert task.eval_epochs == (3, 6, 7)
-    for a, b in zip(some, every):
+    for a, b in zip(some, every, strict=True):
         assert a.curves["epoch"] == [3, 6, 7]
         for name in a.curves:
             assert a.curves[name] == [b.curves[name][e - 1] for e in (3, 6, 7)], name  # bit for bit

@@ -11,15 +11,15 @@ from __future__ import annotations
 import math
 from functools import partial
 
-import engine_data
 import pytest
 import torch
-from test_engine_average import assert_vectors_close
 
+import engine_data
 from decaylab.engine import Hyper, Task, run_chunk, train_batched, train_sequential
 from decaylab.engine.semantics import initial_parameters, load_data
 from decaylab.results import ConfigResult
 from decaylab.validation import InvalidParameterError
+from test_engine_average import assert_vectors_close
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny kernels: see decaylab.threads
 
@@ -64,7 +64,7 @@ def test_batched_state_equals_torch_optim_state(dtype: str, name: str, chunk: in
     got = train_batched(task, hypers, chunk=chunk or len(hypers))
     n_train = load_data(task, 0).X_train.shape[0]
     steps = task.epochs * (math.ceil(n_train / task.batch_size) if task.batch_size else 1)
-    for k, (a, b) in enumerate(zip(got, want)):
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
         assert b.optimizer_state is not None and a.optimizer_state is not None, k
         assert set(b.optimizer_state) == buffers | {"step"} == set(a.optimizer_state), k  # torch.optim's names
         assert a.optimizer_state["step"] == b.optimizer_state["step"] == [float(steps)], k
@@ -139,7 +139,7 @@ def test_layer_tensors_cuts_the_parameters_to_vector_layout(dtype: str) -> None:
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
     cut = layer_tensors(task, parameters_to_vector(model.parameters()).tolist())
     assert len(cut) == len(linears)
-    for (W, b), linear in zip(cut, linears):
+    for (W, b), linear in zip(cut, linears, strict=True):
         assert W.dtype == b.dtype == linear.weight.dtype  # the task's dtype: a float64 v̂ of 1e-46 stays nonzero
         assert torch.equal(W, linear.weight.detach()) and torch.equal(b, linear.bias.detach())
     with pytest.raises(InvalidParameterError, match="vector"):

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from decaylab.closed_form import ridge
+from decaylab.closed_form import hessian_eigs, ridge
 from decaylab.data.sparse import sparse_linear_data
 from decaylab.engine import Hyper, run_chunk
 from decaylab.lab.experiments import get_experiment
-from decaylab.closed_form import hessian_eigs
 from decaylab.results import ConfigResult
 
 EXP = get_experiment("constraint")
@@ -31,7 +30,7 @@ def opts_with(**over: str) -> dict[str, Any]:
 def test_claim_projected_gd_equals_ridge_and_theta_decreases() -> None:
     opts = opts_with(lambd="0.003,0.05,0.5,5,50", epochs="600", seed="0,1")
     configs = EXP.configs(opts)
-    results = [ConfigResult.of(c, o) for c, o in zip(configs, EXP.run_chunk(opts, configs, "batched"))]
+    results = [ConfigResult.of(c, o) for c, o in zip(configs, EXP.run_chunk(opts, configs, "batched"), strict=True)]
     for r in results:
         m = r.metrics
         assert m["dist_to_ridge"] < 1e-9, r.params  # same w
@@ -77,7 +76,7 @@ def test_sequential_engine_equals_batched() -> None:
     configs = EXP.configs(opts)
     batched = EXP.run_chunk(opts, configs, "batched")
     sequential = EXP.run_chunk(opts, configs, "sequential")
-    for a, b in zip(sequential, batched):
+    for a, b in zip(sequential, batched, strict=True):
         np.testing.assert_allclose(a.curves["coef_pgd"], b.curves["coef_pgd"], rtol=0, atol=1e-12)
         np.testing.assert_allclose(a.curves["dist_to_ridge"], b.curves["dist_to_ridge"], rtol=0, atol=1e-12)
         assert a.metrics["multiplier"] > 0

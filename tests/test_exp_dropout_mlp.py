@@ -12,7 +12,6 @@ import torch
 from decaylab.lab.experiments import get_experiment
 from decaylab.lab.experiments.dropout_mlp import compare_dropout, end_mean, train_focused
 from decaylab.results import ConfigResult
-
 from experiment_helpers import options, train
 from test_idx import fake_mnist
 

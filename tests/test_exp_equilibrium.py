@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from decaylab.closed_form import rotational_equilibrium
 from decaylab.engine import Hyper, Task, run_chunk
@@ -20,7 +19,6 @@ from decaylab.engine.sequential import NormalizedLinear, build_model
 from decaylab.lab.experiments import get_experiment
 from decaylab.lab.experiments.equilibrium import angular_updates, teacher_data
 from decaylab.validation import InvalidParameterError
-
 from experiment_helpers import options, train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -162,7 +160,7 @@ def test_last_step_angle_from_the_optimizer_state(optimizer: str) -> None:
 
         before = [W.double() for W, _ in layer_tensors(task, outcome.weights[-2])]
         after = [W.double() for W, _ in layer_tensors(task, outcome.weights[-1])]
-        want = [math.acos(min(1.0, float((a * b).sum() / (a.norm() * b.norm())))) for a, b in zip(before, after)]
+        want = [math.acos(min(1.0, float((a * b).sum() / (a.norm() * b.norm())))) for a, b in zip(before, after, strict=True)]
         assert got == pytest.approx(want, rel=1e-3, abs=1e-6)
         assert min(want) > 1e-4  # a real step, not a zero angle
 

@@ -18,7 +18,6 @@ from decaylab.lab.experiments.dropout_mlp import train_epoch
 from decaylab.lab.experiments.l2_vs_decay import HIST_EDGES, adam_l2_effective_decay, effective_decay_stats
 from decaylab.results import ConfigResult
 from decaylab.rng import generator
-
 from experiment_helpers import options, train
 
 EXP = get_experiment("l2-vs-decay")
@@ -55,7 +54,7 @@ def test_effective_decay_falls_with_the_second_moment(small: Any) -> None:
     _, results, _ = small
     for r in (r for r in results if r.params["variant"] == "adam-l2"):
         sq, eff = r.curves["decile_sqrt_vhat"], r.curves["decile_eff_decay"]
-        assert all(a < b for a, b in zip(sq, sq[1:])) and all(a > b for a, b in zip(eff, eff[1:]))
+        assert all(a < b for a, b in zip(sq, sq[1:], strict=False)) and all(a > b for a, b in zip(eff, eff[1:], strict=False))
         assert sum(r.curves["eff_decay_counts"]) == 64 * 64 + 64 * 64 + 64 * 10
         layers = [r.curves[f"eff_decay_counts_layer{k}"] for k in (1, 2, 3)]
         np.testing.assert_array_equal(np.sum(layers, axis=0), r.curves["eff_decay_counts"])
@@ -118,7 +117,7 @@ def test_large_gradient_weights_keep_their_size_under_adam_l2() -> None:
     w_plain, _, _, _ = _torch_adam(task, 0.0)
     order = torch.argsort(v_hat)
     deciles = torch.tensor_split(order, 10)
-    kept = [float((w_l2[d].abs().median() / w_plain[d].abs().median())) for d in deciles]
+    kept = [float(w_l2[d].abs().median() / w_plain[d].abs().median()) for d in deciles]
     assert kept[0] < 0.3  # small-gradient weights: decayed hard
     assert kept[-1] > 0.8  # large-gradient weights: barely decayed
     assert kept[-1] > 3 * kept[0]
@@ -165,7 +164,7 @@ def test_only_adam_l2_keeps_weights_and_state_and_hands_neither_on() -> None:
     assert EXP.task(opts, "adam", effective_decay=True).keep_optimizer_state is True
     outcomes = EXP.run_chunk(opts, EXP.configs(opts), "batched")
     assert all(o.weights is None and o.optimizer_state is None for o in outcomes)
-    (adam_l2,) = [o for o, c in zip(outcomes, EXP.configs(opts)) if c["variant"] == "adam-l2"]
+    (adam_l2,) = [o for o, c in zip(outcomes, EXP.configs(opts), strict=True) if c["variant"] == "adam-l2"]
     assert "eff_decay_counts" in adam_l2.curves and "eff_decay_median" in adam_l2.metrics
 
 

@@ -17,7 +17,6 @@ from decaylab.lab.experiments.noise_tikhonov import (
     tikhonov_data,
 )
 from decaylab.rng import generator
-
 from experiment_helpers import train
 
 SMALL = {"epochs": 60, "lr": 0.02, "batch_size": 10, "average": 0.5, "n_train": 200, "n_test": 50, "dim": 5}

@@ -11,7 +11,6 @@ import pytest
 from decaylab.lab.experiments import get_experiment
 from decaylab.lab.experiments.ridge_path import load_data, ridgecv_reference
 from decaylab.results import ConfigResult
-
 from experiment_helpers import options, train
 
 EXP = get_experiment("ridge-path")

@@ -19,7 +19,6 @@ import torch
 from decaylab.data.moons import moons_data
 from decaylab.lab.experiments.scaling import Scaling, _verdict, fit_slope, l2_coefficient
 from decaylab.results import ConfigResult
-
 from experiment_helpers import options, train
 
 EXP = Scaling()
@@ -69,7 +68,7 @@ def test_the_two_conventions_differ_by_exactly_one_power_of_m(small_run: Any) ->
     """λ_half = λ_mean/m: both conventions pick the same objective, so the slopes differ by −1 (up to the grid)."""
     _, _, summary = small_run
     rows = {c: summary["conventions"][c]["by_m"] for c in ("half", "mean")}
-    for half, mean in zip(rows["half"], rows["mean"]):
+    for half, mean in zip(rows["half"], rows["mean"], strict=True):
         assert 0.5 <= half["best_l2"] / mean["best_l2"] <= 2.0  # the same l2, up to one grid step (×2)
     slopes = {c: fit_slope([r["m"] for r in rows[c]], [r["best_lambd"] for r in rows[c]]) for c in rows}
     # log2(128/16) = 3 doublings of m; one grid step (×2) of disagreement moves the difference by 1/3
@@ -87,7 +86,7 @@ def test_both_conventions_are_the_engine_l2_on_the_mean_loss() -> None:
     m, seed, lambd, epochs = 16, 0, 0.5, 40
     opts = _opts(epochs=epochs, m=[m], seed=[seed], lambd_half=[lambd], lambd_mean=[lambd])
     configs = EXP.configs(opts)
-    outs = {c["convention"]: o for c, o in zip(configs, EXP.run_chunk(opts, configs, "batched"))}
+    outs = {c["convention"]: o for c, o in zip(configs, EXP.run_chunk(opts, configs, "batched"), strict=True)}
     data = moons_data(seed, m, n_val=opts["n_val"])
     task = EXP._task(opts, m)
     for convention, penalty in (("half", "half"), ("mean", "half_mean")):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from decaylab.closed_form import hessian_eigs
 from decaylab.data.sparse import sparse_linear_data
 from decaylab.lab.experiments import get_experiment
-from decaylab.closed_form import hessian_eigs
 from decaylab.lab.experiments.sparsity import sklearn_solutions, strengths
 from decaylab.results import ConfigResult
 
@@ -33,7 +33,7 @@ def small_run() -> tuple[dict[str, Any], list[ConfigResult]]:
     opts = small_opts()
     configs = EXP.configs(opts)
     outcomes = EXP.run_chunk(opts, configs, "batched")
-    return opts, [ConfigResult.of(c, o) for c, o in zip(configs, outcomes)]
+    return opts, [ConfigResult.of(c, o) for c, o in zip(configs, outcomes, strict=True)]
 
 
 def test_data_have_the_stated_sparse_truth() -> None:
@@ -99,7 +99,7 @@ def test_sequential_engine_equals_batched() -> None:
     sequential = EXP.run_chunk(opts, configs, "sequential")
     np.testing.assert_allclose(coefficients(sequential), coefficients(batched), rtol=0, atol=1e-12)
     assert (coefficients(sequential) == 0).tolist() == (coefficients(batched) == 0).tolist()
-    for a, b in zip(sequential, batched):
+    for a, b in zip(sequential, batched, strict=True):
         assert a.metrics["train_loss"] == pytest.approx(b.metrics["train_loss"], rel=1e-12)
 
 
@@ -115,7 +115,7 @@ def test_library_path_reaches_the_engines_iterate() -> None:
     data = EXP.task(opts).data(2)
     X, y = data.X_train, data.y_train.reshape(-1, 1)
     L = hessian_eigs(X)[1]
-    for c, out in zip(configs, engine):
+    for c, out in zip(configs, engine, strict=True):
         l1, l2 = strengths(c["method"], c["lambd"], opts["l1_ratio"])
         model = nn.Linear(X.shape[1], 1, dtype=torch.float64)
         with torch.no_grad():

@@ -19,7 +19,7 @@ def test_linear_range_keeps_both_ends_and_count() -> None:
     values = lambd("0:10:64", "--lambd", "x")
     assert len(values) == 64
     assert values[0] == 0.0 and values[-1] == 10.0
-    steps = [b - a for a, b in zip(values, values[1:])]
+    steps = [b - a for a, b in zip(values, values[1:], strict=False)]
     assert max(steps) - min(steps) < 1e-12
     assert lambd("2:2:1", "--lambd", "x") == [2.0]
 
@@ -27,7 +27,7 @@ def test_linear_range_keeps_both_ends_and_count() -> None:
 def test_log_range() -> None:
     values = lambd("log:1e-4:1:32", "--lambd", "x")
     assert len(values) == 32 and values[0] == 1e-4 and values[-1] == 1.0
-    ratios = [b / a for a, b in zip(values, values[1:])]
+    ratios = [b / a for a, b in zip(values, values[1:], strict=False)]
     assert max(ratios) / min(ratios) - 1 < 1e-9
     assert math.isclose(ratios[0], 10 ** (4 / 31))
 

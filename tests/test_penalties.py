@@ -60,7 +60,7 @@ def test_half_l2_penalty_is_sgd_weight_decay() -> None:
         ((b(x) - y) ** 2).mean().backward()
         opt_a.step()
         opt_b.step()
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-14)
 
 

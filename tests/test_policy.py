@@ -107,7 +107,7 @@ def test_param_groups_hold_every_trainable_parameter_once_with_its_weight_decay(
     seen = {}
     for g in groups:
         assert len(g["params"]) == len(g["param_names"])
-        for name, p in zip(g["param_names"], g["params"]):
+        for name, p in zip(g["param_names"], g["params"], strict=True):
             seen[name] = (p, g["weight_decay"])
     params = dict(net.named_parameters())
     for name, (multiplier, _) in {**DEFAULT, "head.weight": (0.5, "")}.items():

@@ -82,7 +82,7 @@ def test_cut_off_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path, sig: 
     assert resumed["run_id"] == run_id and resumed["status"] == "finished"
     # equal up to float32 rounding: thread counts may differ between this process and the killed one
     assert [c["params"] for c in resumed["configs"]] == [c["params"] for c in full["configs"]]
-    for a, b in zip(resumed["configs"], full["configs"]):
+    for a, b in zip(resumed["configs"], full["configs"], strict=True):
         assert a["status"] == b["status"] == "done"
         for key, values in b["curves"].items():
             floor = 1e-8 * max(abs(v) for v in values)  # the engine's tolerance: 1e-5 of 1e-3 of the curve's max

@@ -15,9 +15,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from store_helpers import one_line_error, sql
 
 from decaylab.lab.store import RunBusyError, Store
+from store_helpers import one_line_error, sql
 
 # one worker trains the three runs once (see _three_runs), not each of the two
 pytestmark = pytest.mark.xdist_group("runs-management")

@@ -50,7 +50,7 @@ def dino_cosine(base: float, final: float, n: int) -> np.ndarray:
 
 # (name, build(opt), closed form of λ_t for t = 0..STEPS-1 from λ₀), each written out independently
 def _wsd(t: int, shape: str) -> float:
-    W, D, T, s, f = 10, 20, 50, 0.1, 0.05
+    W, T, s, f = 10, 50, 0.1, 0.05  # the decay's 20 steps: 30 to T, written out below
     if t < W:
         return L0 * (s + (1 - s) * t / W)
     if t < 30:
@@ -147,7 +147,7 @@ def test_attached_decoupled_decay_equals_adamw_set_by_hand() -> None:
         _train_step(m1, opt1, x, y)
         _train_step(m2, opt2, x, y)
         sched.step()
-    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+    for p1, p2 in zip(m1.parameters(), m2.parameters(), strict=True):
         torch.testing.assert_close(p1, p2, rtol=1e-6, atol=1e-7)
     # and the schedule mattered: a constant λ ends elsewhere
     m3 = model()
@@ -206,7 +206,7 @@ def test_state_dict_round_trip_mid_training_continues_identically(target: str, k
         sched2.step()
         resumed.append(sched2.get_last_wd())
     assert resumed == reference
-    for a, b in zip(final, m2.parameters()):
+    for a, b in zip(final, m2.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 

@@ -101,7 +101,7 @@ alone = train_alone  # the configuration trained alone with torch.optim: the ref
 
 def losses(outcome: Any) -> list[tuple[float, float]]:
     assert outcome.status == "done"
-    return list(zip(outcome.curves["train_loss"], outcome.curves["val_loss"]))
+    return list(zip(outcome.curves["train_loss"], outcome.curves["val_loss"], strict=True))
 
 
 def assert_close(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> None:
@@ -131,7 +131,7 @@ def test_stacked_forward_equals_vmap_and_torch_optim(name: str) -> None:
         ref, _ = alone(task, h)
         assert_close(losses(out_s[k]), ref)
         assert_close(losses(out_s[k]), losses(out_v[k]))
-    assert max(abs(a - b) for o in out_s for a, b in zip(o.curves["train_loss"], o.curves["train_loss"][1:])) > 1e-3
+    assert max(abs(a - b) for o in out_s for a, b in zip(o.curves["train_loss"], o.curves["train_loss"][1:], strict=False)) > 1e-3
 
 
 def test_batchnorm_running_statistics_are_torch_s_per_configuration() -> None:
@@ -177,7 +177,7 @@ def test_dropout_masks_are_the_vmap_path_s_whatever_the_chunk(chunk: int) -> Non
     batched = train_module_batched(task, HYPERS, chunk=chunk)
     sequential = train_module_sequential(task, HYPERS)
     vmapped = ModuleStack(task, HYPERS, native=False).run()
-    for b, s, v in zip(batched, sequential, vmapped):
+    for b, s, v in zip(batched, sequential, vmapped, strict=True):
         assert_close(losses(b), losses(s))
         assert_close(losses(b), losses(v))
     without = train_module_batched(task_of(lambda s: nn.Sequential(*[m for m in dropout_net(s) if not isinstance(
@@ -231,7 +231,7 @@ def test_a_forward_that_branches_on_training_mode_is_exact() -> None:
     task = task_of(lambda s: TrainingBranch(), "flat")
     stack = ModuleStack(task, HYPERS)
     assert stack.stacked is not None
-    for o, h in zip(stack.run(), HYPERS):
+    for o, h in zip(stack.run(), HYPERS, strict=True):
         assert_close(losses(o), alone(task, h)[0])
 
 
@@ -249,7 +249,7 @@ def test_an_unknown_layer_or_operation_falls_back_to_vmap(name: str) -> None:
     task = task_of(model, "flat")
     stack = ModuleStack(task, HYPERS)
     assert stack.stacked is None and reason in stack.fallback
-    for o, h in zip(stack.run(), HYPERS):
+    for o, h in zip(stack.run(), HYPERS, strict=True):
         assert_close(losses(o), alone(task, h)[0])
 
 
@@ -286,7 +286,7 @@ def test_one_seed_shared_input_paths_follow_torch_optim(name: str) -> None:
     stack = ModuleStack(task, ONE_SEED)
     assert stack.stacked is not None, stack.fallback
     assert any(stack.stacked.relu_after_pool.values())
-    for o, h in zip(stack.run(), ONE_SEED):
+    for o, h in zip(stack.run(), ONE_SEED, strict=True):
         assert_close(losses(o), alone(task, h)[0])
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from experiment_helpers import options
 
 import decaylab.lab.backends
 import decaylab.lab.runner
 from decaylab.lab.experiments import get_experiment
 from decaylab.lab.runner import RunFailed, RunInterrupted, RunRequest, execute
 from decaylab.lab.store import Store
+from experiment_helpers import options
 
 # a tiny setting of every experiment (seconds each, closed form or a few epochs)
 TINY = {

@@ -49,7 +49,7 @@ def test_sgd_coupled_weight_decay_equals_decoupled_decay_without_momentum() -> N
         for model, opt in ((a, coupled), (b, plain)):
             backward(model, x, y)
             opt.step()
-        for p, q in zip(a.parameters(), b.parameters()):
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-14)
 
 
@@ -73,9 +73,9 @@ def test_with_momentum_coupled_and_decoupled_differ_by_the_theory_after_two_step
             backward(model, x, y)
             opt.step()
         if step == 0:
-            for p, q in zip(a.parameters(), b.parameters()):
+            for p, q in zip(a.parameters(), b.parameters(), strict=True):
                 torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-14)
-    for p, q, t1, dec in zip(a.parameters(), b.parameters(), theta1, decayed(a)):
+    for p, q, t1, dec in zip(a.parameters(), b.parameters(), theta1, decayed(a), strict=True):
         expected = -lr * mu * LAMBDA * t1 if dec else torch.zeros_like(t1)
         torch.testing.assert_close(p - q, expected, rtol=1e-9, atol=1e-13)
         if dec:
@@ -93,7 +93,7 @@ def test_adam_with_decoupled_decay_is_adamw_step_for_step(foreach: bool) -> None
         for model, opt in ((a, ours), (b, ref)):
             backward(model, x, y)
             opt.step()
-        for p, q in zip(a.parameters(), b.parameters()):
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
             assert torch.equal(p, q)  # the same float operations: bit for bit
 
 
@@ -115,7 +115,7 @@ def test_adam_l2_is_not_decoupled_decay_where_lambda_theta_dominates_the_gradien
         backward(model, x, y, scale=1e-6)
         opt.step()
     for p, q, t0, dec, g in zip(a.parameters(), b.parameters(), theta0, decayed(a),
-                                (p.grad for p in a.parameters())):
+                                (p.grad for p in a.parameters()), strict=True):
         g_coupled = g + (LAMBDA * t0 if dec else 0)
         torch.testing.assert_close(p, t0 - lr * g_coupled / (g_coupled.abs() + eps), rtol=1e-10, atol=1e-12)
         shrink = (1 - lr * LAMBDA) if dec else 1.0
@@ -146,13 +146,13 @@ def test_attach_works_with_any_optimizer_and_a_scheduler(name: str) -> None:
         backward(b, x, y)
         lr = ref.param_groups[0]["lr"]
         with torch.no_grad():
-            for p, dec in zip(b.parameters(), decayed(b)):
+            for p, dec in zip(b.parameters(), decayed(b), strict=True):
                 if dec:
                     p.mul_(1 - lr * LAMBDA)
         ref.step()
         for s in scheds:
             s.step()
-        for p, q in zip(a.parameters(), b.parameters()):
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
@@ -221,7 +221,7 @@ def test_optimizer_checkpoints_round_trip(attach_first: bool) -> None:
         attach(opt2, *steps)
     assert opt2.param_groups[0][LR0_KEY] == 0.1
     train(resumed, opt2, range(3, 6))
-    for p, q in zip(full.parameters(), resumed.parameters()):
+    for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -267,17 +267,17 @@ def test_max_norm_keeps_every_unit_in_the_ball_and_leaves_inside_units_untouched
     inside = outside = 0
     for _ in range(5):
         with torch.no_grad():
-            for p, q in zip(model.parameters(), twin.parameters()):
+            for p, q in zip(model.parameters(), twin.parameters(), strict=True):
                 q.copy_(p)
                 p.grad = 0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype)
                 q.grad = p.grad.clone()
         ours.step()
         ref.step()  # the unconstrained step from the same point
-        for p, q in zip(model.parameters(), twin.parameters()):
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
             if p.dim() < 2:
                 assert torch.equal(p, q)  # biases: excluded by the default policy
                 continue
-            for unit, target in zip(p, q):  # dim 0: output units (rows of Linear, filters of Conv2d)
+            for unit, target in zip(p, q, strict=True):  # dim 0: output units (rows of Linear, filters of Conv2d)
                 norm = torch.linalg.vector_norm(target)
                 assert torch.linalg.vector_norm(unit) <= c * (1 + 1e-12)
                 if norm <= c:

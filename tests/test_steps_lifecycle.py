@@ -57,7 +57,7 @@ def run(model: nn.Module, opt: torch.optim.Optimizer, sched: object | None = Non
 
 
 def assert_same(a: nn.Module, b: nn.Module, tol: float = 1e-5) -> None:
-    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=tol, atol=tol, msg=name)
 
 
@@ -207,7 +207,7 @@ def _amp_run(model: nn.Module, opt: torch.optim.Optimizer, inf_steps: set[int]) 
         before = [p.detach().clone() for p in model.parameters()]
         scaler.step(opt)
         scaler.update()
-        skipped.append(all(torch.equal(p, b) for p, b in zip(model.parameters(), before)))
+        skipped.append(all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True)))
     return skipped
 
 
@@ -250,7 +250,7 @@ def _amp_run_with_post(model: nn.Module, opt: torch.optim.Optimizer, inf_steps: 
                     p.copy_(p.sign() * (p.abs() - lr * 1e-4).clamp_min(0))
                     norms = p.norm(dim=1, keepdim=True)
                     p.mul_(torch.where(norms > 1.0, 1.0 / norms, torch.ones_like(norms)))
-        skipped.append(all(torch.equal(p, b) for p, b in zip(model.parameters(), before)))
+        skipped.append(all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True)))
     return skipped
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_helpers import decaylab, one_line_error, sql, unprivileged, write_v1_store
 
 from decaylab.lab import store as store_module
 from decaylab.lab.store import Store
+from store_helpers import decaylab, one_line_error, sql, unprivileged, write_v1_store
 
 FAST = ("--epochs", "4", "--quiet")
 
@@ -311,7 +311,7 @@ def test_runs_show_needs_no_input_file(cli: Any, cli_json: Any, tmp_path: Path) 
     from sklearn.datasets import load_diabetes
 
     X, y = load_diabetes(return_X_y=True)
-    rows = [",".join(f"{v:.10g}" for v in [*x, t]) for x, t in zip(X[:60], y[:60])]
+    rows = [",".join(f"{v:.10g}" for v in [*x, t]) for x, t in zip(X[:60], y[:60], strict=True)]
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     doc = cli_json("run", "ridge-path", "--no-figures", "--data", "data.csv", "--lambd", "log:1e-3:10:20", "--quiet")
     (tmp_path / "data.csv").rename(tmp_path / "moved.csv")

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from store_helpers import CONFIG_COLUMNS, V1_RUN_COLUMNS, V1_SCHEMA, sql
 
 from decaylab import codec
-from decaylab.results import ConfigResult, json_safe
 from decaylab.lab.runner import RunRequest, execute
 from decaylab.lab.store import Store
+from decaylab.results import ConfigResult, json_safe
+from store_helpers import CONFIG_COLUMNS, V1_RUN_COLUMNS, V1_SCHEMA, sql
 
 NAN, INF = float("nan"), float("inf")
 
@@ -27,7 +27,7 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float) and math.isnan(a):
         return isinstance(b, float) and math.isnan(b)
     return type(a) is type(b) and a == b
@@ -133,7 +133,7 @@ def test_store_round_trip_of_curves_and_metrics(tmp_path: Path) -> None:
     results = _results()
     store = _store(tmp_path / "s.db", results)
     record = store.get_run("r1")
-    for got, want in zip(record.configs, results):
+    for got, want in zip(record.configs, results, strict=True):
         assert same(got.curves, want.curves) and same(got.metrics, want.metrics)
         assert (got.status, got.diverged_epoch, got.error) == (want.status, want.diverged_epoch, want.error)
     types = sql(tmp_path / "s.db", "SELECT typeof(metrics), typeof(curves) FROM configs ORDER BY idx")
@@ -175,7 +175,7 @@ def test_engine_float32_curves_are_stored_as_float32_exactly(tmp_path: Path, mon
     opts.update(lambd=[0.0, 3.0, 1e9], epochs=3)  # λ = 1e9 diverges: NaN curves
     record = execute(_open(tmp_path / "s.db"), RunRequest(exp, opts, chunk=3))
     assert record.configs[2].status == "diverged" and len(trained) == 3
-    for got, want in zip(record.configs, trained):
+    for got, want in zip(record.configs, trained, strict=True):
         assert same(got.curves, want.curves) and same(got.metrics, want.metrics)
     for (blob,) in sql(tmp_path / "s.db", "SELECT curves FROM configs"):
         assert kinds(blob) == {"epoch": "ri", "train_loss": "f4", "test_loss": "f4", "w_norm": "f4"}
@@ -227,7 +227,7 @@ def test_old_store_with_json_text_reads_and_migrates(tmp_path: Path, version: st
     old = reader.get_run("old")
     reader.close()
     assert path.read_bytes() == before  # read as it is
-    for got, want in zip(old.configs, results):  # the numbers as written: JSON text kept ±inf as null, read as NaN
+    for got, want in zip(old.configs, results, strict=True):  # the numbers as written: JSON text kept ±inf as null, read as NaN
         assert same(got.curves, _through_json(want.curves)) and same(got.metrics, _through_json(want.metrics))
 
     store = _open(path)  # a writer migrates: version 3, old rows untouched, new rows packed
@@ -237,7 +237,7 @@ def test_old_store_with_json_text_reads_and_migrates(tmp_path: Path, version: st
     assert sql(path, "SELECT typeof(curves) FROM configs WHERE run_id = 'old'") == [("text",)] * 4
     assert sql(path, "SELECT typeof(curves) FROM configs WHERE run_id = 'new' AND idx = 0") == [("blob",)]
     new = store.get_run("new")
-    for got, want in zip(new.configs, results):  # packed: ±inf kept
+    for got, want in zip(new.configs, results, strict=True):  # packed: ±inf kept
         assert same(got.curves, want.curves) and same(got.metrics, want.metrics)
     assert {r.run_id: r.counts() for r in store.list_runs()} == {
         "old": {"done": 2, "diverged": 1, "failed": 1}, "new": {"done": 2, "diverged": 1, "failed": 1}

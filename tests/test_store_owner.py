@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_helpers import one_line_error, sql
 
 from decaylab.lab import store as store_module
 from decaylab.lab.store import RunBusyError, Store, owner_alive
+from store_helpers import one_line_error, sql
 
 SWEEP = ("run", "d2l-linear", "--lambd", "0:3:6", "--epochs", "20", "--engine", "sequential", "--chunk", "1", "--quiet",
          "--no-figures")
@@ -272,9 +272,9 @@ def test_two_resumes_at_once_one_is_refused_and_nothing_is_trained_twice(cli_jso
             r.kill()
     codes = sorted(r.returncode for r in resumes)
     assert codes == [0, 2], outputs
-    (refused_err,) = [err for r, (out, err) in zip(resumes, outputs) if r.returncode == 2]
+    (refused_err,) = [err for r, (out, err) in zip(resumes, outputs, strict=True) if r.returncode == 2]
     one_line_error(2, refused_err, repr(full["run_id"]), "no live process is training")
-    (doc,) = [json.loads(out) for r, (out, err) in zip(resumes, outputs) if r.returncode == 0]
+    (doc,) = [json.loads(out) for r, (out, err) in zip(resumes, outputs, strict=True) if r.returncode == 0]
     assert doc["status"] == "finished" and doc["configs"] == full["configs"]
     trained = [float(x) for x in counter.read_text().split()]
     lambds = [c["params"]["lambd"] for c in full["configs"]]

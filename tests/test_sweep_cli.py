@@ -56,7 +56,7 @@ def test_python_api_gives_the_cli_s_numbers(tmp_path: Path, cli_json: Any) -> No
     result = decaylab.sweep(f"{path}:setup", lambd="0,0.01,0.1", seed=[0, 1], lr=0.1, momentum=0.9, batch_size=32, epochs=2)
     assert decaylab.sweep is module.sweep
     assert [r.params for r in result.results] == [c["params"] for c in doc["configs"]]
-    for r, c in zip(result.results, doc["configs"]):
+    for r, c in zip(result.results, doc["configs"], strict=True):
         assert r.curves["val_loss"] == pytest.approx(c["curves"]["val_loss"], rel=1e-6)
     assert result.best["params"] == doc["summary"]["best"]["params"]
     assert "val_loss" in str(result)
@@ -66,7 +66,7 @@ def test_engine_sequential_matches_batched(tmp_path: Path, cli_json: Any) -> Non
     target = f"{write(tmp_path)}:setup"
     a = cli_json("sweep", target, "--no-figures", *ARGS, "--quiet")
     b = cli_json("sweep", target, "--no-figures", *ARGS, "--quiet", "--engine", "sequential")
-    for x, y in zip(a["configs"], b["configs"]):
+    for x, y in zip(a["configs"], b["configs"], strict=True):
         assert x["curves"]["val_loss"] == pytest.approx(y["curves"]["val_loss"], rel=1e-5)
 
 
@@ -156,7 +156,7 @@ def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_js
     whole = cli_json("sweep", target, "--no-figures", *ARGS, "--chunk", "1", "--quiet")
     got = json.loads(resumed.stdout)
     assert got["status"] == "finished"
-    for a, b in zip(got["configs"], whole["configs"]):
+    for a, b in zip(got["configs"], whole["configs"], strict=True):
         assert a["params"] == b["params"] and a["status"] == "done"
         assert a["curves"]["val_loss"] == pytest.approx(b["curves"]["val_loss"], rel=1e-5)
 
@@ -167,7 +167,7 @@ def test_ray_backend_gives_the_local_results(tmp_path: Path, cli_json: Any, ray_
     local = cli_json("sweep", target, "--no-figures", *ARGS, "--quiet")
     remote = cli_json("sweep", target, "--no-figures", *ARGS, "--quiet", "--backend", "ray")
     assert [c["params"] for c in remote["configs"]] == [c["params"] for c in local["configs"]]
-    for a, b in zip(local["configs"], remote["configs"]):
+    for a, b in zip(local["configs"], remote["configs"], strict=True):
         assert b["status"] == "done"
         assert b["curves"]["val_loss"] == pytest.approx(a["curves"]["val_loss"], rel=1e-5)
 

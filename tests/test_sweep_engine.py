@@ -31,7 +31,7 @@ def reference(task: ModuleTask, h: Hyper) -> list[tuple[float, float]]:
 
 
 def assert_matches(outcomes: list[Any], refs: list[list[tuple[float, float]]]) -> None:
-    for o, ref in zip(outcomes, refs):
+    for o, ref in zip(outcomes, refs, strict=True):
         assert o.status == "done"
         for e, (train, val) in enumerate(ref):
             assert o.curves["train_loss"][e] == pytest.approx(train, rel=REL)
@@ -75,7 +75,7 @@ def test_batchnorm_running_statistics_are_per_configuration() -> None:
     task, hypers = case("cnn_bn-nesterov")
     outs = train_module(task, hypers, chunk=len(hypers))
     alone = [train_module(task, [h], chunk=1)[0] for h in hypers]
-    for a, b in zip(outs, alone):
+    for a, b in zip(outs, alone, strict=True):
         assert a.curves["val_loss"] == pytest.approx(b.curves["val_loss"], rel=REL)
     assert len({round(o.curves["val_loss"][-1], 4) for o in outs}) == len(outs)  # all configurations differ
 
@@ -132,7 +132,7 @@ def test_a_diverging_configuration_is_isolated() -> None:
     assert together[1].status == "diverged" and together[1].diverged_epoch in (1, 2)
     assert all(math.isnan(v) for v in together[1].curves["val_loss"][together[1].diverged_epoch :])
     alone = train_module(task, good, chunk=2)
-    for a, b in zip([together[0], together[2]], alone):
+    for a, b in zip([together[0], together[2]], alone, strict=True):
         assert a.status == "done"
         assert a.curves["val_loss"] == pytest.approx(b.curves["val_loss"], rel=REL)
 
@@ -152,7 +152,8 @@ def test_dropout_draws_from_each_seed_s_stream_whatever_the_chunk() -> None:
     hypers = [Hyper(seed=s, lr=0.05, l2=l2) for s in (0, 1, 2) for l2 in (0.0, 1e-2)]
     seq = train_module(task, hypers, engine="sequential")
     for chunk in (1, 3, len(hypers)):
-        assert_matches(train_module(task, hypers, chunk=chunk), [list(zip(o.curves["train_loss"], o.curves["val_loss"])) for o in seq])
+        refs = [list(zip(o.curves["train_loss"], o.curves["val_loss"], strict=True)) for o in seq]
+        assert_matches(train_module(task, hypers, chunk=chunk), refs)
     # one configuration alone, beside others of other seeds: the same curves
     alone = train_module(task, [hypers[3]], chunk=1)[0]
     assert alone.curves["val_loss"] == pytest.approx(seq[3].curves["val_loss"], rel=REL)

@@ -40,9 +40,9 @@ def test_rejects_a_non_positive_count():
 def test_chunks_and_the_chunk_probe_run_with_the_experiments_thread_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     from decaylab.lab.backends import run_chunk
     from decaylab.lab.experiments import get_experiment
-    from decaylab.results import Outcome
     from decaylab.lab.runner import RunRequest, execute
     from decaylab.lab.store import Store
+    from decaylab.results import Outcome
 
     exp = get_experiment("ridge-path")
     assert exp.threads == 1
