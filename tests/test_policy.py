@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from decaylab.penalties import elastic_net_penalty, l1_penalty, l2_penalty
 from decaylab.audit import explain
+from decaylab.penalties import elastic_net_penalty, l1_penalty, l2_penalty
 from decaylab.policy import DecayPolicy, decay_plan, param_groups
 from decaylab.steps import DecoupledDecay, L1Prox, MaxNorm, attach
 from decaylab.validation import InvalidParameterError
