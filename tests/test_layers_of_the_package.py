@@ -65,3 +65,51 @@ def test_the_experiments_never_import_their_figures() -> None:
     assert not offenders, offenders
     # and the sweep's figures do not import the sweep module that draws them
     assert not {n for n in _imports(SRC / "lab" / "plots" / "sweep.py") if n.startswith("decaylab.lab.sweep")}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (a name ``from M import x`` counts as ``M.x`` when that is a module)."""
+    modules = {_module(path): path for path in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        graph[module] = {n for n in _imports(path) if n in modules and n != module and n != "decaylab"}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circles_in_the_package() -> None:
+    """No modules import each other in a loop, lazily or not (``decaylab/__init__``'s lazy names aside): each
+    module can be read, tested and moved with what lies below it."""
+    assert _cycles(_import_graph()) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check itself
