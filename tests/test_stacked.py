@@ -374,7 +374,9 @@ def test_the_transformer_block_attends_through_short_attention(monkeypatch: pyte
     assert True in calls and False in calls
     monkeypatch.setattr(stacked_module, "SHORT_SEQUENCE", task.train[0].shape[1] - 1)
     calls.clear()
-    fused = ModuleStack(task, HYPERS).run()
+    stack = ModuleStack(task, HYPERS)
+    assert stack.stacked is not None, stack.fallback  # the fused kernel in the stacked forward, not vmap
+    fused = stack.run()
     assert calls == []
     for a, b in zip(short, fused, strict=True):
         assert_close(losses(a), losses(b))

@@ -14,7 +14,8 @@ bigger stack only costs memory. So :func:`plan_chunks`
    within 5 % of the best rate. For a compute-bound model this is 1, so batched is not slower than
    one configuration at a time, and the probe costs about 2 % of such a sweep.
 
-``chunk=`` overrides both. Chunks are balanced (their sizes differ by at most one).
+``chunk=`` overrides both. Chunks are balanced (their sizes differ by at most one). :func:`train_batched`
+trains configurations of the MLP engine in the chunks planned, :func:`run_in_chunks` any engine.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class Stacked:
     value: torch.Tensor
 
 
-SHORT_SEQUENCE = 128  # up to this length ShortAttention is faster than the fused kernel (measured below)
+SHORT_SEQUENCE = 64  # up to this length ShortAttention is mostly faster than the fused kernel (measured below)
 
 
 class ShortAttention(torch.autograd.Function):
@@ -111,10 +111,11 @@ class ShortAttention(torch.autograd.Function):
     (T = 16, d = 8, 4,096 matrices, 2 threads); and the three gradients are written into one ``(N, T, 3·E)``
     tensor (autograd through ``select`` would fill three zero tensors of that size and add them).
     Forward + backward at 2 threads of the transformer block's 16 stacked configurations (N = 1,024, T = 16,
-    E = 32, 4 heads): 10.8 ms against 16.1 ms for the same products per ``(q, k, v)`` and 16.9 ms for the
-    fused kernel; single sequences of T = 64, d = 16: 27 against 45 ms; T = 128: 24 against 29 ms;
-    T = 256: 86 against 48 ms (hence :data:`SHORT_SEQUENCE`). The error against a float64 reference was
-    below the fused kernel's.
+    E = 32, 4 heads): 13.6–14.9 ms against 20.6 ms for the same products per ``(q, k, v)`` and 18.8–21.0 ms
+    for the fused kernel. Against the fused kernel (4 heads, 16,384 or 65,536 tokens, d = 8 or 16, medians of
+    9): T = 16 and 32: 0.9–2.0× as fast, T = 64: 0.9–2.2× (the 0.9 where d = 16 and the ``N·heads·T²``
+    attention weights are the largest), T = 128: 0.73× (hence :data:`SHORT_SEQUENCE`). The error against a
+    float64 reference was below the fused kernel's.
     """
 
     @staticmethod
@@ -128,9 +129,13 @@ class ShortAttention(torch.autograd.Function):
         p = torch.softmax(torch.bmm(q, kt).mul_(scale), dim=-1)
         ctx.save_for_backward(q, kt, vt, p)
         ctx.scale, ctx.heads = scale, heads
-        return torch.bmm(vt, p.transpose(1, 2)).view(N, heads, d, T).permute(0, 3, 1, 2).reshape(N, T, E)
+        o_t = torch.bmm(vt, p.transpose(1, 2))  # Oᵀ (N·heads, d, T)
+        out = qkv.new_empty(N, T, E)  # the heads side by side; not a view, so callers may modify it in place
+        out.view(N, T, heads, d).copy_(o_t.view(N, heads, d, T).permute(0, 3, 1, 2))
+        return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the backward is not itself differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         q, kt, vt, p = ctx.saved_tensors
         (N, T, E), heads = grad.shape, ctx.heads

@@ -727,7 +727,7 @@ def _read_for_show(store: Any, ns: argparse.Namespace) -> Any:
         return None
     try:
         needs_curves = getattr(get_experiment(record.experiment), "table_reads_curves", True)
-    except InvalidParameterError:  # an experiment this decaylab does not know: _shown_options says so
+    except InvalidParameterError:  # an experiment this decaylab does not know: shown_options says so
         return record
     if needs_curves or (ns.json and _with_curves(record, ns)):
         return store.get_run(ns.run_id)

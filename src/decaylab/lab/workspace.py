@@ -16,7 +16,8 @@ __all__ = ["UsageError", "check_out", "make_progress", "open_store", "shown_opti
 
 
 class UsageError(Exception):
-    """Bad input from the command line; printed as one line, exit code 2."""
+    """Bad input to a command: the CLI prints it as one line and exits with code 2; the notebook API raises it
+    as :class:`~decaylab.InvalidParameterError`."""
 
 
 def open_store(path: str | None, owner: str = "decaylab", *, create: bool = True, readonly: bool = False) -> Any:
