@@ -496,7 +496,8 @@ class ModuleStack:
         self.dropout = [generator(s, "dropout") for s in self.seeds]
         self.shapes: dict[tuple[int, ...], list[tuple[tuple[int, ...], torch.dtype]]] = {}
         self.diverged_epoch: list[int | None] = [None] * self.K
-        self.eval_rows = eval_block_rows(task, self.K, activations_per_row(copies[0], task.train[0], largest=True))
+        _, largest_per_row = module_outputs_per_row(copies[0], task.train[0])
+        self.eval_rows = eval_block_rows(task, self.K, largest_per_row)
         self.stacked: StackedForward | None = None
         self.fallback = "one configuration: the model itself" if self.K == 1 else "native=False"
         if native and self.K > 1:
@@ -765,12 +766,6 @@ def module_outputs_per_row(model: nn.Module, X: torch.Tensor, rows: int = 8) -> 
         for h in handles:
             h.remove()
     return max(1, total // n), max(1, largest // n)
-
-
-def activations_per_row(model: nn.Module, X: torch.Tensor, rows: int = 8, largest: bool = False) -> int:
-    """The numbers the modules' outputs hold per input row, all together (or the ``largest`` one): one of
-    :func:`module_outputs_per_row`."""
-    return module_outputs_per_row(model, X, rows)[1 if largest else 0]
 
 
 def eval_block_rows(task: ModuleTask, K: int, largest_per_row: int) -> int:
