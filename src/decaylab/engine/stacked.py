@@ -126,7 +126,7 @@ class ShortAttention(torch.autograd.Function):
         q = x[:, :, 0].transpose(1, 2).reshape(N * heads, T, d)
         kt, vt = (x[:, :, i].permute(0, 2, 3, 1).reshape(N * heads, d, T) for i in (1, 2))
         scale = d**-0.5
-        p = torch.softmax(torch.bmm(q, kt).mul_(scale), dim=-1)
+        p = torch.softmax(_scaled_bmm(q, kt, scale), dim=-1)
         ctx.save_for_backward(q, kt, vt, p)
         ctx.scale, ctx.heads = scale, heads
         o_t = torch.bmm(vt, p.transpose(1, 2))  # Oᵀ (N·heads, d, T)
@@ -142,10 +142,17 @@ class ShortAttention(torch.autograd.Function):
         d = E // heads
         grad_t = grad.reshape(N, T, heads, d).permute(0, 2, 3, 1).reshape(N * heads, d, T)
         dv_t = torch.bmm(grad_t, p)
-        ds = torch._softmax_backward_data(torch.bmm(grad_t.transpose(1, 2), vt), p, -1, p.dtype).mul_(ctx.scale)
-        dq_t, dk_t = torch.bmm(kt, ds.transpose(1, 2)), torch.bmm(q.transpose(1, 2), ds)
+        ds = torch._softmax_backward_data(torch.bmm(grad_t.transpose(1, 2), vt), p, -1, p.dtype)  # the /√d in the products below
+        dq_t, dk_t = _scaled_bmm(kt, ds.transpose(1, 2), ctx.scale), _scaled_bmm(q.transpose(1, 2), ds, ctx.scale)
         dqkv = torch.stack([t.view(N, heads, d, T).permute(0, 3, 1, 2) for t in (dq_t, dk_t, dv_t)], dim=2)
         return dqkv.view(N, T, 3 * E), None
+
+
+def _scaled_bmm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale · (a @ b)`` by batch, the scaling inside the product (``baddbmm``'s alpha; ``beta=0`` ignores the
+    uninitialized input): one pass over the result fewer than ``bmm(a, b).mul_(scale)``."""
+    out = a.new_empty(a.shape[0], a.shape[1], b.shape[2])
+    return torch.baddbmm(out, a, b, beta=0.0, alpha=scale)
 
 
 _UNARY_MODULES: dict[type, Callable[[Any, torch.Tensor], torch.Tensor]] = {
