@@ -336,12 +336,18 @@ def test_relu_after_max_pooling_and_unfolded_convolution_keep_values_and_gradien
                     torch.testing.assert_close(a[k], b, rtol=1e-6, atol=1e-6, msg=n)
 
 
+@pytest.mark.parametrize("layout", ["kernel", "copies"])
 @pytest.mark.parametrize("T", [1, 16, 33])
-def test_short_attention_is_scaled_dot_product_attention_with_its_gradients(T: int) -> None:
+def test_short_attention_is_scaled_dot_product_attention_with_its_gradients(
+    T: int, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ShortAttention of packed (q, k, v) projections against F.scaled_dot_product_attention (math) per head in
     float64: output and gradient; and torch.autograd.gradcheck of its hand-written backward against finite
-    differences."""
+    differences — with the heads laid out by torch's private kernel, and by the copies used where it is absent."""
     from decaylab.engine.stacked import ShortAttention
+
+    if layout == "copies":
+        monkeypatch.delattr(torch, "_transform_bias_rescale_qkv")
 
     g = torch.Generator().manual_seed(T)
     heads, d = 3, 8
