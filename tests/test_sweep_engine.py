@@ -9,6 +9,10 @@ permutations as minibatches, full-set losses in eval mode after each epoch.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -287,3 +291,58 @@ def test_the_planner_chooses_the_largest_stack_near_the_best_rate(rates: dict[in
     from decaylab.engine.module import _chosen_size
 
     assert _chosen_size(rates) == size
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "momentum", "nesterov"),
+    [("sgd", 0.0, False), ("sgd", 0.9, False), ("sgd", 0.9, True), ("adam", 0.0, False), ("adamw", 0.0, False)],
+)
+def test_the_planner_s_reference_update_is_torch_optim_s_fused_step(optimizer: str, momentum: float, nesterov: bool) -> None:
+    """fused_update (the planner's one-configuration step, without constructing torch.optim) makes the numbers of
+    torch.optim's fused step, over three steps; a tensor without a gradient is left alone."""
+    from decaylab.engine.module import fused_update
+
+    task = ModuleTask(**setup("mlp"), optimizer=optimizer, momentum=momentum, nesterov=nesterov, batch_size=32, epochs=1)
+    torch.manual_seed(0)
+    ours = [torch.randn(5, 3), torch.randn(3), torch.randn(2)]
+    theirs = [p.clone() for p in ours]
+    kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
+    extra = {"momentum": momentum, "nesterov": nesterov} if optimizer == "sgd" else {"betas": task.betas, "eps": task.eps}
+    opt = kind(theirs, lr=0.1, weight_decay=0.05, fused=True, **extra)
+    update = fused_update(task, ours, lr=0.1, weight_decay=0.05)
+    assert update is not None
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in ours[:2]]  # the last tensor gets none
+        for p, q, g in zip(ours[:2], theirs[:2], grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        update()
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs, strict=True))
+    assert torch.equal(ours[2], theirs[2])
+
+
+def test_a_sweep_that_stacks_never_imports_torch_dynamo() -> None:
+    """The planner times one configuration's step without constructing a torch.optim optimizer, whose first
+    construction in a process imports torch._dynamo (1.5–1.8 s): a sweep that then stacks never needs it."""
+    script = (
+        "import sys, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from sweep_models import setup\n"
+        "from decaylab.engine.module import ModuleTask, train_module, plan_module_chunks\n"
+        "from decaylab.engine.task import Hyper\n"
+        "task = ModuleTask(**setup('cnn_bn'), optimizer='sgd', momentum=0.9, batch_size=32, epochs=1)\n"
+        "hypers = [Hyper(seed=0, lr=0.05, l2=l2) for l2 in (0.0, 1e-3, 1e-2, 1e-1)]\n"
+        "import decaylab.engine.module as m\n"
+        "chunks = []\n"
+        "plan = m.plan_module_chunks\n"
+        "m.plan_module_chunks = lambda *a, **k: chunks.append(plan(*a, **k)) or chunks[-1]\n"
+        "train_module(task, hypers)\n"
+        "print(max(len(c) for c in chunks[0]), 'torch._dynamo' in sys.modules)\n"
+    )
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent / "src")])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stack, dynamo = done.stdout.split()
+    assert int(stack) > 1, "the planner chose no stack here: this test needs a model that stacks"
+    assert dynamo == "False"

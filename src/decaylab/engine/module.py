@@ -676,17 +676,62 @@ class ModuleStack:
         return [outcomes[i] for i in range(self.K)]
 
 
+_FUSED_OPS = {"sgd": "_fused_sgd_", "adam": "_fused_adam_", "adamw": "_fused_adamw_"}
+
+
+def fused_update(task: ModuleTask, params: Sequence[torch.Tensor], lr: float, weight_decay: float) -> Callable[[], None] | None:
+    """The update ``torch.optim``'s fused CPU kernel makes for ``task.optimizer`` from the ``.grad`` of ``params``
+    (tensors without one are left alone, as ``torch.optim`` leaves them) — ``torch._fused_sgd_`` /
+    ``_fused_adam_`` / ``_fused_adamw_``, the ops that ``SGD`` / ``Adam`` / ``AdamW(fused=True)`` call, with their
+    own state (momentum buffers; moments and step counts) — or ``None`` where those kernels do not apply
+    (floating-point CPU tensors of one dtype) or the private ops are absent.
+
+    It is what a step of one configuration costs without constructing a ``torch.optim`` optimizer: the first
+    construction in a process imports ``torch._dynamo`` (1.5–1.8 s on this machine), which a sweep that goes on to
+    stack configurations never needs. Tested: the same numbers as ``torch.optim``'s fused step.
+    """
+    op = getattr(torch, _FUSED_OPS[task.optimizer], None)
+    params = list(params)
+    if op is None or not params or not all(p.device.type == "cpu" and p.dtype == params[0].dtype for p in params):
+        return None
+    if not params[0].is_floating_point():
+        return None
+    first, second = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    steps = [torch.zeros((), dtype=torch.float32) for _ in params]  # torch.optim's fused step counts
+
+    def update() -> None:
+        live = [i for i, p in enumerate(params) if p.grad is not None]
+        ps, gs = [params[i] for i in live], [params[i].grad for i in live]
+        if task.optimizer == "sgd":  # buffers from zero: with dampening 0 the first step sets them to the gradient
+            buffers = [first[i] for i in live] if task.momentum else []
+            op(ps, gs, buffers, weight_decay=weight_decay, momentum=task.momentum, lr=lr, dampening=0.0,
+               nesterov=task.nesterov, maximize=False, is_first_step=False)
+            return
+        counts = [steps[i] for i in live]
+        torch._foreach_add_(counts, 1)
+        op(ps, gs, [first[i] for i in live], [second[i] for i in live], [], counts, amsgrad=False, lr=lr,
+           beta1=task.betas[0], beta2=task.betas[1], weight_decay=weight_decay, eps=task.eps, maximize=False)
+
+    return update
+
+
 def _plain_step(task: ModuleTask, model: nn.Module, seed: int, rows: int) -> Callable[[], None]:
     """One training step of one configuration as the sequential engine (and a hand-written loop) takes it:
-    ``model`` (a copy) with ``torch.optim`` over :func:`decaylab.param_groups`, on the first ``rows`` rows."""
+    ``model`` (a copy) on the first ``rows`` rows, then the update of ``torch.optim``'s fused kernel
+    (:func:`fused_update`; where it does not apply, ``torch.optim`` over :func:`decaylab.param_groups`)."""
     X, y = task.train[0][:rows], task.train[1][:rows]
     model = copy.deepcopy(model)
-    opt = _optimizer(task, Hyper(seed=seed, lr=1e-9, l2=1e-4 if task.optimizer != "adamw" else 0.0), model, False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    update = fused_update(task, params, lr=1e-9, weight_decay=1e-4)
+    if update is None:
+        opt = _optimizer(task, Hyper(seed=seed, lr=1e-9, l2=1e-4 if task.optimizer != "adamw" else 0.0), model, False)
+        update = opt.step
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
+        for p in params:
+            p.grad = None
         task.loss(model(X), y).backward()
-        opt.step()
+        update()
 
     return step
 
@@ -864,7 +909,7 @@ def plan_module_chunks(
             step = functools.partial(stack.train_step, [torch.arange(rows)])
         times: list[float] = []
         with torch.random.fork_rng(devices=[]):
-            step()  # warm-up: allocations, kernel selection (a process's first torch.optim step imports ~1 s)
+            step()  # warm-up: allocations, kernel selection
             while len(times) < 3 and not (times and times[-1] > PROBE_LONG_STEP):  # a long step is its own average
                 t0 = clock()
                 step()
