@@ -688,7 +688,10 @@ def fused_update(task: ModuleTask, params: Sequence[torch.Tensor], lr: float, we
 
     It is what a step of one configuration costs without constructing a ``torch.optim`` optimizer: the first
     construction in a process imports ``torch._dynamo`` (1.5–1.8 s on this machine), which a sweep that goes on to
-    stack configurations never needs. Tested: the same numbers as ``torch.optim``'s fused step.
+    stack configurations never needs. It leaves out ``Optimizer.step``'s Python (0.1–0.25 ms per step of the small
+    test CNNs at one thread, ~10–18 % of their step), so the planner measures one configuration at a time a little
+    faster than it runs: a stack must beat it by that much more, which errs towards one at a time. Tested: the
+    same numbers as ``torch.optim``'s fused step.
     """
     op = getattr(torch, _FUSED_OPS[task.optimizer], None)
     params = list(params)
@@ -865,8 +868,9 @@ def plan_module_chunks(
     ``chunk`` fixes the size. Else the size is bounded by ``memory_budget_bytes`` and
     :func:`stack_memory` (the cap), and the configurations·steps per second are measured on the
     first minibatch (a warm-up step, then the best of three timed steps, or one when it took more than
-    ``PROBE_LONG_STEP``): first of one configuration as the sequential engine runs it (the model with
-    ``torch.optim``, which :func:`train_module_batched` then runs), then of stacks of the cap, half of it, a
+    ``PROBE_LONG_STEP``): first of one configuration as the sequential engine runs it (the model and the
+    update of ``torch.optim``'s fused kernel, :func:`fused_update`; :func:`train_module_batched` then runs
+    ``torch.optim``), then of stacks of the cap, half of it, a
     quarter, … down to 2, skipping a size whose predicted probe does not fit what is left of the probe's time
     — ``probe_seconds``, and ``PROBE_FRACTION`` of the sweep's time estimated from one configuration's step,
     at least ``PROBE_MIN_SECONDS`` — and stopping once a halved stack is no faster than the one before it.
