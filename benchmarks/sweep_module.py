@@ -6,8 +6,11 @@ The plain loop trains the same configurations one after another, in the same pro
 with the same thread count: the model from its factory, ``torch.optim.SGD(decaylab.param_groups(model, λ),
 momentum=0.9)``, minibatches from a permutation per epoch, and after each epoch the same evaluation the
 engine does (training and validation loss and accuracy in eval mode). Both are timed by the wall clock
-(``--threads`` > 1) or the process's CPU time (1 thread), each case ``--repeats`` times alternately; the
-best counts. Each case also gives its FLOP rate — FLOPs counted by ``torch.utils.flop_counter`` on one
+(``--threads`` > 1) or the process's CPU time (1 thread) in ``--repeats`` pairs, the order alternating
+within each pair (batched first, then plain first, …): the speed-up is the median of the pairs' ratios
+(plain / batched; the lowest and highest are printed beside it), the times are the medians. A pair's two
+runs are seconds apart, so the pair ratio is much steadier than either time on a VM whose speed drifts by
+±10–20 % from minute to minute (seen: the plain loop of one case from 7.0 to 8.6 s within an hour). Each case also gives its FLOP rate — FLOPs counted by ``torch.utils.flop_counter`` on one
 training step and one evaluation forward of one configuration, times the sweep's steps and rows — as a
 fraction of this machine's fp32 matrix-multiply peak (a 2048² ``torch.mm``, best of 8, at the same thread
 count, as ``benchmarks/sweep.py`` measures it).
@@ -33,6 +36,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -211,45 +215,51 @@ class Row:
     chunks: str
     flops: float
     peak: float
+    ratios: list[float]  # plain / batched, one per pair
     clock: str = "cpu"
     forward: str = "stacked"
 
     @property
     def speedup(self) -> float:
-        return self.sequential / self.batched
+        """The median of the pairs' ratios."""
+        return statistics.median(self.ratios)
 
 
 def measure(case: str, task: ModuleTask, hypers: list[Hyper], goal: float, repeats: int) -> Row:
-    seq, bat = math.inf, math.inf
+    seqs: list[float] = []
+    bats: list[float] = []
     plan = plan_module_chunks(task, len(hypers))
     chunks = f"{len(plan)}×{max(len(r) for r in plan)}"
     if max(len(r) for r in plan) == 1:
         forward = "the model, one at a time"  # what train_module runs when the planner finds no gain in stacking
     else:
         forward = "stacked" if ModuleStack(task, hypers[:2]).stacked is not None else "vmap"
-    for _ in range(repeats):
-        bat = min(bat, timed(lambda: train_module(task, hypers)))  # planner and its probe included
-        seq = min(seq, timed(lambda: plain_loop(task, hypers)))
+    plain_loop(task, hypers[:1])  # the first torch.optim optimizer of the process imports torch._dynamo
+    for i in range(repeats):
+        runs = [(bats, lambda: train_module(task, hypers)), (seqs, lambda: plain_loop(task, hypers))]  # planner included
+        for times, fn in runs if i % 2 == 0 else runs[::-1]:
+            times.append(timed(fn))
+    seq, bat = statistics.median(seqs), statistics.median(bats)
     peak = PEAKS[torch.get_num_threads()] = max(PEAKS.get(torch.get_num_threads(), 0.0), matmul_peak())
-    row = Row(case, len(hypers), torch.get_num_threads(), seq, bat, goal, chunks, sweep_flops(task, len(hypers)), peak, CLOCK,
-              forward)
+    row = Row(case, len(hypers), torch.get_num_threads(), seq, bat, goal, chunks, sweep_flops(task, len(hypers)), peak,
+              [s / b for s, b in zip(seqs, bats, strict=True)], CLOCK, forward)
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"{case}, {row.threads} thread(s): plain loop {seq:.2f} s, batched {bat:.2f} s: {row.speedup:.2f}× "
-          f"(goal ≥ {goal:g}×), chunks {chunks}, {forward} forward, batched at {row.flops / bat / peak:.1%} of the "
-          f"fp32 matmul peak; load average {load}", flush=True)
+    print(f"{case}, {row.threads} thread(s): plain loop {seq:.2f} s, batched {bat:.2f} s (medians): {row.speedup:.2f}× "
+          f"(median of {repeats} pairs, {min(row.ratios):.2f}–{max(row.ratios):.2f}; goal ≥ {goal:g}×), chunks {chunks}, "
+          f"{forward} forward, batched at {row.flops / bat / peak:.1%} of the fp32 matmul peak; load average {load}", flush=True)
     return row
 
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| case | configs | threads | plain loop | batched | speed-up | goal | met | chunks | forward | GFLOP | batched: % of peak | plain: % of peak |",
-        "|---|---:|---:|---:|---:|---:|---:|:-:|---|---|---:|---:|---:|",
+        "| case | configs | threads | plain loop | batched | speed-up | pairs | goal | met | chunks | forward | GFLOP | batched: % of peak | plain: % of peak |",
+        "|---|---:|---:|---:|---:|---:|---|---:|:-:|---|---|---:|---:|---:|",
     ]
     for r in rows:
         unit = "CPU s" if r.clock == "cpu" else "s"
         lines.append(
             f"| {r.case} | {r.configs} | {r.threads} | {r.sequential:.2f} {unit} | {r.batched:.2f} {unit} | {r.speedup:.2f}× | "
-            f"≥ {r.goal:g}× | {'yes' if r.speedup >= r.goal else '**no**'} | {r.chunks} | {r.forward} | {r.flops / 1e9:.1f} | "
+            f"{min(r.ratios):.2f}–{max(r.ratios):.2f}× | ≥ {r.goal:g}× | {'yes' if r.speedup >= r.goal else '**no**'} | {r.chunks} | {r.forward} | {r.flops / 1e9:.1f} | "
             f"{r.flops / r.batched / r.peak:.1%} | {r.flops / r.sequential / r.peak:.1%} |"
         )
     return "\n".join(lines)
@@ -260,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2", help="torch thread counts, each case at each (default 1,2)")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed pairs per case (default 5; the median ratio counts)")
     parser.add_argument("--cases", default="cnn,cnn_bn,block,wide")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/README.md")
     args = parser.parse_args(argv)
@@ -300,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         "`decaylab.engine.module` (batched: the stacked native forward of `decaylab.engine.stacked`, or `vmap` where "
         "it falls back — column `forward`; model checks, chunk planner and its probe included) against a plain "
         "PyTorch loop training the same configurations one after another (`torch.optim.SGD` over "
-        "`decaylab.param_groups`, the same per-epoch evaluation), best of "
-        f"{args.repeats} alternating timings. torch {torch.__version__}, Python {platform.python_version()}, "
+        "`decaylab.param_groups`, the same per-epoch evaluation), timed in "
+        f"{args.repeats} pairs, the order alternating: `speed-up` is the median of the pairs' ratios (`pairs`: the lowest "
+        f"and highest), the times are medians. torch {torch.__version__}, Python {platform.python_version()}, "
         f"{os.cpu_count()} cores, load average (1 / 5 / 15 min) at the start {load_start}, at the end {load}"
         + ("" if quiet else " — **the machine was shared with other jobs while this ran: the timings are provisional**")
         + ". `% of peak`: FLOPs counted by "
