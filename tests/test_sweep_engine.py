@@ -321,10 +321,62 @@ def test_the_planner_s_reference_update_is_torch_optim_s_fused_step(optimizer: s
     assert torch.equal(ours[2], theirs[2])
 
 
-def test_a_sweep_that_stacks_never_imports_torch_dynamo() -> None:
+def _sum_over_32(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(out, y, reduction="sum") / 32  # the batch's mean only at 32 rows
+
+
+@pytest.mark.parametrize(
+    ("fn", "row_mean"),
+    [
+        (torch.nn.functional.cross_entropy, True),
+        (torch.nn.CrossEntropyLoss(label_smoothing=0.1), True),
+        (lambda out, y: torch.nn.functional.mse_loss(out.sum(dim=1), y.float()), True),
+        (_sum_over_32, False),
+        (lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction="none").max(), False),
+        (lambda out, y: torch.nn.functional.cross_entropy(out - out.mean(dim=0), y), False),  # rows depend on each other
+    ],
+)
+def test_is_row_mean_tells_a_mean_over_the_rows(fn: Any, row_mean: bool) -> None:
+    from decaylab.engine.module import is_row_mean
+
+    torch.manual_seed(0)
+    out, y = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    assert is_row_mean(fn, out, y) is row_mean
+    assert not is_row_mean(fn, out[:1], y[:1])  # one row proves nothing
+
+
+def test_a_loss_that_is_no_row_mean_trains_each_configuration_alone() -> None:
+    """The stack sums K row means as K times one loss of all their rows; a loss that is not a mean over the rows
+    takes vmap (one value per configuration) and still follows torch.optim."""
+    from decaylab.engine.module import ModuleStack
+
+    task = ModuleTask(**{**setup("mlp"), "loss": _sum_over_32}, optimizer="sgd", momentum=0.9, batch_size=32, epochs=2)
+    hypers = [Hyper(seed=s, lr=0.05, l2=l2) for s in (0, 1) for l2 in (0.0, 1e-2)]
+    assert not ModuleStack(task, hypers[:2]).row_mean
+    assert ModuleStack(ModuleTask(**setup("mlp"), batch_size=32, epochs=2), hypers[:2]).row_mean
+    assert_matches(train_module(task, hypers, chunk=4), [reference(task, h) for h in hypers])
+
+
+def test_one_loss_of_all_rows_gives_vmap_s_gradients() -> None:
+    """A training step with the loss of all K·B rows (row mean) moves each configuration as vmap's K losses do."""
+    from decaylab.engine.module import ModuleStack
+
+    task = ModuleTask(**setup("cnn_bn"), optimizer="sgd", momentum=0.9, batch_size=32, epochs=1)
+    hypers = [Hyper(seed=s, lr=0.05, l2=l2) for s in (0, 1) for l2 in (0.0, 1e-2)]  # two seeds: per-seed batches
+    flat, vmapped = ModuleStack(task, hypers), ModuleStack(task, hypers)
+    assert flat.row_mean
+    vmapped.row_mean = False
+    for stack in (flat, vmapped):
+        stack.train_step([torch.arange(32), torch.arange(32, 64)])
+    for name in flat.names:
+        assert torch.allclose(flat.params[name], vmapped.params[name], rtol=1e-6, atol=1e-7), name
+
+
+def test_a_sweep_that_stacks_never_imports_torch_dynamo_or_sympy() -> None:
     """The planner times one configuration's step without constructing a torch.optim optimizer, whose first
-    construction in a process imports torch._dynamo (1.5–1.8 s): the planner (whatever it decides) and a stacked
-    sweep never need it."""
+    construction in a process imports torch._dynamo (1.5–1.8 s); a stack of up to LOOP_METRICS_UP_TO
+    configurations computes its cross-entropy without vmap, whose decomposition imports sympy (~0.6 s): the
+    planner (whatever it decides) and a stacked sweep never need either."""
     script = (
         "import sys, torch\n"
         "from sweep_models import setup\n"
@@ -333,10 +385,10 @@ def test_a_sweep_that_stacks_never_imports_torch_dynamo() -> None:
         "task = ModuleTask(**setup('cnn_bn'), optimizer='sgd', momentum=0.9, batch_size=32, epochs=1)\n"
         "plan_module_chunks(task, 4)\n"
         "train_module(task, [Hyper(seed=0, lr=0.05, l2=l2) for l2 in (0.0, 1e-3, 1e-2, 1e-1)], chunk=4)\n"
-        "print('torch._dynamo' in sys.modules)\n"
+        "print('torch._dynamo' in sys.modules, 'sympy' in sys.modules)\n"
     )
     tests = Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent / "src")])}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["False"]
+    assert done.stdout.split() == ["False", "False"]
