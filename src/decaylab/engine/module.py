@@ -332,9 +332,18 @@ def _probe_batched(task: ModuleTask, models: Mapping[int, nn.Module]) -> None:
     seed = next(iter(models))
     stack = ModuleStack(task, [Hyper(seed=seed, lr=1e-9)] * 2, {seed: models[seed]})
     stack.train_step([torch.arange(min(2, task.n_train))])
+    _probe_evaluation(stack)
+
+
+def _probe_evaluation(stack: ModuleStack) -> None:
+    """One forward of ``stack`` in evaluation mode on two training rows (``vmap`` raises the one-line error for a
+    layer it cannot batch; a stacked native forward was already checked in both modes)."""
     stack.base.eval()
-    with torch.no_grad():
-        stack._forward(task.train[0][:2], None, [])
+    try:
+        with torch.no_grad():
+            stack._forward(stack.task.train[0][:2], None, [])
+    finally:
+        stack.base.train()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -954,11 +963,15 @@ def plan_module_chunks(
     clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
 
     def rate_of(size: int) -> float:
-        """Configurations·steps per second of a stack of ``size`` (1: the model with torch.optim)."""
+        """Configurations·steps per second of a stack of ``size`` (1: the model with torch.optim's fused update).
+        The first stack is also the batching probe: a layer the engine cannot batch fails on it as one line (the
+        check of check_module_task), in evaluation mode before any step, in training mode at the first step."""
         if size == 1:
             step = _plain_step(task, model, seed, rows)
         else:
             stack = ModuleStack(task, [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * size, {seed: model})
+            if len(rates) == 1 and stack.stacked is None:
+                _probe_evaluation(stack)
             step = functools.partial(stack.train_step, [torch.arange(rows)])
         times: list[float] = []
         with torch.random.fork_rng(devices=[]):
@@ -969,15 +982,14 @@ def plan_module_chunks(
                 times.append(clock() - t0)
         return size / min(times)
 
-    rates = {1: rate_of(1)}
+    rates: dict[int, float] = {}
+    rates[1] = rate_of(1)
     start = clock()  # the probe's own time from here: the first step above may pay for imports
     config_steps = n_configs * task.epochs * -(-task.n_train // rows)
     budget = max(min(probe_seconds, PROBE_MIN_SECONDS), min(probe_seconds, PROBE_FRACTION * config_steps / rates[1]))
     size = cap
     while size >= 2:
         if clock() - start + 4 * size / rates[1] <= budget:  # four steps of the stack (building it, too), as if it gained nothing
-            if len(rates) == 1:  # a layer the engine cannot batch: one line (check_module_task), not a traceback here
-                _probe_batched(task, models)
             rates[size] = rate_of(size)
             if len(rates) > 2 and rates[size] <= rates[min(c for c in rates if c > size)]:
                 break
