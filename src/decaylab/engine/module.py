@@ -13,7 +13,8 @@ epochs and the decay policy; a :class:`~decaylab.engine.task.Hyper` holds what v
   leading configuration axis (``torch.func.stack_module_state``), one forward pass of the K copies, one
   ``backward()`` of the sum of the K mean losses (they are independent, so the gradient w.r.t. ``θ_k`` is
   configuration k's own; for a loss that is a mean over the rows, :func:`is_row_mean`, that sum is K times the
-  loss of all K·B rows, one call; for any other, ``vmap`` of the loss), and the update of :mod:`decaylab.engine.updates`, shared with the MLP engine.
+  loss of all K·B rows, one call; for any other, ``vmap`` of the loss), and the update of
+  :mod:`decaylab.engine.updates`, shared with the MLP engine.
   The forward pass is the *stacked native forward* of :mod:`decaylab.engine.stacked` when it knows every
   layer and operation of the model (convolutions as one grouped convolution, Linear as ``baddbmm``,
   BatchNorm over ``K·C`` channels, attention as batched products with a hand-written backward, …) and a
@@ -928,9 +929,8 @@ def plan_module_chunks(
     first minibatch (a warm-up step, then the best of three timed steps, or one when it took more than
     ``PROBE_LONG_STEP``): first of one configuration as the sequential engine runs it (the model and the
     update of ``torch.optim``'s fused kernel, :func:`fused_update`; :func:`train_module_batched` then runs
-    ``torch.optim``), then of stacks of the cap, half of it, a
-    quarter, … down to 2, skipping a size whose predicted probe does not fit what is left of the probe's time
-    — ``probe_seconds``, and ``PROBE_FRACTION`` of the sweep's time estimated from one configuration's step,
+    ``torch.optim``), then of stacks of the cap, half of it, a quarter, … down to 2, skipping a size whose
+    predicted probe does not fit what is left of the probe's time — ``probe_seconds``, and ``PROBE_FRACTION`` of the sweep's time estimated from one configuration's step,
     at least ``PROBE_MIN_SECONDS`` — and stopping once a halved stack is no faster than the one before it.
 
     Stacks are used only when one trains at least 5 % faster than one configuration at a time — so a
