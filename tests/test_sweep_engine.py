@@ -334,15 +334,28 @@ def _sum_over_32(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         (_sum_over_32, False),
         (lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction="none").max(), False),
         (lambda out, y: torch.nn.functional.cross_entropy(out - out.mean(dim=0), y), False),  # rows depend on each other
+        (torch.nn.CrossEntropyLoss(weight=torch.linspace(0.5, 2.0, 10)), False),  # a weighted mean
     ],
 )
 def test_is_row_mean_tells_a_mean_over_the_rows(fn: Any, row_mean: bool) -> None:
     from decaylab.engine.module import is_row_mean
 
     torch.manual_seed(0)
-    out, y = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    out, y = torch.randn(6, 10), torch.tensor([0, 3, 3, 7, 9, 1])
     assert is_row_mean(fn, out, y) is row_mean
     assert not is_row_mean(fn, out[:1], y[:1])  # one row proves nothing
+
+
+def test_the_row_mean_check_sees_rows_of_several_targets() -> None:
+    """Training data sorted by class: a class-weighted cross-entropy is no row mean (a weighted one), which rows
+    of one class alone would not show."""
+    from decaylab.engine.module import ModuleStack
+
+    (X, y), val = setup("mlp")["train"], setup("mlp")["val"]
+    order = torch.argsort(y, stable=True)
+    weighted = torch.nn.CrossEntropyLoss(weight=torch.linspace(0.5, 2.0, 10))
+    task = ModuleTask(**{**setup("mlp"), "train": (X[order], y[order]), "val": val, "loss": weighted}, batch_size=32, epochs=1)
+    assert not ModuleStack(task, [Hyper(seed=0, lr=0.05)] * 2).row_mean
 
 
 def test_a_loss_that_is_no_row_mean_trains_each_configuration_alone() -> None:

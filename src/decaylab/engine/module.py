@@ -477,14 +477,15 @@ decomposition, whose ``torch._check`` imports sympy (~0.6 s) on a process's firs
 
 
 def is_row_mean(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], out: torch.Tensor, y: torch.Tensor) -> bool:
-    """Whether ``fn(out, y)`` is the mean of ``fn`` over each row alone, on the first rows of ``out`` (up to 4, at
-    least 2), within float32 rounding (relative 1e-5). Then the sum of K configurations' losses on batches of equal
-    size is K times ``fn`` of all their rows together (see :meth:`ModuleStack.train_step`)."""
-    n = min(4, int(out.shape[0]))
+    """Whether ``fn(out, y)`` is the mean of ``fn`` over each row alone, on all rows of ``out`` (at least 2), within
+    float32 rounding (relative 1e-5). Then the sum of K configurations' losses on batches of equal size is K times
+    ``fn`` of all their rows together (see :meth:`ModuleStack.train_step`). Rows of different targets tell a
+    weighted mean (``F.cross_entropy(weight=...)``) from a plain one."""
+    n = int(out.shape[0])
     if n < 2:
         return False
     try:
-        whole = float(fn(out[:n], y[:n]))
+        whole = float(fn(out, y))
         alone = [float(fn(out[i : i + 1], y[i : i + 1])) for i in range(n)]
     except Exception:  # noqa: BLE001 - a loss that needs more than one row: not a row mean
         return False
@@ -606,9 +607,12 @@ class ModuleStack:
             torch.backends.mha.set_fastpath_enabled(fastpath)
 
     def _loss_is_row_mean(self) -> bool:
-        """:func:`is_row_mean` of the task's loss on the model's output for the first training rows (evaluation
-        mode: no dropout draw, BatchNorm's statistics untouched)."""
-        X, y = self.task.train[0][:4], self.task.train[1][:4]
+        """:func:`is_row_mean` of the task's loss on the model's output for 8 training rows spread over the set
+        (data sorted by class still gives rows of different targets), in evaluation mode: no dropout draw,
+        BatchNorm's statistics untouched."""
+        n = self.task.n_train
+        rows = torch.linspace(0, n - 1, min(n, 8)).round().long().unique()
+        X, y = self.task.train[0].index_select(0, rows), self.task.train[1].index_select(0, rows)
         was_training = self.base.training
         self.base.eval()
         try:
