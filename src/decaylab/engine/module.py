@@ -758,27 +758,36 @@ def fused_update(task: ModuleTask, params: Sequence[torch.Tensor], lr: float, we
     """
     op = getattr(torch, _FUSED_OPS[task.optimizer], None)
     params = list(params)
-    if op is None or not params or not all(p.device.type == "cpu" and p.dtype == params[0].dtype for p in params):
+    if op is None or not params or not all(
+        p.device.type == "cpu" and p.dtype == params[0].dtype and p.is_floating_point() for p in params
+    ):
         return None
-    if not params[0].is_floating_point():
-        return None
-    first, second = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+
+    def live() -> list[int]:
+        return [i for i, p in enumerate(params) if p.grad is not None]
+
+    if task.optimizer == "sgd":  # buffers from zero: with dampening 0 the first step sets them to the gradient
+        buffers = [torch.zeros_like(p) for p in params] if task.momentum else []
+
+        def sgd() -> None:
+            at = live()
+            op([params[i] for i in at], [params[i].grad for i in at], [buffers[i] for i in at] if buffers else [],
+               weight_decay=weight_decay, momentum=task.momentum, lr=lr, dampening=0.0, nesterov=task.nesterov,
+               maximize=False, is_first_step=False)
+
+        return sgd
+    avg, avg_sq = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
     steps = [torch.zeros((), dtype=torch.float32) for _ in params]  # torch.optim's fused step counts
 
-    def update() -> None:
-        live = [i for i, p in enumerate(params) if p.grad is not None]
-        ps, gs = [params[i] for i in live], [params[i].grad for i in live]
-        if task.optimizer == "sgd":  # buffers from zero: with dampening 0 the first step sets them to the gradient
-            buffers = [first[i] for i in live] if task.momentum else []
-            op(ps, gs, buffers, weight_decay=weight_decay, momentum=task.momentum, lr=lr, dampening=0.0,
-               nesterov=task.nesterov, maximize=False, is_first_step=False)
-            return
-        counts = [steps[i] for i in live]
+    def adam() -> None:
+        at = live()
+        counts = [steps[i] for i in at]
         torch._foreach_add_(counts, 1)
-        op(ps, gs, [first[i] for i in live], [second[i] for i in live], [], counts, amsgrad=False, lr=lr,
-           beta1=task.betas[0], beta2=task.betas[1], weight_decay=weight_decay, eps=task.eps, maximize=False)
+        op([params[i] for i in at], [params[i].grad for i in at], [avg[i] for i in at], [avg_sq[i] for i in at], [],
+           counts, amsgrad=False, lr=lr, beta1=task.betas[0], beta2=task.betas[1], weight_decay=weight_decay,
+           eps=task.eps, maximize=False)
 
-    return update
+    return adam
 
 
 def _plain_step(task: ModuleTask, model: nn.Module, seed: int, rows: int) -> Callable[[], None]:

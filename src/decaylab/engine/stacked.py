@@ -113,10 +113,10 @@ class ShortAttention(torch.autograd.Function):
     tensor (autograd through ``select`` would fill three zero tensors of that size and add them).
     Forward + backward at 2 threads of the transformer block's 16 stacked configurations (N = 1,024, T = 16,
     E = 32, 4 heads; measured before :func:`_heads` took one kernel): 13.6–14.9 ms against 20.6 ms for the same
-    products per ``(q, k, v)`` and 18.8–21.0 ms for the fused kernel. Against the fused kernel (4 heads, 16,384 or 65,536 tokens, d = 8 or 16, medians of
-    9): T = 16 and 32: 0.9–2.0× as fast, T = 64: 0.9–2.2× (the 0.9 where d = 16 and the ``N·heads·T²``
-    attention weights are the largest), T = 128: 0.73× (hence :data:`SHORT_SEQUENCE`). The error against a
-    float64 reference was below the fused kernel's.
+    products per ``(q, k, v)`` and 18.8–21.0 ms for the fused kernel. Against the fused kernel (4 heads, 16,384
+    or 65,536 tokens, d = 8 or 16, medians of 9): T = 16 and 32: 0.9–2.0× as fast, T = 64: 0.9–2.2× (the 0.9
+    where d = 16 and the ``N·heads·T²`` attention weights are the largest), T = 128: 0.73× (hence
+    :data:`SHORT_SEQUENCE`). The error against a float64 reference was below the fused kernel's.
     """
 
     @staticmethod
