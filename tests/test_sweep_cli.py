@@ -124,8 +124,25 @@ def _decaylab(*args: str, cwd: Path) -> subprocess.Popen[str]:
     )
 
 
+# the digits MLP, each forward 20 ms longer: a configuration trains for ~0.15 s, not a few ms, so a kill lands mid-sweep
+SLOW_SETUP = SETUP + """
+import time
+
+class Slow(nn.Module):
+    def forward(self, x):
+        time.sleep(0.02)
+        return x
+
+def slow_model(seed):
+    return nn.Sequential(model(seed), Slow())
+
+def slow_setup():
+    return {**setup(), "model": slow_model}
+"""
+
+
 def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_json: Any) -> None:
-    target = f"{write(tmp_path).name}:setup"  # relative: the resumed run, started elsewhere, must still find it
+    target = f"{write(tmp_path, SLOW_SETUP).name}:slow_setup"  # relative: the resumed run, started elsewhere, must find it
     store = tmp_path / "killed.db"
     proc = _decaylab("sweep", target, *ARGS, "--chunk", "1", "--store", str(store), "--quiet", "--no-figures", cwd=tmp_path)
     deadline = time.monotonic() + 240

@@ -69,6 +69,44 @@ def test_each_configuration_follows_torch_optim_at_every_chunk_size(name: str) -
         assert_matches(train_module(task, hypers, chunk=chunk), refs)
 
 
+@pytest.mark.parametrize("name", ["cnn_bn-nesterov", "block-adamw"])
+@pytest.mark.parametrize("each", [False, True])
+def test_evaluation_on_the_stack_or_one_configuration_at_a_time_gives_the_reference(
+    monkeypatch: pytest.MonkeyPatch, name: str, each: bool
+) -> None:
+    """Whichever evaluation the stack chose at its first (BatchNorm's running statistics, attention's fused inference
+    path), every curve is the reference's; the second evaluation on runs the chosen way."""
+    from decaylab.engine import module
+
+    calls: list[str] = []
+    for method in ("_split_each", "_split_stacked"):
+        original = getattr(module.ModuleStack, method)
+        monkeypatch.setattr(module.ModuleStack, method,
+                            lambda self, data, original=original, method=method: calls.append(method) or original(self, data))
+    monkeypatch.setattr(module.ModuleStack, "_choose_evaluation", lambda self, data, seconds: each)
+    task, hypers = case(name)
+    assert_matches(train_module(task, hypers, chunk=len(hypers)), [reference(task, h) for h in hypers])
+    later = calls[2:]  # the first evaluation: stacked, train and val
+    assert calls[:2] == ["_split_stacked"] * 2 and later == ["_split_each" if each else "_split_stacked"] * len(later) != []
+
+
+@pytest.mark.parametrize(("each_seconds", "stacked_seconds", "each"), [(0.01, 0.2, True), (0.01, 0.1, False), (0.01, 0.17, True)])
+def test_a_stack_evaluates_one_configuration_at_a_time_only_when_that_measured_faster(
+    monkeypatch: pytest.MonkeyPatch, each_seconds: float, stacked_seconds: float, each: bool
+) -> None:
+    """On a simulated clock: one configuration's evaluation of the split takes ``each_seconds``; K = 16 of them must
+    beat the stack's ``stacked_seconds`` by ``EVAL_EACH_GAIN`` (1.05: 0.168 s)."""
+    from decaylab.engine import module
+
+    task, hypers = case("cnn_bn-nesterov")
+    stack = module.ModuleStack(task, [Hyper(seed=0, lr=0.05, l2=l2) for l2 in torch.linspace(0, 0.1, 16).tolist()])
+    clock = [0.0]
+    monkeypatch.setattr(module, "_clock", lambda: lambda: clock[0])
+    monkeypatch.setattr(module, "_split_means", lambda task, forward, data: clock.__setitem__(0, clock[0] + each_seconds))
+    assert stack._choose_evaluation(task.val, stacked_seconds) is each
+    assert clock[0] == pytest.approx(3 * each_seconds)  # a warm-up and two timed evaluations of one configuration
+
+
 def test_sequential_engine_follows_torch_optim() -> None:
     task, hypers = case("cnn_bn-adam")
     assert_matches(train_module(task, hypers, engine="sequential"), [reference(task, h) for h in hypers])
@@ -291,6 +329,41 @@ def test_the_planner_chooses_the_largest_stack_near_the_best_rate(rates: dict[in
     from decaylab.engine.module import _chosen_size
 
     assert _chosen_size(rates) == size
+
+
+@pytest.mark.parametrize(
+    ("step", "gain", "cap", "config_steps", "probed", "chosen"),
+    [
+        # the digits CNN's shape: 1 ms steps, a stack of 16 training 3× as fast; a 5-epoch sweep of 16 (1,520 steps)
+        (1e-3, 3.0, 16, 1_520, [1, 16, 8], 16),
+        # the compute-bound MLP's: 20 ms steps, no gain; 4 configurations × 25 steps (2 s): no stack fits 5 % of it
+        (2e-2, 1.0, 4, 100, [1], 1),
+        (2e-2, 1.0, 4, 10_000, [1, 4, 2], 1),  # a long sweep of it affords the stacks, which lose
+        (1e-3, 3.0, 4, 10, [1, 4, 2], 4),  # a sweep of 10 ms: PROBE_MIN_SECONDS (50 ms) still affords small stacks
+    ],
+)
+def test_the_module_probe_stays_within_its_budget(
+    step: float, gain: float, cap: int, config_steps: int, probed: list[int], chosen: int
+) -> None:
+    """On a simulated clock (no timing of this machine): measuring a stack of ``size`` costs 4 of its steps, a step
+    of the stack ``step·size/gain`` (size 1: ``step``). The probe measures size 1, then the cap, halving, while
+    4 steps at size 1's rate fit what is left of ``min(probe_seconds, max(PROBE_MIN_SECONDS, PROBE_FRACTION · the
+    sweep's predicted time))``."""
+    from decaylab.engine import module
+    from decaylab.engine.module import _chosen_size, probe_stacks
+
+    clock, sizes = [0.0], []
+
+    def rate_of(size: int) -> float:
+        per_step = step if size == 1 else step * size / gain
+        clock[0] += 4 * per_step
+        sizes.append(size)
+        return size / per_step
+
+    rates = probe_stacks(rate_of, cap, config_steps, probe_seconds=1.0, clock=lambda: clock[0])
+    assert sizes == probed and _chosen_size(rates) == chosen
+    budget = min(1.0, max(module.PROBE_MIN_SECONDS, module.PROBE_FRACTION * config_steps * step))
+    assert clock[0] - 4 * step <= budget  # size 1 is always measured
 
 
 @pytest.mark.parametrize(

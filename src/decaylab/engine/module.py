@@ -388,25 +388,27 @@ def _optimizer(task: ModuleTask, hyper: Hyper, model: nn.Module, both: bool) -> 
     return opt
 
 
+def _split_means(task: ModuleTask, forward: Callable[[torch.Tensor], torch.Tensor], data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    """The loss and each metric of ``forward`` (one configuration's model, in evaluation mode) on the split ``data``,
+    in blocks of ``task.eval_batch_size`` rows, the block means weighted by their rows."""
+    total = {"loss": 0.0, **{name: 0.0 for name in task.metrics}}
+    fns = {"loss": task.loss, **task.metrics}
+    X_all, y_all = data
+    for X, y in _batches(X_all, y_all, task.eval_batch_size):
+        out = forward(X)
+        for key, fn in fns.items():
+            total[key] += float(fn(out, y)) * int(X.shape[0])
+    return {key: value / int(X_all.shape[0]) for key, value in total.items()}
+
+
 @torch.no_grad()
 def _evaluate_one(task: ModuleTask, model: nn.Module, multipliers: Mapping[str, float]) -> list[float]:
     model.eval()
     sums: dict[str, float] = {}
     for split in ("train", "val"):
         data = getattr(task, split)
-        if data is None:
-            continue
-        n = int(data[0].shape[0])
-        total = {"loss": 0.0, **{name: 0.0 for name in task.metrics}}
-        X_all, y_all = data
-        for X, y in _batches(X_all, y_all, task.eval_batch_size):
-            out = model(X)
-            rows = int(X.shape[0])
-            total["loss"] += float(task.loss(out, y)) * rows
-            for name, fn in task.metrics.items():
-                total[name] += float(fn(out, y)) * rows
-        for key, value in total.items():
-            sums[f"{split}_{key}"] = value / n
+        if data is not None:
+            sums.update({f"{split}_{key}": value for key, value in _split_means(task, model, data).items()})
     params = dict(model.named_parameters())
     # ‖θ‖² summed per tensor in float32 (PyTorch's cascade summation: ~1e-8 relative from the float64 sum, measured on
     # 2048² weights) then in float64: 13× faster than converting every tensor to float64 first (4 ms against 54 ms)
@@ -469,6 +471,16 @@ def train_module_sequential(task: ModuleTask, hypers: Sequence[Hyper], progress:
 
 
 # ----------------------------------------------------------------------------- batched engine
+EVAL_EACH_GAIN = 1.05
+"""A stack evaluates one configuration at a time only when that measured this much faster (timing noise)."""
+
+
+def _clock() -> Callable[[], float]:
+    """The clock of the engine's timings: the process's CPU time with one torch thread (other processes on a shared
+    machine do not decide), the wall clock with more (CPU time would count the threads' spin-waiting)."""
+    return time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
 LOOP_METRICS_UP_TO = 32
 """Stacks of up to this many configurations evaluate their loss and metrics with one call per configuration,
 larger ones with ``vmap``: as fast up to 16–32 configurations (blocks of 128–1,024 rows, cross-entropy and
@@ -532,6 +544,7 @@ class ModuleStack:
         self.diverged_epoch: list[int | None] = [None] * self.K
         _, largest_per_row = module_outputs_per_row(copies[0], task.train[0])
         self.eval_rows = eval_block_rows(task, self.K, largest_per_row)
+        self.evaluate_each: bool | None = None  # evaluation one configuration at a time: chosen at the first
         self.row_mean = self._loss_is_row_mean()
         self.stacked: StackedForward | None = None
         self.fallback = "one configuration: the model itself" if self.K == 1 else "native=False"
@@ -683,28 +696,70 @@ class ModuleStack:
 
     @torch.no_grad()
     def evaluate(self) -> torch.Tensor:
-        """(K, M) metrics in ``task.metric_names`` order."""
+        """(K, M) metrics in ``task.metric_names`` order: on the stack (blocks of ``eval_rows`` rows of the K
+        configurations), or one configuration at a time (the model itself on blocks of ``task.eval_batch_size`` rows)
+        once :meth:`_choose_evaluation` found that faster. The same numbers either way, up to float32 rounding."""
         self.base.eval()
         cols: dict[str, torch.Tensor] = {}
-        for split in ("train", "val"):
+        splits = [s for s in ("train", "val") if getattr(self.task, s) is not None]
+        for split in splits:
             data = getattr(self.task, split)
-            if data is None:
-                continue
-            n = int(data[0].shape[0])
-            fns = {"loss": self.task.loss, **self.task.metrics}
-            total = {key: torch.zeros(self.K, dtype=torch.float64) for key in fns}
-            X_all, y_all = data
-            for X, y in _batches(X_all, y_all, self.eval_rows):
-                out = self._forward(X, None, [])
-                for key, fn in fns.items():
-                    total[key] += self._each_config(fn, out, y).to(torch.float64) * int(X.shape[0])
-            for key, value in total.items():
-                cols[f"{split}_{key}"] = value / n
+            if self.evaluate_each:
+                means = self._split_each(data)
+            else:
+                clock = _clock()
+                start = clock()
+                means = self._split_stacked(data)
+                if self.evaluate_each is None and split == splits[-1]:
+                    self.evaluate_each = self._choose_evaluation(data, clock() - start)
+            cols.update({f"{split}_{key}": value for key, value in means.items()})
         decayed = [self.params[n] for n, m in zip(self.names, self.multipliers, strict=True) if m > 0]
         sq = sum((P.detach().double() ** 2).reshape(self.K, -1).sum(dim=1) for P in decayed)
         cols["w_norm"] = torch.sqrt(sq) if decayed else torch.zeros(self.K, dtype=torch.float64)
         self.base.train()
         return torch.stack([cols[name] for name in self.task.metric_names], dim=1)
+
+    def _split_stacked(self, data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``(K,)`` float64 loss and metrics on ``data``, the K configurations' forward on blocks of ``eval_rows``."""
+        fns = {"loss": self.task.loss, **self.task.metrics}
+        total = {key: torch.zeros(self.K, dtype=torch.float64) for key in fns}
+        X_all, y_all = data
+        for X, y in _batches(X_all, y_all, self.eval_rows):
+            out = self._forward(X, None, [])
+            for key, fn in fns.items():
+                total[key] += self._each_config(fn, out, y).to(torch.float64) * int(X.shape[0])
+        return {key: value / int(X_all.shape[0]) for key, value in total.items()}
+
+    def _one(self, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Configuration ``k``'s model: ``functional_call`` of the base model on its rows of the stack."""
+        from torch.func import functional_call
+
+        tensors = ({n: p[k] for n, p in self.params.items()}, {n: b[k] for n, b in self.buffers.items()})
+        return lambda X: functional_call(self.base, tensors, (X,))
+
+    def _split_each(self, data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What :meth:`_split_stacked` gives, one configuration at a time (:func:`_split_means` of its model)."""
+        rows = [_split_means(self.task, self._one(k), data) for k in range(self.K)]
+        return {key: torch.tensor([r[key] for r in rows], dtype=torch.float64) for key in rows[0]}
+
+    def _choose_evaluation(self, data: tuple[torch.Tensor, torch.Tensor], stacked_seconds: float) -> bool:
+        """Whether to evaluate one configuration at a time from now on: at the first evaluation, the K
+        configurations' stacked evaluation of the split ``data`` took ``stacked_seconds``; the first configuration's
+        evaluation of it alone (once to warm up, then the faster of two) must take ``EVAL_EACH_GAIN`` times less than a
+        K-th of that. The stacked forward wins where it batches small layers (the digits CNN: 24 against 67 ms per evaluation
+        of 16 configurations at 2 threads); the model itself where its own kernels are better than the stacked
+        layers' (the transformer block: ``nn.MultiheadAttention``'s fused inference path and ``LayerNorm``'s affine
+        kernel, 119 against 141 ms). Costs three evaluations of one configuration on one split, once per stack."""
+        if self.K == 1:
+            return False
+        forward, clock = self._one(0), _clock()
+        _split_means(self.task, forward, data)
+        times = []
+        for _ in range(2):
+            start = clock()
+            _split_means(self.task, forward, data)
+            times.append(clock() - start)
+        return EVAL_EACH_GAIN * self.K * min(times) < stacked_seconds
 
     def _check_divergence(self, metrics: torch.Tensor, epoch: int) -> None:
         n_losses = 2 if self.task.val is not None else 1
@@ -852,9 +907,11 @@ def train_module(
 # ----------------------------------------------------------------------------- chunk planning
 DEFAULT_MODULE_MEMORY_BUDGET = 1 << 30
 PROBE_SECONDS = 1.0
-PROBE_MIN_SECONDS = 0.3  # the probe may always take this long (a compute-bound model stops after size 1 anyway)
-PROBE_LONG_STEP = 0.02  # seconds: a stack whose timed step took longer is timed once, not best of three
 PROBE_FRACTION = 0.05  # of the sweep's training time, estimated from one configuration's step
+# the probe may always take this long. It was 0.3 s, which the compute-bound 64-2048-2048-10 MLP's sweep of 4
+# configurations (3 s in all) spent on a stack of 2 that could not gain: 10 % of the run, 0.94× the plain loop's speed
+PROBE_MIN_SECONDS = 0.05
+PROBE_LONG_STEP = 0.01  # seconds: a step that took longer is timed once after its warm-up, not best of three
 _GAIN = 1.05  # a stack must train this much faster than one configuration at a time to be used at all
 _NEAR_BEST = 0.9  # the largest stack whose rate is at least this fraction of the best rate is chosen
 
@@ -942,9 +999,9 @@ def plan_module_chunks(
     first minibatch (a warm-up step, then the best of three timed steps, or one when it took more than
     ``PROBE_LONG_STEP``): first of one configuration as the sequential engine runs it (the model and the
     update of ``torch.optim``'s fused kernel, :func:`fused_update`; :func:`train_module_batched` then runs
-    ``torch.optim``), then of stacks of the cap, half of it, a quarter, … down to 2, skipping a size whose
-    predicted probe does not fit what is left of the probe's time — ``probe_seconds``, and ``PROBE_FRACTION`` of the sweep's time estimated from one configuration's step,
-    at least ``PROBE_MIN_SECONDS`` — and stopping once a halved stack is no faster than the one before it.
+    ``torch.optim``), then of stacks of the cap, half of it, a quarter, … down to 2, within the probe's budget
+    (:func:`probe_stacks`: ``PROBE_FRACTION`` of the sweep's training time estimated from one configuration's
+    step, at least ``PROBE_MIN_SECONDS``, at most ``probe_seconds``).
 
     Stacks are used only when one trains at least 5 % faster than one configuration at a time — so a
     compute-bound model is never slower batched than one at a time; among them the *largest* whose rate is
@@ -973,7 +1030,7 @@ def plan_module_chunks(
         return _balanced(n_configs, 1)
     seed = next(iter(models))
     rows = min(task.batch_size or task.n_train, task.n_train)
-    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+    clock = _clock()
 
     def rate_of(size: int) -> float:
         """Configurations·steps per second of a stack of ``size`` (1: the model with torch.optim's fused update).
@@ -983,8 +1040,9 @@ def plan_module_chunks(
             step = _plain_step(task, model, seed, rows)
         else:
             stack = ModuleStack(task, [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * size, {seed: model})
-            if len(rates) == 1 and stack.stacked is None:
+            if not stacks_built and stack.stacked is None:
                 _probe_evaluation(stack)
+            stacks_built.append(size)
             step = functools.partial(stack.train_step, [torch.arange(rows)])
         times: list[float] = []
         with torch.random.fork_rng(devices=[]):
@@ -995,19 +1053,30 @@ def plan_module_chunks(
                 times.append(clock() - t0)
         return size / min(times)
 
-    rates: dict[int, float] = {}
-    rates[1] = rate_of(1)
-    start = clock()  # the probe's own time from here: the first step above may pay for imports
+    stacks_built: list[int] = []
     config_steps = n_configs * task.epochs * -(-task.n_train // rows)
-    budget = max(min(probe_seconds, PROBE_MIN_SECONDS), min(probe_seconds, PROBE_FRACTION * config_steps / rates[1]))
+    return _balanced(n_configs, _chosen_size(probe_stacks(rate_of, cap, config_steps, probe_seconds, clock)))
+
+
+def probe_stacks(
+    rate_of: Callable[[int], float], cap: int, config_steps: int, probe_seconds: float, clock: Callable[[], float]
+) -> dict[int, float]:
+    """The configurations·steps per second ``rate_of(size)`` measured for size 1, then for the stacks ``cap``,
+    ``⌈cap/2⌉``, … down to 2, within the probe's budget: ``min(probe_seconds, max(PROBE_MIN_SECONDS,
+    PROBE_FRACTION · config_steps / rate_of(1)))`` seconds of ``clock`` after size 1. A size is skipped when four
+    of its steps at size 1's rate (building the stack, a warm-up and the timed steps, as if it gained nothing)
+    would not fit what is left; the probe stops once a halved stack is no faster than the one before it."""
+    rates = {1: rate_of(1)}
+    start = clock()  # the probe's own time from here: the first step of size 1 may pay for imports
+    budget = min(probe_seconds, max(PROBE_MIN_SECONDS, PROBE_FRACTION * config_steps / rates[1]))
     size = cap
     while size >= 2:
-        if clock() - start + 4 * size / rates[1] <= budget:  # four steps of the stack (building it, too), as if it gained nothing
+        if clock() - start + 4 * size / rates[1] <= budget:
             rates[size] = rate_of(size)
             if len(rates) > 2 and rates[size] <= rates[min(c for c in rates if c > size)]:
                 break
         size = (size + 1) // 2 if size > 2 else 1
-    return _balanced(n_configs, _chosen_size(rates))
+    return rates
 
 
 def _chosen_size(rates: Mapping[int, float]) -> int:

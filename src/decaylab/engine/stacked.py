@@ -28,7 +28,8 @@ Layer rules (``W[k]`` the configuration's tensor):
 * ``Linear``: ``y[k] = x[k] W[k]ᵀ + b[k]`` as ``torch.baddbmm`` on ``(K, rows, in)``; on ``S`` one
   ``F.linear`` with the K weights concatenated;
 * ``LayerNorm``: ``F.layer_norm`` with unit weight and zero bias (its faster kernel), then ``b[k] + y·w[k]``
-  in one ``torch.addcmul``;
+  in one ``torch.addcmul`` — or, when its only users are ``Linear`` layers of it alone or self-attention on it,
+  nothing more: they fold the affine into their weights (``W[k]·diag(w[k])``, ``c[k] + W[k] b[k]``);
 * ``Embedding``: one gather from the K tables viewed as ``(K·V, d)`` at ``token + k·V``;
 * ``MultiheadAttention`` (``batch_first``, self-attention, no masks, no attention dropout in training,
   ``need_weights=False``): the projections as batched matrix products, then the attention of the
@@ -80,6 +81,16 @@ class Act:
 
     value: torch.Tensor
     layout: str
+
+
+@dataclass
+class Normalized:
+    """A ``LayerNorm``'s output whose affine ``y·w + b`` (stacked ``(K, d)`` tensors, or None) is still to be applied:
+    only the layers that fold it into their weights (:func:`_affine_into_linear`) receive one."""
+
+    act: Act
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
 
 
 @dataclass
@@ -234,6 +245,7 @@ class StackedForward:
                         and (len(node.args) != 1 or len(node.args[0].users) != 1)):
                     raise Unsupported(f"in-place {node.target} whose input is used again")
         self.relu_after_pool = {training: _relu_before_max_pool(graph, self.modules) for training, graph in self.graphs.items()}
+        self.folded_norms = {training: _norms_into_linear(graph, self.modules) for training, graph in self.graphs.items()}
 
     # ------------------------------------------------------------------ layouts
     def to_kb(self, a: Act) -> Act:
@@ -302,6 +314,8 @@ class StackedForward:
                     env[node] = Act(x, "S") if x_dim is None else Act(x.reshape(-1, *x.shape[2:]), "KB")
                 elif node.op == "get_attr":
                     env[node] = Stacked(self.tensor(node.target))
+                elif node.op == "call_module" and node in self.folded_norms[self.model.training]:
+                    env[node] = self.layer_norm(node.target, self.modules[node.target], load(node.args)[0], fold=True)
                 elif node.op == "call_module":
                     env[node] = self.call_module(node.target, load(node.args), load(node.kwargs))
                 elif node.op == "call_function":
@@ -338,6 +352,9 @@ class StackedForward:
         kind = type(m)
         if kind is nn.MultiheadAttention:
             return self.attention(target, m, args, kwargs)
+        if kind is nn.Linear and not kwargs and len(args) == 1 and isinstance(args[0], Normalized):
+            n = args[0]
+            return self.linear(n.act, *_affine_into_linear(self.own(target, "weight"), self.own(target, "bias"), n.weight, n.bias))
         if kwargs or len(args) != 1 or not isinstance(args[0], Act):
             raise Unsupported(f"call of {target} ({kind.__name__}) with other arguments than one activation")
         a: Act = args[0]
@@ -484,7 +501,9 @@ class StackedForward:
         y = torch.bmm(x3, W.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), x3, W.transpose(1, 2))
         return Act(y.reshape(-1, *rest, out), "KB")
 
-    def layer_norm(self, target: str, m: Any, a: Act) -> Act:
+    def layer_norm(self, target: str, m: Any, a: Act, fold: bool = False) -> Act | Normalized:
+        """``F.layer_norm`` without affine, then ``b[k] + y·w[k]``; ``fold``: the affine left to the Linear or
+        attention layers after it (:func:`_norms_into_linear`), which fold it into their weights."""
         ns = tuple(m.normalized_shape)
         x = a if a.layout == "S" else self.to_kb(a)
         # unit weight and zero bias: the same values as none, and F.layer_norm's kernel with both is ~1.6× faster
@@ -492,6 +511,8 @@ class StackedForward:
         one, zero = (torch.full(ns, v, dtype=x.value.dtype, device=x.value.device) for v in (1.0, 0.0))
         y = Act(F.layer_norm(x.value, ns, one, zero, m.eps), x.layout)
         w, b = self.own(target, "weight"), self.own(target, "bias")
+        if fold:
+            return Normalized(y, w, b)
         if w is None and b is None:
             return y
         yk = self.k_view(y)
@@ -524,7 +545,7 @@ class StackedForward:
         names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
         call = {**dict(zip(names, args, strict=False)), **kwargs}
         q = call.get("query")
-        if call.get("key") is not q or call.get("value") is not q or not isinstance(q, Act):
+        if call.get("key") is not q or call.get("value") is not q or not isinstance(q, (Act, Normalized)):
             raise Unsupported(f"{target}: attention other than self-attention on one activation")
         if call.get("need_weights", True) or call.get("key_padding_mask") is not None or call.get("attn_mask") is not None \
                 or call.get("is_causal", False):
@@ -533,11 +554,14 @@ class StackedForward:
                 or (m.training and m.dropout > 0):
             raise Unsupported(f"{target}: a MultiheadAttention that is not batch_first, plain, without dropout")
         K, E, H = self.K, m.embed_dim, m.num_heads
+        w_in, b_in = self.own(target, "in_proj_weight"), self.own(target, "in_proj_bias")
+        if isinstance(q, Normalized):
+            w_in, b_in = _affine_into_linear(w_in, b_in, q.weight, q.bias)
+            q = q.act
         x = self.to_kb(q).value
         if x.ndim != 3:
             raise Unsupported(f"{target}: unbatched attention input")
         T = x.shape[1]
-        w_in, b_in = self.own(target, "in_proj_weight"), self.own(target, "in_proj_bias")
         x3 = x.reshape(K, -1, E)
         qkv = torch.bmm(x3, w_in.transpose(1, 2)) if b_in is None else torch.baddbmm(b_in.unsqueeze(1), x3, w_in.transpose(1, 2))
         if T <= SHORT_SEQUENCE:
@@ -654,6 +678,46 @@ def _relu_before_max_pool(graph: fx.Graph, modules: Mapping[str, nn.Module]) -> 
         return type(m) in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d) and not m.return_indices
 
     return {node for node in graph.nodes if is_relu(node) and len(node.users) == 1 and is_max_pool(next(iter(node.users)))}
+
+
+def _norms_into_linear(graph: fx.Graph, modules: Mapping[str, nn.Module]) -> set[fx.Node]:
+    """The ``LayerNorm`` nodes of ``graph`` with an affine over one dimension whose every user is a ``Linear`` of them
+    alone or a ``MultiheadAttention`` with them as query, key and value: the affine is folded into those layers'
+    weights (:func:`_affine_into_linear`), so the activations pass through no elementwise ``b + y·w`` forward or
+    backward (the transformer block's step of 16 configurations at 2 threads: 4 passes over its ``(K·B·T, d)``
+    activations fewer, with their reductions for the gradients of ``w`` and ``b``)."""
+    def folds_into(user: fx.Node, node: fx.Node) -> bool:
+        if user.op != "call_module":
+            return False
+        m = modules[str(user.target)]
+        if type(m) is nn.Linear:
+            return user.args == (node,) and not user.kwargs
+        if type(m) is nn.MultiheadAttention:
+            names = ("query", "key", "value")
+            call = {**dict(zip(names, user.args, strict=False)), **user.kwargs}
+            return all(call.get(n) is node for n in names) and not any(a is node for a in user.args[3:])
+        return False
+
+    folded = set()
+    for node in graph.nodes:
+        m = modules[str(node.target)] if node.op == "call_module" else None
+        if isinstance(m, nn.LayerNorm) and type(m) is nn.LayerNorm and m.elementwise_affine and not node.kwargs \
+                and len(m.normalized_shape) == 1 and node.users and all(folds_into(user, node) for user in node.users):
+            folded.add(node)
+    return folded
+
+
+def _affine_into_linear(W: torch.Tensor, c: torch.Tensor | None, w: torch.Tensor | None, b: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The stacked Linear ``x ↦ x Wᵀ + c`` (``W`` (K, out, in), ``c`` (K, out)) of ``x = y·w + b`` (``w``, ``b``
+    (K, in)) as one Linear of ``y``: ``W' = W·diag(w)``, ``c' = c + W b`` — the same function, its gradients
+    through these small products (float32 rounding in another order)."""
+    if b is not None:
+        shift = torch.bmm(W, b.unsqueeze(-1)).squeeze(-1)
+        c = shift if c is None else c + shift
+    if w is not None:
+        W = W * w.unsqueeze(1)
+    return W, c
 
 
 def build_stacked(model: nn.Module, K: int, check: Callable[[StackedForward], None]) -> tuple[StackedForward | None, str]:
