@@ -74,8 +74,10 @@ def test_each_configuration_follows_torch_optim_at_every_chunk_size(name: str) -
 def test_evaluation_on_the_stack_or_one_configuration_at_a_time_gives_the_reference(
     monkeypatch: pytest.MonkeyPatch, name: str, each: bool
 ) -> None:
-    """Whichever evaluation the stack chose at its first (BatchNorm's running statistics, attention's fused inference
-    path), every curve is the reference's; the second evaluation on runs the chosen way."""
+    """Whichever evaluation the stack chose at its second (BatchNorm's running statistics, attention's fused inference
+    path), every curve is the reference's; from the third evaluation on it runs the chosen way."""
+    import dataclasses
+
     from decaylab.engine import module
 
     calls: list[str] = []
@@ -83,28 +85,49 @@ def test_evaluation_on_the_stack_or_one_configuration_at_a_time_gives_the_refere
         original = getattr(module.ModuleStack, method)
         monkeypatch.setattr(module.ModuleStack, method,
                             lambda self, data, original=original, method=method: calls.append(method) or original(self, data))
-    monkeypatch.setattr(module.ModuleStack, "_choose_evaluation", lambda self, data, seconds: each)
+    monkeypatch.setattr(module.ModuleStack, "_time_one_configuration", lambda self, splits: 0.0 if each else math.inf)
     task, hypers = case(name)
+    task = dataclasses.replace(task, epochs=3)
     assert_matches(train_module(task, hypers, chunk=len(hypers)), [reference(task, h) for h in hypers])
-    later = calls[2:]  # the first evaluation: stacked, train and val
-    assert calls[:2] == ["_split_stacked"] * 2 and later == ["_split_each" if each else "_split_stacked"] * len(later) != []
+    assert calls == ["_split_stacked"] * 4 + ["_split_each" if each else "_split_stacked"] * 2
 
 
-@pytest.mark.parametrize(("each_seconds", "stacked_seconds", "each"), [(0.01, 0.2, True), (0.01, 0.1, False), (0.01, 0.17, True)])
+@pytest.mark.parametrize(
+    ("each_seconds", "stacked_seconds", "epochs", "each"),
+    [(0.01, 0.4, 3, True), (0.01, 0.3, 3, False), (0.01, 0.34, 3, True), (0.01, 0.4, 2, False)],
+)
 def test_a_stack_evaluates_one_configuration_at_a_time_only_when_that_measured_faster(
-    monkeypatch: pytest.MonkeyPatch, each_seconds: float, stacked_seconds: float, each: bool
+    monkeypatch: pytest.MonkeyPatch, each_seconds: float, stacked_seconds: float, epochs: int, each: bool
 ) -> None:
-    """On a simulated clock: one configuration's evaluation of the split takes ``each_seconds``; K = 16 of them must
-    beat the stack's ``stacked_seconds`` by ``EVAL_EACH_GAIN`` (1.05: 0.168 s)."""
+    """On a simulated clock: the stack's evaluation takes ``stacked_seconds``, one configuration's ``each_seconds`` per
+    split. At the first evaluation the configuration alone warms up, at the second K = 16 of it must beat the stack by
+    ``EVAL_EACH_GAIN`` (1.05: 0.336 s); fewer than 3 evaluations measure nothing."""
+    import dataclasses
+
     from decaylab.engine import module
 
     task, hypers = case("cnn_bn-nesterov")
+    task = dataclasses.replace(task, epochs=epochs)
     stack = module.ModuleStack(task, [Hyper(seed=0, lr=0.05, l2=l2) for l2 in torch.linspace(0, 0.1, 16).tolist()])
-    clock = [0.0]
+    clock, alone = [0.0], []
+    stacked = module.ModuleStack._split_stacked
+
+    def split_stacked(self: Any, data: Any) -> Any:
+        clock[0] += stacked_seconds / 2
+        return stacked(self, data)
+
+    def split_means(task: ModuleTask, forward: Any, data: Any) -> dict[str, float]:
+        alone.append(data)
+        clock[0] += each_seconds
+        return {}
+
     monkeypatch.setattr(module, "_clock", lambda: lambda: clock[0])
-    monkeypatch.setattr(module, "_split_means", lambda task, forward, data: clock.__setitem__(0, clock[0] + each_seconds))
-    assert stack._choose_evaluation(task.val, stacked_seconds) is each
-    assert clock[0] == pytest.approx(3 * each_seconds)  # a warm-up and two timed evaluations of one configuration
+    monkeypatch.setattr(module.ModuleStack, "_split_stacked", split_stacked)
+    monkeypatch.setattr(module, "_split_means", split_means)
+    for evaluation in (1, 2):
+        stack.evaluate()
+        assert stack.evaluate_each is (None if evaluation == 1 and epochs >= 3 else each)
+    assert alone == ([task.train, task.val] * 2 if epochs >= 3 else [])  # a warm-up, then timed
 
 
 def test_sequential_engine_follows_torch_optim() -> None:

@@ -544,7 +544,10 @@ class ModuleStack:
         self.diverged_epoch: list[int | None] = [None] * self.K
         _, largest_per_row = module_outputs_per_row(copies[0], task.train[0])
         self.eval_rows = eval_block_rows(task, self.K, largest_per_row)
-        self.evaluate_each: bool | None = None  # evaluation one configuration at a time: chosen at the first
+        # evaluation one configuration at a time: chosen at the second evaluation (None: not yet); never for one
+        # configuration or fewer than 3 evaluations, where the choice could not pay for its measurement
+        self.evaluate_each: bool | None = False if self.K == 1 or len(task.eval_epochs) < 3 else None
+        self.evaluations = 0
         self.row_mean = self._loss_is_row_mean()
         self.stacked: StackedForward | None = None
         self.fallback = "one configuration: the model itself" if self.K == 1 else "native=False"
@@ -698,21 +701,21 @@ class ModuleStack:
     def evaluate(self) -> torch.Tensor:
         """(K, M) metrics in ``task.metric_names`` order: on the stack (blocks of ``eval_rows`` rows of the K
         configurations), or one configuration at a time (the model itself on blocks of ``task.eval_batch_size`` rows)
-        once :meth:`_choose_evaluation` found that faster. The same numbers either way, up to float32 rounding."""
+        once :meth:`_time_one_configuration` found that faster. The same numbers either way, up to float32 rounding."""
         self.base.eval()
+        self.evaluations += 1
         cols: dict[str, torch.Tensor] = {}
-        splits = [s for s in ("train", "val") if getattr(self.task, s) is not None]
-        for split in splits:
-            data = getattr(self.task, split)
-            if self.evaluate_each:
-                means = self._split_each(data)
-            else:
-                clock = _clock()
-                start = clock()
-                means = self._split_stacked(data)
-                if self.evaluate_each is None and split == splits[-1]:
-                    self.evaluate_each = self._choose_evaluation(data, clock() - start)
+        splits = [getattr(self.task, s) for s in ("train", "val") if getattr(self.task, s) is not None]
+        clock = _clock()
+        start = clock()
+        for split, data in zip(("train", "val"), splits, strict=False):
+            means = self._split_each(data) if self.evaluate_each else self._split_stacked(data)
             cols.update({f"{split}_{key}": value for key, value in means.items()})
+        if self.evaluate_each is None:
+            stacked_seconds = clock() - start
+            each_seconds = self._time_one_configuration(splits)
+            if self.evaluations == 2:  # both warm: the first evaluation was each one's first call at these shapes
+                self.evaluate_each = EVAL_EACH_GAIN * self.K * each_seconds < stacked_seconds
         decayed = [self.params[n] for n, m in zip(self.names, self.multipliers, strict=True) if m > 0]
         sq = sum((P.detach().double() ** 2).reshape(self.K, -1).sum(dim=1) for P in decayed)
         cols["w_norm"] = torch.sqrt(sq) if decayed else torch.zeros(self.K, dtype=torch.float64)
@@ -742,24 +745,21 @@ class ModuleStack:
         rows = [_split_means(self.task, self._one(k), data) for k in range(self.K)]
         return {key: torch.tensor([r[key] for r in rows], dtype=torch.float64) for key in rows[0]}
 
-    def _choose_evaluation(self, data: tuple[torch.Tensor, torch.Tensor], stacked_seconds: float) -> bool:
-        """Whether to evaluate one configuration at a time from now on: at the first evaluation, the K
-        configurations' stacked evaluation of the split ``data`` took ``stacked_seconds``; the first configuration's
-        evaluation of it alone (once to warm up, then the faster of two) must take ``EVAL_EACH_GAIN`` times less than a
-        K-th of that. The stacked forward wins where it batches small layers (the digits CNN: 24 against 67 ms per evaluation
-        of 16 configurations at 2 threads); the model itself where its own kernels are better than the stacked
-        layers' (the transformer block: ``nn.MultiheadAttention``'s fused inference path and ``LayerNorm``'s affine
-        kernel, 119 against 141 ms). Costs three evaluations of one configuration on one split, once per stack."""
-        if self.K == 1:
-            return False
+    def _time_one_configuration(self, splits: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Seconds of the first configuration's evaluation of ``splits`` alone (the model itself).
+
+        At the first two evaluations of a stack of K ≥ 2 (and at least 3 evaluations in all): the first is a warm-up
+        (a kernel's first call at a shape may take several times longer, the stack's too), at the second the stack
+        evaluates one configuration at a time from then on when K of these take ``EVAL_EACH_GAIN`` times less than
+        its own stacked evaluation did. The stacked forward wins where it batches small layers (the digits CNN: 24
+        against 74 ms per evaluation of 16 configurations at 2 threads); the model itself where its own kernels beat
+        the stacked layers (the transformer block, ``nn.MultiheadAttention``'s fused inference path: 133 against
+        151 ms). Costs two evaluations of one configuration per stack."""
         forward, clock = self._one(0), _clock()
-        _split_means(self.task, forward, data)
-        times = []
-        for _ in range(2):
-            start = clock()
+        start = clock()
+        for data in splits:
             _split_means(self.task, forward, data)
-            times.append(clock() - start)
-        return EVAL_EACH_GAIN * self.K * min(times) < stacked_seconds
+        return clock() - start
 
     def _check_divergence(self, metrics: torch.Tensor, epoch: int) -> None:
         n_losses = 2 if self.task.val is not None else 1
@@ -912,7 +912,7 @@ PROBE_FRACTION = 0.05  # of the sweep's training time, estimated from one config
 # configurations (3 s in all) spent on a stack of 2 that could not gain: 10 % of the run, 0.94× the plain loop's speed
 PROBE_MIN_SECONDS = 0.05
 PROBE_LONG_STEP = 0.01  # seconds: a step that took longer is timed once after its warm-up, not best of three
-_GAIN = 1.05  # a stack must train this much faster than one configuration at a time to be used at all
+_GAIN = 1.05  # a stack must train this much faster than one at a time to be used at all, a halved one to be probed further
 _NEAR_BEST = 0.9  # the largest stack whose rate is at least this fraction of the best rate is chosen
 
 
@@ -1065,7 +1065,8 @@ def probe_stacks(
     ``⌈cap/2⌉``, … down to 2, within the probe's budget: ``min(probe_seconds, max(PROBE_MIN_SECONDS,
     PROBE_FRACTION · config_steps / rate_of(1)))`` seconds of ``clock`` after size 1. A size is skipped when four
     of its steps at size 1's rate (building the stack, a warm-up and the timed steps, as if it gained nothing)
-    would not fit what is left; the probe stops once a halved stack is no faster than the one before it."""
+    would not fit what is left; the probe stops once a halved stack is not ``_GAIN`` faster than the one before it
+    (halving again would hardly find the best: the transformer block's 16 and 8 trained at the same rate, 4 slower)."""
     rates = {1: rate_of(1)}
     start = clock()  # the probe's own time from here: the first step of size 1 may pay for imports
     budget = min(probe_seconds, max(PROBE_MIN_SECONDS, PROBE_FRACTION * config_steps / rates[1]))
@@ -1073,7 +1074,7 @@ def probe_stacks(
     while size >= 2:
         if clock() - start + 4 * size / rates[1] <= budget:
             rates[size] = rate_of(size)
-            if len(rates) > 2 and rates[size] <= rates[min(c for c in rates if c > size)]:
+            if len(rates) > 2 and rates[size] < _GAIN * rates[min(c for c in rates if c > size)]:
                 break
         size = (size + 1) // 2 if size > 2 else 1
     return rates

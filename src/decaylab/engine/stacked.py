@@ -153,7 +153,10 @@ class ShortAttention(torch.autograd.Function):
         dv_t = torch.bmm(grad_t, p)
         ds = torch._softmax_backward_data(torch.bmm(grad_t.transpose(1, 2), v.transpose(1, 2)), p, -1, p.dtype)
         dq_t, dk_t = _scaled_bmm(k.transpose(1, 2), ds.transpose(1, 2), ctx.scale), torch.bmm(q.transpose(1, 2), ds)
-        dqkv = torch.stack([t.view(N, heads, d, T).permute(0, 3, 1, 2) for t in (dq_t, dk_t, dv_t)], dim=2)
+        # into a contiguous (N, T, 3, heads, d): stack alone would keep the inputs' layout (T fastest), and autograd
+        # would copy the gradient again to reshape it for the input projection (0.56 against 0.66 ms, N = 1,024, T = 16)
+        dqkv = grad.new_empty(N, T, 3, heads, d)
+        torch.stack([t.view(N, heads, d, T).permute(0, 3, 1, 2) for t in (dq_t, dk_t, dv_t)], dim=2, out=dqkv)
         return dqkv.view(N, T, 3 * E), None
 
 
