@@ -542,13 +542,11 @@ class ModuleStack:
         self.dropout = [generator(s, "dropout") for s in self.seeds]
         self.shapes: dict[tuple[int, ...], list[tuple[tuple[int, ...], torch.dtype]]] = {}
         self.diverged_epoch: list[int | None] = [None] * self.K
-        _, largest_per_row = module_outputs_per_row(copies[0], task.train[0])
-        self.eval_rows = eval_block_rows(task, self.K, largest_per_row)
+        self.eval_rows, self.row_mean = self._look_at_the_model()
         # evaluation one configuration at a time: chosen at the second evaluation (None: not yet); never for one
         # configuration or fewer than 3 evaluations, where the choice could not pay for its measurement
         self.evaluate_each: bool | None = False if self.K == 1 or len(task.eval_epochs) < 3 else None
         self.evaluations = 0
-        self.row_mean = self._loss_is_row_mean()
         self.stacked: StackedForward | None = None
         self.fallback = "one configuration: the model itself" if self.K == 1 else "native=False"
         if native and self.K > 1:
@@ -622,21 +620,21 @@ class ModuleStack:
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
 
-    def _loss_is_row_mean(self) -> bool:
-        """:func:`is_row_mean` of the task's loss on the model's output for 8 training rows spread over the set
-        (data sorted by class still gives rows of different targets), in evaluation mode: no dropout draw,
-        BatchNorm's statistics untouched."""
+    def _look_at_the_model(self) -> tuple[int, bool]:
+        """One forward of the stack's own copy of the model, in evaluation mode (no dropout draw, BatchNorm's
+        statistics untouched), on 8 training rows spread over the set (data sorted by class still gives rows of
+        different targets): the evaluation's block rows (:func:`eval_block_rows` of the largest module output per
+        row) and whether the task's loss :func:`is_row_mean` on that output."""
         n = self.task.n_train
         rows = torch.linspace(0, n - 1, min(n, 8)).round().long().unique()
         X, y = self.task.train[0].index_select(0, rows), self.task.train[1].index_select(0, rows)
         was_training = self.base.training
         self.base.eval()
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                out = self.base(X)
+            out, (_, largest) = _outputs_per_row(self.base, X)
         finally:
             self.base.train(was_training)
-        return isinstance(out, torch.Tensor) and is_row_mean(self.task.loss, out, y)
+        return eval_block_rows(self.task, self.K, largest), isinstance(out, torch.Tensor) and is_row_mean(self.task.loss, out, y)
 
     def _each_config(self, fn: Callable, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(K,)``: ``fn`` of each configuration's output ``out[k]`` and the shared targets ``y``
@@ -926,6 +924,12 @@ EVAL_BLOCK_FLOATS = 1 << 22
 def module_outputs_per_row(model: nn.Module, X: torch.Tensor, rows: int = 8) -> tuple[int, int]:
     """The numbers the modules' outputs hold per input row, all together and the largest one, measured by forward
     hooks on a copy, on ``rows`` rows, without gradients."""
+    return _outputs_per_row(copy.deepcopy(model), X[: min(rows, int(X.shape[0]))])[1]
+
+
+def _outputs_per_row(model: nn.Module, X: torch.Tensor) -> tuple[Any, tuple[int, int]]:
+    """``model(X)`` without gradients (PyTorch's generator left as it was), and the numbers its modules' outputs
+    hold per row of ``X``, all together and the largest one (forward hooks, removed after)."""
     total = largest = 0
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> None:
@@ -933,16 +937,15 @@ def module_outputs_per_row(model: nn.Module, X: torch.Tensor, rows: int = 8) -> 
         if isinstance(out, torch.Tensor):
             total, largest = total + out.numel(), max(largest, out.numel())
 
-    probe = copy.deepcopy(model)
-    handles = [m.register_forward_hook(hook) for m in probe.modules()]
-    n = min(rows, int(X.shape[0]))
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            probe(X[:n])
+            out = model(X)
     finally:
         for h in handles:
             h.remove()
-    return max(1, total // n), max(1, largest // n)
+    n = int(X.shape[0])
+    return out, (max(1, total // n), max(1, largest // n))
 
 
 def eval_block_rows(task: ModuleTask, K: int, largest_per_row: int) -> int:
