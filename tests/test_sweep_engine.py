@@ -298,7 +298,7 @@ def test_planned_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -
     assert_matches(train_module(task, hypers), refs)
     monkeypatch.setattr(module, "plan_module_chunks", lambda task, n, chunk=None, **kw: [range(i, i + 1) for i in range(n)])
     alone, one = [], module.train_one_module
-    monkeypatch.setattr(module, "train_one_module", lambda task, h, progress=None: alone.append(h) or one(task, h, progress))
+    monkeypatch.setattr(module, "train_one_module", lambda task, h, progress=None, model=None: alone.append(h) or one(task, h, progress, model))
     monkeypatch.setattr(module.ModuleStack, "run", None)  # no stack trains
     assert_matches(train_module(task, hypers), refs)
     assert alone == list(hypers)
