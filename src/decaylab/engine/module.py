@@ -473,10 +473,6 @@ def train_module_sequential(task: ModuleTask, hypers: Sequence[Hyper], progress:
 
 
 # ----------------------------------------------------------------------------- batched engine
-EVAL_EACH_GAIN = 1.05
-"""A stack evaluates one configuration at a time only when that measured this much faster (timing noise)."""
-
-
 def _clock() -> Callable[[], float]:
     """The clock of the engine's timings: the process's CPU time with one torch thread (other processes on a shared
     machine do not decide), the wall clock with more (CPU time would count the threads' spin-waiting)."""
@@ -711,11 +707,9 @@ class ModuleStack:
         for split, data in zip(("train", "val"), splits, strict=False):
             means = self._split_each(data) if self.evaluate_each else self._split_stacked(data)
             cols.update({f"{split}_{key}": value for key, value in means.items()})
-        if self.evaluate_each is None:
+        if self.evaluate_each is None and self.evaluations == 2:  # the stack warm: the first paid for its first calls
             stacked_seconds = clock() - start
-            each_seconds = self._time_one_configuration(splits)
-            if self.evaluations == 2:  # both warm: the first evaluation was each one's first call at these shapes
-                self.evaluate_each = EVAL_EACH_GAIN * self.K * each_seconds < stacked_seconds
+            self.evaluate_each = self.K * self._time_one_configuration(splits) < stacked_seconds
         decayed = [self.params[n] for n, m in zip(self.names, self.multipliers, strict=True) if m > 0]
         sq = sum((P.detach().double() ** 2).reshape(self.K, -1).sum(dim=1) for P in decayed)
         cols["w_norm"] = torch.sqrt(sq) if decayed else torch.zeros(self.K, dtype=torch.float64)
@@ -746,20 +740,25 @@ class ModuleStack:
         return {key: torch.tensor([r[key] for r in rows], dtype=torch.float64) for key in rows[0]}
 
     def _time_one_configuration(self, splits: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """Seconds of the first configuration's evaluation of ``splits`` alone (the model itself).
+        """Seconds of the first configuration's evaluation of ``splits`` alone (the model itself), the second of two
+        back to back (the first pays for the kernels' first calls at these shapes).
 
-        At the first two evaluations of a stack of K ≥ 2 (and at least 3 evaluations in all): the first is a warm-up
-        (a kernel's first call at a shape may take several times longer, the stack's too), at the second the stack
-        evaluates one configuration at a time from then on when K of these take ``EVAL_EACH_GAIN`` times less than
-        its own stacked evaluation did. The stacked forward wins where it batches small layers (the digits CNN: 24
+        At the second evaluation of a stack of K ≥ 2 configurations (of at least 3 evaluations), whose own time is
+        then that of a warm stack: from the third on, the stack evaluates one configuration at a time when K of
+        these take less. The one configuration measured alone costs more than one of K evaluated in a row (9.1–9.9
+        against 8.4 ms for the transformer block: caches and threads are cold after the stacked evaluation), a
+        margin in favour of the stack. The stacked forward wins where it batches small layers (the digits CNN: 31
         against 74 ms per evaluation of 16 configurations at 2 threads); the model itself where its own kernels beat
-        the stacked layers (the transformer block, ``nn.MultiheadAttention``'s fused inference path: 133 against
-        151 ms). Costs two evaluations of one configuration per stack."""
+        the stacked layers (the transformer block, ``nn.MultiheadAttention``'s fused inference path: 134 against
+        156–194 ms). Costs two evaluations of one configuration per stack."""
         forward, clock = self._one(0), _clock()
-        start = clock()
-        for data in splits:
-            _split_means(self.task, forward, data)
-        return clock() - start
+        seconds = 0.0
+        for _ in range(2):
+            start = clock()
+            for data in splits:
+                _split_means(self.task, forward, data)
+            seconds = clock() - start
+        return seconds
 
     def _check_divergence(self, metrics: torch.Tensor, epoch: int) -> None:
         n_losses = 2 if self.task.val is not None else 1
