@@ -74,8 +74,8 @@ def test_each_configuration_follows_torch_optim_at_every_chunk_size(name: str) -
 def test_evaluation_on_the_stack_or_one_configuration_at_a_time_gives_the_reference(
     monkeypatch: pytest.MonkeyPatch, name: str, each: bool
 ) -> None:
-    """Whichever evaluation the stack chose at its second (BatchNorm's running statistics, attention's fused inference
-    path), every curve is the reference's; from the third evaluation on it runs the chosen way."""
+    """Whichever evaluation the stack chose at its first (BatchNorm's running statistics, attention's fused inference
+    path), every curve is the reference's; from the second evaluation on it runs the chosen way."""
     import dataclasses
 
     from decaylab.engine import module
@@ -89,19 +89,19 @@ def test_evaluation_on_the_stack_or_one_configuration_at_a_time_gives_the_refere
     task, hypers = case(name)
     task = dataclasses.replace(task, epochs=3)
     assert_matches(train_module(task, hypers, chunk=len(hypers)), [reference(task, h) for h in hypers])
-    assert calls == ["_split_stacked"] * 4 + ["_split_each" if each else "_split_stacked"] * 2
+    assert calls == ["_split_stacked"] * 2 + ["_split_each" if each else "_split_stacked"] * 4
 
 
 @pytest.mark.parametrize(
     ("each_seconds", "stacked_seconds", "epochs", "each"),
-    [(0.01, 0.4, 3, True), (0.01, 0.3, 3, False), (0.01, 0.33, 3, True), (0.01, 0.4, 2, False)],
+    [(0.01, 0.4, 2, True), (0.01, 0.3, 2, False), (0.01, 0.33, 2, True), (0.01, 0.4, 1, False)],
 )
 def test_a_stack_evaluates_one_configuration_at_a_time_only_when_that_measured_faster(
     monkeypatch: pytest.MonkeyPatch, each_seconds: float, stacked_seconds: float, epochs: int, each: bool
 ) -> None:
     """On a simulated clock: the stack's evaluation takes ``stacked_seconds``, one configuration's ``each_seconds`` per
-    split. At the second evaluation the configuration alone is evaluated twice (the second timed), and K = 16 of it
-    must take less than the stack (0.32 s); fewer than 3 evaluations measure nothing."""
+    split. At the first evaluation the configuration alone is evaluated twice (the second timed), and K = 16 of it
+    must take less than the stack (0.32 s); a single evaluation measures nothing."""
     import dataclasses
 
     from decaylab.engine import module
@@ -124,10 +124,10 @@ def test_a_stack_evaluates_one_configuration_at_a_time_only_when_that_measured_f
     monkeypatch.setattr(module, "_clock", lambda: lambda: clock[0])
     monkeypatch.setattr(module.ModuleStack, "_split_stacked", split_stacked)
     monkeypatch.setattr(module, "_split_means", split_means)
-    for evaluation in (1, 2):
-        stack.evaluate()
-        assert stack.evaluate_each is (None if evaluation == 1 and epochs >= 3 else each)
-        assert alone == ([task.train, task.val] * 2 if evaluation == 2 and epochs >= 3 else [])
+    assert stack.evaluate_each is (None if epochs >= 2 else False)
+    stack.evaluate()
+    assert stack.evaluate_each is each
+    assert alone == ([task.train, task.val] * 2 if epochs >= 2 else [])
 
 
 def test_sequential_engine_follows_torch_optim() -> None:

@@ -541,10 +541,9 @@ class ModuleStack:
         self.shapes: dict[tuple[int, ...], list[tuple[tuple[int, ...], torch.dtype]]] = {}
         self.diverged_epoch: list[int | None] = [None] * self.K
         self.eval_rows, self.row_mean = self._look_at_the_model()
-        # evaluation one configuration at a time: chosen at the second evaluation (None: not yet); never for one
-        # configuration or fewer than 3 evaluations, where the choice could not pay for its measurement
-        self.evaluate_each: bool | None = False if self.K == 1 or len(task.eval_epochs) < 3 else None
-        self.evaluations = 0
+        # evaluation one configuration at a time: chosen at the first evaluation (None: not yet); never for one
+        # configuration or a single evaluation, where the choice could not pay for its measurement
+        self.evaluate_each: bool | None = False if self.K == 1 or len(task.eval_epochs) < 2 else None
         self.stacked: StackedForward | None = None
         self.fallback = "one configuration: the model itself" if self.K == 1 else "native=False"
         if native and self.K > 1:
@@ -699,7 +698,6 @@ class ModuleStack:
         configurations), or one configuration at a time (the model itself on blocks of ``task.eval_batch_size`` rows)
         once :meth:`_time_one_configuration` found that faster. The same numbers either way, up to float32 rounding."""
         self.base.eval()
-        self.evaluations += 1
         cols: dict[str, torch.Tensor] = {}
         splits = [getattr(self.task, s) for s in ("train", "val") if getattr(self.task, s) is not None]
         clock = _clock()
@@ -707,7 +705,7 @@ class ModuleStack:
         for split, data in zip(("train", "val"), splits, strict=False):
             means = self._split_each(data) if self.evaluate_each else self._split_stacked(data)
             cols.update({f"{split}_{key}": value for key, value in means.items()})
-        if self.evaluate_each is None and self.evaluations == 2:  # the stack warm: the first paid for its first calls
+        if self.evaluate_each is None:
             stacked_seconds = clock() - start
             self.evaluate_each = self.K * self._time_one_configuration(splits) < stacked_seconds
         decayed = [self.params[n] for n, m in zip(self.names, self.multipliers, strict=True) if m > 0]
@@ -743,14 +741,15 @@ class ModuleStack:
         """Seconds of the first configuration's evaluation of ``splits`` alone (the model itself), the second of two
         back to back (the first pays for the kernels' first calls at these shapes).
 
-        At the second evaluation of a stack of K ≥ 2 configurations (of at least 3 evaluations), whose own time is
-        then that of a warm stack: from the third on, the stack evaluates one configuration at a time when K of
-        these take less. The one configuration measured alone costs more than one of K evaluated in a row (9.1–9.9
-        against 8.4 ms for the transformer block: caches and threads are cold after the stacked evaluation), a
-        margin in favour of the stack. The stacked forward wins where it batches small layers (the digits CNN: 31
-        against 74 ms per evaluation of 16 configurations at 2 threads); the model itself where its own kernels beat
-        the stacked layers (the transformer block, ``nn.MultiheadAttention``'s fused inference path: 134 against
-        156–194 ms). Costs two evaluations of one configuration per stack."""
+        At the first evaluation of a stack of K ≥ 2 configurations (of at least 2 evaluations): from the second on,
+        the stack evaluates one configuration at a time when K of these took less than its own stacked evaluation.
+        Neither side is favoured much: the stack's first evaluation pays for its own first calls (+15–25 %), and the
+        one configuration measured alone costs more than one of K evaluated in a row (9.1–9.9 against 8.4 ms for the
+        transformer block: caches and threads are cold after the stacked evaluation). The stacked forward wins where
+        it batches small layers (the digits CNN, first evaluations: 31–44 against 74 ms per evaluation of 16
+        configurations at 2 threads); the model itself where its own kernels beat the stacked layers (the
+        transformer block, ``nn.MultiheadAttention``'s fused inference path: 134 against 156–194 ms). Costs two
+        evaluations of one configuration per stack."""
         forward, clock = self._one(0), _clock()
         seconds = 0.0
         for _ in range(2):
@@ -911,7 +910,7 @@ PROBE_FRACTION = 0.05  # of the sweep's training time, estimated from one config
 # the probe may always take this long. It was 0.3 s, which the compute-bound 64-2048-2048-10 MLP's sweep of 4
 # configurations (3 s in all) spent on a stack of 2 that could not gain: 10 % of the run, 0.94× the plain loop's speed
 PROBE_MIN_SECONDS = 0.05
-PROBE_LONG_STEP = 0.01  # seconds: a step that took longer is timed once after its warm-up, not best of three
+PROBE_LONG_STEP = 0.01  # seconds: steps are timed after a warm-up until they took this long in all (1–3 of them)
 _GAIN = 1.05  # a stack must train this much faster than one at a time to be used at all, a halved one to be probed further
 _NEAR_BEST = 0.9  # the largest stack whose rate is at least this fraction of the best rate is chosen
 
@@ -1001,8 +1000,8 @@ def plan_module_chunks(
 
     ``chunk`` fixes the size. Else the size is bounded by ``memory_budget_bytes`` and
     :func:`stack_memory` (the cap), and the configurations·steps per second are measured on the
-    first minibatch (a warm-up step, then the best of three timed steps, or one when it took more than
-    ``PROBE_LONG_STEP``): first of one configuration as the sequential engine runs it (the model and the
+    first minibatch (a warm-up step, then the best of up to three timed steps, as many as fit in
+    ``PROBE_LONG_STEP``, at least one): first of one configuration as the sequential engine runs it (the model and the
     update of ``torch.optim``'s fused kernel, :func:`fused_update`; :func:`train_module_batched` then runs
     ``torch.optim``), then of stacks of the cap, half of it, a quarter, … down to 2, within the probe's budget
     (:func:`probe_stacks`: ``PROBE_FRACTION`` of the sweep's training time estimated from one configuration's
@@ -1052,7 +1051,7 @@ def plan_module_chunks(
         times: list[float] = []
         with torch.random.fork_rng(devices=[]):
             step()  # warm-up: allocations, kernel selection
-            while len(times) < 3 and not (times and times[-1] > PROBE_LONG_STEP):  # a long step is its own average
+            while len(times) < 3 and sum(times) <= PROBE_LONG_STEP:  # long steps are their own average
                 t0 = clock()
                 step()
                 times.append(clock() - t0)
