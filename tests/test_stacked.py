@@ -389,19 +389,21 @@ def test_the_transformer_block_attends_through_short_attention(monkeypatch: pyte
 
 
 class FoldedNorms(nn.Module):
-    """LayerNorms whose affine folds into what follows (a Linear with bias, a bias-free LayerNorm into a bias-free
-    Linear, self-attention) and one that does not (its output is also added to the residual)."""
+    """LayerNorms whose affine folds into what follows — self-attention (both with biases), a bias-free Linear, a
+    Linear with bias after a bias-free LayerNorm — and one that does not (its output is also added to the residual)."""
 
     def __init__(self, d: int = 8) -> None:
         super().__init__()
         self.ln_attn, self.attn = nn.LayerNorm(d), nn.MultiheadAttention(d, 2, batch_first=True)
-        self.ln_fc, self.fc = nn.LayerNorm(d, bias=False), nn.Linear(d, d, bias=False)
+        self.ln_fc, self.fc = nn.LayerNorm(d), nn.Linear(d, d, bias=False)
+        self.ln_fc2, self.fc2 = nn.LayerNorm(d, bias=False), nn.Linear(d, d)
         self.ln_kept, self.head = nn.LayerNorm(d), nn.Linear(d, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln_attn(x)
         x = x + self.attn(h, h, h, need_weights=False)[0]
         x = x + self.fc(self.ln_fc(x))
+        x = x + self.fc2(self.ln_fc2(x))
         h = self.ln_kept(x)
         return self.head(h + x).mean(dim=1)
 
@@ -409,25 +411,27 @@ class FoldedNorms(nn.Module):
 @pytest.mark.parametrize("training", [True, False])
 def test_layer_norm_affine_folded_into_the_next_layer_keeps_values_and_gradients(training: bool) -> None:
     """The LayerNorms whose only users are a Linear or self-attention fold their (random, per-configuration) affine
-    into those layers' weights; outputs and every parameter's gradient equal the model's own per configuration."""
+    into those layers' weights; outputs and every parameter's gradient equal the model's own per configuration, in
+    float64 to 1e-10 (the same function; in float32 only the rounding differs, ~1e-6)."""
     from torch.func import functional_call
 
     g = torch.Generator().manual_seed(1)
-    model, K = FoldedNorms().train(training), 3
+    model, K = FoldedNorms().double().train(training), 3
     forward = StackedForward(model, K)
-    assert sorted(str(n.target) for n in forward.folded_norms[training]) == ["ln_attn", "ln_fc"]
-    params = {n: (torch.randn(K, *p.shape, generator=g) * 0.5 + (1.0 if n.endswith("ln_fc.weight") else 0.0)).requires_grad_(True)
+    assert sorted(str(n.target) for n in forward.folded_norms[training]) == ["ln_attn", "ln_fc", "ln_fc2"]
+    params = {n: (torch.randn(K, *p.shape, generator=g, dtype=torch.float64) * 0.5
+                  + (1.0 if ".weight" in n and "ln" in n else 0.0)).requires_grad_(True)
               for n, p in model.named_parameters()}
-    x = torch.randn(5, 4, 8, generator=g)
-    w = torch.randn(K, 5, 3, generator=g)
+    x = torch.randn(5, 4, 8, generator=g, dtype=torch.float64)
+    w = torch.randn(K, 5, 3, generator=g, dtype=torch.float64)
     with torch.set_grad_enabled(training):
         out = forward(params, {}, x, None, [])
         for k in range(K):
             own = {n: p[k].detach().clone().requires_grad_(True) for n, p in params.items()}
             ref = functional_call(model, own, (x,))
-            torch.testing.assert_close(out[k], ref, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(out[k], ref, rtol=1e-10, atol=1e-12)
             if training:
                 grads = torch.autograd.grad((out[k] * w[k]).sum(), list(params.values()), retain_graph=True)
                 own_grads = torch.autograd.grad((ref * w[k]).sum(), list(own.values()))
                 for n, a, b in zip(params, grads, own_grads, strict=True):
-                    torch.testing.assert_close(a[k], b, rtol=1e-5, atol=1e-6, msg=n)
+                    torch.testing.assert_close(a[k], b, rtol=1e-10, atol=1e-12, msg=lambda m, n=n: f"{n}: {m}")

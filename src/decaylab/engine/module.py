@@ -20,7 +20,8 @@ epochs and the decay policy; a :class:`~decaylab.engine.task.Hyper` holds what v
   BatchNorm over ``K·C`` channels, attention as batched products with a hand-written backward, …) and a
   check run on two rows agrees with the model itself; otherwise ``vmap(functional_call(model, (θ_k,
   buffers_k), x))`` for the whole model (``ModuleStack.fallback`` says why). A stack of one runs the model
-  itself.
+  itself. A stack evaluates on the stack, or one configuration at a time with the model itself when its first
+  evaluation measured that faster (:meth:`ModuleStack._time_one_configuration`).
 
 **Semantics** (both engines). ``model = factory(seed)`` is called with PyTorch's global generator
 seeded from the seed's ``init`` stream (:mod:`decaylab.rng`) inside ``torch.random.fork_rng``, so a
