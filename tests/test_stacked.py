@@ -310,8 +310,6 @@ def test_relu_after_max_pooling_and_unfolded_convolution_keep_values_and_gradien
     """relu(maxpool(x)) for maxpool(relu(x)), the unfolded convolution and the strided maxima of evaluation: the
     outputs and every parameter's gradient equal the model's own per configuration (``functional_call``) on
     windows full of ties, where a gradient split between tied elements or sent to another one would differ by O(1)."""
-    from torch.func import functional_call
-
     g = torch.Generator().manual_seed(0)
     model, K = Ties().train(training), 3
     forward = StackedForward(model, K)
@@ -322,18 +320,28 @@ def test_relu_after_max_pooling_and_unfolded_convolution_keep_values_and_gradien
     for p in params.values():
         p.requires_grad_(True)
     x = torch.randint(-1, 2, (5, 2, 8, 8), generator=g).float()
-    w = torch.randn(K, 5, 3, generator=g)
-    with torch.set_grad_enabled(training):
+    assert_each_configuration_is_the_model_s(forward, model, params, x, torch.randn(K, 5, 3, generator=g), rtol=1e-6, atol=1e-6)
+
+
+def assert_each_configuration_is_the_model_s(
+    forward: StackedForward, model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, w: torch.Tensor,
+    rtol: float, atol: float,
+) -> None:
+    """``forward`` of the stacked ``params`` on ``x`` equals, for each configuration k, the model's own output
+    (``functional_call`` on ``params[n][k]``) and, in training mode, every parameter's gradient of ``Σ out·w[k]``."""
+    from torch.func import functional_call
+
+    with torch.set_grad_enabled(model.training):
         out = forward(params, {}, x, None, [])
-        for k in range(K):
+        for k in range(w.shape[0]):
             own = {n: p[k].detach().clone().requires_grad_(True) for n, p in params.items()}
             ref = functional_call(model, own, (x,))
-            torch.testing.assert_close(out[k], ref, rtol=1e-6, atol=1e-6)
-            if training:
+            torch.testing.assert_close(out[k], ref, rtol=rtol, atol=atol)
+            if model.training:
                 grads = torch.autograd.grad((out[k] * w[k]).sum(), list(params.values()), retain_graph=True)
                 own_grads = torch.autograd.grad((ref * w[k]).sum(), list(own.values()))
                 for n, a, b in zip(params, grads, own_grads, strict=True):
-                    torch.testing.assert_close(a[k], b, rtol=1e-6, atol=1e-6, msg=n)
+                    torch.testing.assert_close(a[k], b, rtol=rtol, atol=atol, msg=lambda m, n=n: f"{n}: {m}")
 
 
 @pytest.mark.parametrize("layout", ["kernel", "copies"])
@@ -413,8 +421,6 @@ def test_layer_norm_affine_folded_into_the_next_layer_keeps_values_and_gradients
     """The LayerNorms whose only users are a Linear or self-attention fold their (random, per-configuration) affine
     into those layers' weights; outputs and every parameter's gradient equal the model's own per configuration, in
     float64 to 1e-10 (the same function; in float32 only the rounding differs, ~1e-6)."""
-    from torch.func import functional_call
-
     g = torch.Generator().manual_seed(1)
     model, K = FoldedNorms().double().train(training), 3
     forward = StackedForward(model, K)
@@ -424,14 +430,4 @@ def test_layer_norm_affine_folded_into_the_next_layer_keeps_values_and_gradients
               for n, p in model.named_parameters()}
     x = torch.randn(5, 4, 8, generator=g, dtype=torch.float64)
     w = torch.randn(K, 5, 3, generator=g, dtype=torch.float64)
-    with torch.set_grad_enabled(training):
-        out = forward(params, {}, x, None, [])
-        for k in range(K):
-            own = {n: p[k].detach().clone().requires_grad_(True) for n, p in params.items()}
-            ref = functional_call(model, own, (x,))
-            torch.testing.assert_close(out[k], ref, rtol=1e-10, atol=1e-12)
-            if training:
-                grads = torch.autograd.grad((out[k] * w[k]).sum(), list(params.values()), retain_graph=True)
-                own_grads = torch.autograd.grad((ref * w[k]).sum(), list(own.values()))
-                for n, a, b in zip(params, grads, own_grads, strict=True):
-                    torch.testing.assert_close(a[k], b, rtol=1e-10, atol=1e-12, msg=lambda m, n=n: f"{n}: {m}")
+    assert_each_configuration_is_the_model_s(forward, model, params, x, w, rtol=1e-10, atol=1e-12)
