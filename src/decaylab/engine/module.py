@@ -727,11 +727,9 @@ class ModuleStack:
         return {key: value / int(X_all.shape[0]) for key, value in total.items()}
 
     def _one(self, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Configuration ``k``'s model: ``functional_call`` of the base model on its rows of the stack."""
-        from torch.func import functional_call
-
-        tensors = ({n: p[k] for n, p in self.params.items()}, {n: b[k] for n, b in self.buffers.items()})
-        return lambda X: functional_call(self.base, tensors, (X,))
+        """Configuration ``k``'s model in evaluation: :meth:`_call` of the base model on its rows of the stack."""
+        params, buffers = {n: p[k] for n, p in self.params.items()}, {n: b[k] for n, b in self.buffers.items()}
+        return lambda X: self._call(params, buffers, [], X)
 
     def _split_each(self, data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         """What :meth:`_split_stacked` gives, one configuration at a time (:func:`_split_means` of its model)."""
@@ -1036,6 +1034,7 @@ def plan_module_chunks(
     seed = next(iter(models))
     rows = min(task.batch_size or task.n_train, task.n_train)
     clock = _clock()
+    first_stack = True  # the first stack built is also the batching probe
 
     def rate_of(size: int) -> float:
         """Configurations·steps per second of a stack of ``size`` (1: the model with torch.optim's fused update).
@@ -1045,9 +1044,10 @@ def plan_module_chunks(
             step = _plain_step(task, model, seed, rows)
         else:
             stack = ModuleStack(task, [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * size, {seed: model})
-            if not stacks_built and stack.stacked is None:
+            nonlocal first_stack
+            if first_stack and stack.stacked is None:
                 _probe_evaluation(stack)
-            stacks_built.append(size)
+            first_stack = False
             step = functools.partial(stack.train_step, [torch.arange(rows)])
         times: list[float] = []
         with torch.random.fork_rng(devices=[]):
@@ -1058,7 +1058,6 @@ def plan_module_chunks(
                 times.append(clock() - t0)
         return size / min(times)
 
-    stacks_built: list[int] = []
     config_steps = n_configs * task.epochs * -(-task.n_train // rows)
     return _balanced(n_configs, _chosen_size(probe_stacks(rate_of, cap, config_steps, probe_seconds, clock)))
 
