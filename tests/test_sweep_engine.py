@@ -296,7 +296,7 @@ def test_planned_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -
     task, hypers = case("mlp-momentum-decoupled")
     refs = [reference(task, h) for h in hypers]
     assert_matches(train_module(task, hypers), refs)
-    monkeypatch.setattr(module, "plan_module_chunks", lambda task, n, chunk=None, **kw: [range(i, i + 1) for i in range(n)])
+    monkeypatch.setattr(module, "plan_and_start", lambda task, hypers, models, **kw: ([range(i, i + 1) for i in range(len(hypers))], None))
     alone, one = [], module.train_one_module
     monkeypatch.setattr(module, "train_one_module", lambda task, h, progress=None, model=None: alone.append(h) or one(task, h, progress, model))
     monkeypatch.setattr(module.ModuleStack, "run", None)  # no stack trains
@@ -332,7 +332,7 @@ def test_a_layer_vmap_cannot_batch_is_one_line_before_any_stack_trains(monkeypat
     for chunk in (2, None):  # None: the planner measures stacks, so it probes first
         with pytest.raises(InvalidParameterError, match="--engine sequential"):
             train_module(task, hypers, chunk=chunk)
-    monkeypatch.setattr(module, "plan_module_chunks", lambda task, n, chunk=None, **kw: [range(i, i + 1) for i in range(n)])
+    monkeypatch.setattr(module, "plan_and_start", lambda task, hypers, models, **kw: ([range(i, i + 1) for i in range(len(hypers))], None))
     outcomes = train_module(task, hypers)  # one at a time: the model itself, no batching to probe
     assert [o.status for o in outcomes] == ["done"] * 3
     assert outcomes == train_module(task, hypers, engine="sequential")
@@ -387,6 +387,35 @@ def test_the_module_probe_stays_within_its_budget(
     assert sizes == probed and _chosen_size(rates) == chosen
     budget = min(1.0, max(module.PROBE_MIN_SECONDS, module.PROBE_FRACTION * config_steps * step))
     assert clock[0] - 4 * step <= budget  # size 1 is always measured
+
+
+@pytest.mark.parametrize("kind", ["cnn_bn", "dropout"])
+def test_the_planner_s_stack_goes_on_as_the_first_chunk_with_the_same_numbers(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """When the largest stack wins, plan_and_start hands over the stack it measured, four real steps into its first
+    epoch (a warm-up and three timed); run() goes on from there and every number equals that of a stack that never
+    paused (chunk=K, bit for bit): the minibatches, BatchNorm's running statistics and the dropout streams continue.
+    No stack is kept when a smaller size wins or the first epoch has fewer than four minibatches."""
+    import dataclasses
+
+    from decaylab.engine import module
+
+    monkeypatch.setattr(module, "PROBE_MIN_SECONDS", 1.0)  # a slow machine's probe must still afford the largest stack
+    monkeypatch.setattr(module, "_chosen_size", lambda rates: max(rates))
+    if kind == "dropout":
+        net = lambda seed: torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 10))
+        task = ModuleTask(**{**setup("mlp"), "model": net}, optimizer="sgd", momentum=0.9, batch_size=32, epochs=2)
+    else:
+        task = ModuleTask(**setup("cnn_bn"), optimizer="sgd", momentum=0.9, batch_size=32, epochs=2)
+    hypers = [Hyper(seed=s, lr=0.05, l2=l2) for s in (0, 1) for l2 in (0.0, 1e-3, 1e-1)]
+    models = module.check_module_task(task, [0, 1], probe=False)
+    sizes, started = module.plan_and_start(task, hypers, models)
+    assert sizes == [range(len(hypers))] and started is not None and started.K == len(hypers)
+    assert started.updater.t == 4 and not started.history
+    planned, whole = train_module(task, hypers), train_module(task, hypers, chunk=len(hypers))
+    assert [o.curves for o in planned] == [o.curves for o in whole]
+    assert module.plan_and_start(dataclasses.replace(task, batch_size=task.n_train // 3), hypers, models)[1] is None
+    monkeypatch.setattr(module, "_chosen_size", lambda rates: min(c for c in rates if c > 1))
+    assert module.plan_and_start(task, hypers, models)[1] is None
 
 
 @pytest.mark.parametrize(

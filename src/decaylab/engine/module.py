@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -99,6 +100,7 @@ __all__ = [
     "ModuleTask",
     "build_model",
     "check_module_task",
+    "plan_and_start",
     "plan_module_chunks",
     "train_module",
     "train_module_batched",
@@ -541,6 +543,9 @@ class ModuleStack:
         self.dropout = [generator(s, "dropout") for s in self.seeds]
         self.shapes: dict[tuple[int, ...], list[tuple[tuple[int, ...], torch.dtype]]] = {}
         self.diverged_epoch: list[int | None] = [None] * self.K
+        self.history: list[torch.Tensor] = []  # (K, M) metrics of each epoch done
+        self._epoch = 0  # the epoch begun, and its minibatches not trained on yet:
+        self._minibatches_left: Iterator[tuple[torch.Tensor | None, ...]] = iter(())
         self.eval_rows, self.row_mean = self._look_at_the_model()
         # evaluation one configuration at a time: chosen at the first evaluation (None: not yet); never for one
         # configuration or a single evaluation, where the choice could not pay for its measurement
@@ -772,19 +777,40 @@ class ModuleStack:
                 if B.is_floating_point():
                     B[newly] = 0.0
 
-    def run(self, progress: Progress | None = None) -> list[Outcome]:
-        """Train every epoch; outcomes in the order the configurations were given."""
-        history = []
-        for epoch in range(1, self.task.epochs + 1):
+    def _minibatches(self, epoch: int) -> Iterator[tuple[torch.Tensor | None, ...]]:
+        """The minibatches of ``epoch`` not trained on yet, one index tensor per seed: each seed's shuffle of the
+        epoch is drawn when the epoch begins, once."""
+        if epoch != self._epoch:
             per_seed = [epoch_batches(self.task.n_train, self.task.batch_size, g) for g in self.order]
-            for indices in zip(*per_seed, strict=True):
+            self._epoch, self._minibatches_left = epoch, iter(list(zip(*per_seed, strict=True)))
+        return self._minibatches_left
+
+    def train_first_steps(self, n: int) -> int:
+        """Train on the next ``n`` minibatches of the first epoch, fewer if it has fewer left; return how many.
+
+        The planner times a stack's first steps this way and may keep the stack: :meth:`run` goes on with the
+        epoch's next minibatch, so the numbers are those of a stack that never paused.
+        """
+        if self.history:
+            raise RuntimeError("train_first_steps: the first epoch is over")
+        taken = 0
+        for indices in itertools.islice(self._minibatches(1), n):
+            self.train_step(indices)
+            taken += 1
+        return taken
+
+    def run(self, progress: Progress | None = None) -> list[Outcome]:
+        """Train every epoch (from where :meth:`train_first_steps` left off); outcomes in the order the
+        configurations were given."""
+        for epoch in range(len(self.history) + 1, self.task.epochs + 1):
+            for indices in self._minibatches(epoch):
                 self.train_step(indices)
             metrics = self.evaluate()
             self._check_divergence(metrics, epoch)
-            history.append(metrics)
+            self.history.append(metrics)
             if progress:
                 progress(self.K)
-        rows = torch.stack(history).transpose(0, 1).tolist()  # (K, epochs, M)
+        rows = torch.stack(self.history).transpose(0, 1).tolist()  # (K, epochs, M)
         outcomes: dict[int, Outcome] = {}  # position in the hypers given -> outcome
         for k, original in enumerate(self.perm):
             outcomes[original] = make_outcome(self.task, rows[k], self.diverged_epoch[k])
@@ -868,7 +894,8 @@ def train_module_batched(
 ) -> list[Outcome]:
     """Train ``hypers`` in stacks of ``chunk`` configurations.
 
-    ``chunk=None``: :func:`plan_module_chunks` chooses; when it finds no gain in stacking (it measured stacks
+    ``chunk=None``: the plan of :func:`plan_module_chunks` (:func:`plan_and_start`: the first chunk's stack may be the
+    one the planner measured, its first steps taken); when it finds no gain in stacking (it measured stacks
     against one configuration's ``torch.optim`` step), the configurations are trained one at a time by the
     sequential engine — what a hand-written loop runs — with equal results within float32 rounding.
     """
@@ -877,7 +904,10 @@ def train_module_batched(
         return []
     order = sorted(range(len(hypers)), key=lambda i: hypers[i].seed)
     models = check_module_task(task, [h.seed for h in hypers], probe=False)
-    sizes = plan_module_chunks(task, len(hypers), chunk, models=models)  # probes the model's batching if it tries stacks
+    if chunk is None:  # probes the model's batching if it tries stacks; may keep the first chunk's stack, begun
+        sizes, started = plan_and_start(task, [hypers[i] for i in order], models)
+    else:
+        sizes, started = plan_module_chunks(task, len(hypers), chunk), None
     if chunk is None and max(len(r) for r in sizes) == 1:  # the model and torch.optim, one configuration at a time
         # the same numbers, within float32 rounding; each from a copy of its seed's model, built and checked above
         return [train_one_module(task, h, progress, copy.deepcopy(models[h.seed])) for h in hypers]
@@ -886,7 +916,9 @@ def train_module_batched(
     outcomes: dict[int, Outcome] = {}  # position in hypers -> outcome
     for part in sizes:
         idx = [order[i] for i in part]
-        done = ModuleStack(task, [hypers[i] for i in idx], models).run(progress)
+        stack = started if started is not None else ModuleStack(task, [hypers[i] for i in idx], models)
+        started = None  # the first chunk's, begun by the planner
+        done = stack.run(progress)
         for i, o in zip(idx, done, strict=True):
             outcomes[i] = o
     return [outcomes[i] for i in range(len(hypers))]
@@ -1027,39 +1059,96 @@ def plan_module_chunks(
     if chunk is not None:
         return _balanced(n_configs, check_int(chunk, "chunk", OWNER, low=1))
     models = dict(models) if models is not None else check_module_task(task, [0], probe=False)
+    return _plan(task, n_configs, models, memory_budget_bytes, probe_seconds)[0]
+
+
+def plan_and_start(
+    task: ModuleTask,
+    hypers: Sequence[Hyper],
+    models: Mapping[int, nn.Module],
+    *,
+    memory_budget_bytes: int = DEFAULT_MODULE_MEMORY_BUDGET,
+    probe_seconds: float = PROBE_SECONDS,
+) -> tuple[list[range], ModuleStack | None]:
+    """The chunks :func:`plan_module_chunks` plans for ``hypers`` (sorted by seed; ``models``: each seed's), and the
+    first chunk's stack, already trained on its first minibatches, when the planner kept it (else None).
+
+    The probe's stack of the largest size is then built from the first configurations themselves, and its timed
+    steps are their first training steps (:meth:`ModuleStack.train_first_steps`: a warm-up, then three timed, all
+    real); when that size wins — the common case — its building and its steps are not spent twice, and its rate is the
+    best of three steps instead of one. Kept only where the first epoch has at least four minibatches. While the
+    smaller stacks are probed it holds its parameters, buffers and optimizer state (not its activations).
+    """
+    return _plan(task, len(hypers), models, memory_budget_bytes, probe_seconds, hypers)
+
+
+def _plan(
+    task: ModuleTask,
+    n_configs: int,
+    models: Mapping[int, nn.Module],
+    memory_budget_bytes: int,
+    probe_seconds: float,
+    first: Sequence[Hyper] | None = None,
+) -> tuple[list[range], ModuleStack | None]:
+    """:func:`plan_module_chunks` for ``chunk=None``; with ``first`` (the configurations, sorted by seed), as
+    :func:`plan_and_start`."""
+    from decaylab.engine.chunking import _balanced
+
     model = next(iter(models.values()))
     cap = _largest_stack(stack_memory(task, model), n_configs, memory_budget_bytes)
     if cap == 1:
-        return _balanced(n_configs, 1)
+        return _balanced(n_configs, 1), None
     seed = next(iter(models))
     rows = min(task.batch_size or task.n_train, task.n_train)
+    keep_cap = first is not None and -(-task.n_train // rows) >= 4  # a warm-up and three timed steps in the first epoch
     clock = _clock()
+    kept: ModuleStack | None = None
+    kept_seconds = 0.0  # the kept stack's real training: not a cost of the probe
     first_stack = True  # the first stack built is also the batching probe
 
     def rate_of(size: int) -> float:
         """Configurations·steps per second of a stack of ``size`` (1: the model with torch.optim's fused update).
         The first stack is also the batching probe: a layer the engine cannot batch fails on it as one line (the
         check of check_module_task), in evaluation mode before any step, in training mode at the first step."""
+        nonlocal first_stack, kept, kept_seconds
         if size == 1:
-            step = _plain_step(task, model, seed, rows)
-        else:
-            stack = ModuleStack(task, [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * size, {seed: model})
-            nonlocal first_stack
-            if first_stack and stack.stacked is None:
-                _probe_evaluation(stack)
-            first_stack = False
-            step = functools.partial(stack.train_step, [torch.arange(rows)])
-        times: list[float] = []
+            return 1 / _best_step_seconds(_plain_step(task, model, seed, rows), clock)
+        K = len(_balanced(n_configs, size)[0])  # the stacks the plan would train
+        keep = keep_cap and size == cap
+        start = clock()
+        stack = ModuleStack(task, first[:K] if keep and first is not None else [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * K,
+                            models if keep else {seed: model})
+        if first_stack and stack.stacked is None:
+            _probe_evaluation(stack)
+        first_stack = False
+        if not keep:
+            return K / _best_step_seconds(functools.partial(stack.train_step, [torch.arange(rows)]), clock)
+        times = []
         with torch.random.fork_rng(devices=[]):
-            step()  # warm-up: allocations, kernel selection
-            while len(times) < 3 and sum(times) <= PROBE_LONG_STEP:  # long steps are their own average
+            stack.train_first_steps(1)  # warm-up: allocations, kernel selection
+            for _ in range(3):
                 t0 = clock()
-                step()
+                stack.train_first_steps(1)
                 times.append(clock() - t0)
-        return size / min(times)
+        kept, kept_seconds = stack, clock() - start
+        return K / min(times)
 
     config_steps = n_configs * task.epochs * -(-task.n_train // rows)
-    return _balanced(n_configs, _chosen_size(probe_stacks(rate_of, cap, config_steps, probe_seconds, clock)))
+    size = _chosen_size(probe_stacks(rate_of, cap, config_steps, probe_seconds, lambda: clock() - kept_seconds))
+    return _balanced(n_configs, size), kept if size == cap else None
+
+
+def _best_step_seconds(step: Callable[[], None], clock: Callable[[], float]) -> float:
+    """The shortest of 1–3 timed calls of ``step`` after a warm-up call, as many as fit in ``PROBE_LONG_STEP`` (long
+    steps are their own average); PyTorch's generator left as it was."""
+    times: list[float] = []
+    with torch.random.fork_rng(devices=[]):
+        step()  # warm-up: allocations, kernel selection
+        while len(times) < 3 and sum(times) <= PROBE_LONG_STEP:
+            t0 = clock()
+            step()
+            times.append(clock() - t0)
+    return min(times)
 
 
 def probe_stacks(
