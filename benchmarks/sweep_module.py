@@ -52,7 +52,8 @@ import decaylab
 from decaylab.engine.module import (
     ModuleStack,
     ModuleTask,
-    plan_module_chunks,
+    check_module_task,
+    plan_and_start,
     train_module,
 )
 from decaylab.engine.task import Hyper
@@ -228,7 +229,7 @@ class Row:
 def measure(case: str, task: ModuleTask, hypers: list[Hyper], goal: float, repeats: int) -> Row:
     seqs: list[float] = []
     bats: list[float] = []
-    plan = plan_module_chunks(task, len(hypers))
+    plan = plan_and_start(task, hypers, check_module_task(task, sorted({h.seed for h in hypers}), probe=False))[0]  # the run's own plan
     chunks = f"{len(plan)}×{max(len(r) for r in plan)}"
     if max(len(r) for r in plan) == 1:
         forward = "the model, one at a time"  # what train_module runs when the planner finds no gain in stacking
