@@ -391,8 +391,8 @@ def test_the_module_probe_stays_within_its_budget(
 
 @pytest.mark.parametrize("kind", ["cnn_bn", "dropout"])
 def test_the_planner_s_stack_goes_on_as_the_first_chunk_with_the_same_numbers(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
-    """When the largest stack wins, plan_and_start hands over the stack it measured, four real steps into its first
-    epoch (a warm-up and three timed); run() goes on from there and every number equals that of a stack that never
+    """When the largest stack wins, plan_and_start hands over the stack it measured, a few real steps into its first
+    epoch (a warm-up and the timed ones); run() goes on from there and every number equals that of a stack that never
     paused (chunk=K, bit for bit): the minibatches, BatchNorm's running statistics and the dropout streams continue.
     No stack is kept when a smaller size wins or the first epoch has fewer than four minibatches."""
     import dataclasses
@@ -410,7 +410,7 @@ def test_the_planner_s_stack_goes_on_as_the_first_chunk_with_the_same_numbers(mo
     models = module.check_module_task(task, [0, 1], probe=False)
     sizes, started = module.plan_and_start(task, hypers, models)
     assert sizes == [range(len(hypers))] and started is not None and started.K == len(hypers)
-    assert started.updater.t == 4 and not started.history
+    assert 2 <= started.updater.t <= 4 and not started.history  # a warm-up and 1–3 timed steps, real
     planned, whole = train_module(task, hypers), train_module(task, hypers, chunk=len(hypers))
     assert [o.curves for o in planned] == [o.curves for o in whole]
     assert module.plan_and_start(dataclasses.replace(task, batch_size=task.n_train // 3), hypers, models)[1] is None

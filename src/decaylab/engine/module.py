@@ -1084,10 +1084,12 @@ def plan_and_start(
     first chunk's stack, already trained on its first minibatches, when the planner kept it (else None).
 
     The probe's stack of the largest size is then built from the first configurations themselves, and its timed
-    steps are their first training steps (:meth:`ModuleStack.train_first_steps`: a warm-up, then three timed, all
-    real); when that size wins — the common case — its building and its steps are not spent twice, and its rate is the
-    best of three steps instead of one. Kept only where the first epoch has at least four minibatches. While the
-    smaller stacks are probed it holds its parameters, buffers and optimizer state (not its activations).
+    steps are their first training steps (:meth:`ModuleStack.train_first_steps`: a warm-up, then 1–3 timed, as many
+    as fit in ``3 · PROBE_LONG_STEP``, all real); when that size wins — the common case — its building and its steps
+    are not spent twice, and its rate is the best of more steps than a discarded stack affords (the transformer
+    block's stack of 16, 14–16 ms a step: two or three, not one). Kept only where the first epoch has at least four
+    minibatches. While the smaller stacks are probed it holds its parameters, buffers and optimizer state (not its
+    activations).
     """
     return _plan(task, len(hypers), models, memory_budget_bytes, probe_seconds, hypers)
 
@@ -1133,28 +1135,22 @@ def _plan(
         first_stack = False
         if not keep:
             return K / _best_step_seconds(functools.partial(stack.train_step, [torch.arange(rows)]), clock)
-        times = []
-        with torch.random.fork_rng(devices=[]):
-            stack.train_first_steps(1)  # warm-up: allocations, kernel selection
-            for _ in range(3):
-                t0 = clock()
-                stack.train_first_steps(1)
-                times.append(clock() - t0)
+        seconds = _best_step_seconds(lambda: stack.train_first_steps(1), clock, 3 * PROBE_LONG_STEP)  # real steps
         kept, kept_seconds = stack, clock() - start
-        return K / min(times)
+        return K / seconds
 
     config_steps = n_configs * task.epochs * -(-task.n_train // rows)
     size = _chosen_size(probe_stacks(rate_of, cap, config_steps, probe_seconds, lambda: clock() - kept_seconds))
     return _balanced(n_configs, size), kept if size == cap else None
 
 
-def _best_step_seconds(step: Callable[[], None], clock: Callable[[], float]) -> float:
-    """The shortest of 1–3 timed calls of ``step`` after a warm-up call, as many as fit in ``PROBE_LONG_STEP`` (long
+def _best_step_seconds(step: Callable[[], Any], clock: Callable[[], float], long: float = PROBE_LONG_STEP) -> float:
+    """The shortest of 1–3 timed calls of ``step`` after a warm-up call, as many as fit in ``long`` seconds (long
     steps are their own average); PyTorch's generator left as it was."""
     times: list[float] = []
     with torch.random.fork_rng(devices=[]):
         step()  # warm-up: allocations, kernel selection
-        while len(times) < 3 and sum(times) <= PROBE_LONG_STEP:
+        while len(times) < 3 and sum(times) <= long:
             t0 = clock()
             step()
             times.append(clock() - t0)
