@@ -1044,8 +1044,9 @@ def plan_module_chunks(
     first minibatch (a warm-up step, then the best of up to three timed steps, as many as fit in
     ``PROBE_LONG_STEP``, at least one): first of one configuration as the sequential engine runs it (the model and the
     update of ``torch.optim``'s fused kernel, :func:`fused_update`; :func:`train_module_batched` then runs
-    ``torch.optim``), then of stacks of the cap, half of it, a quarter, … down to 2, within the probe's budget
-    (:func:`probe_stacks`: ``PROBE_FRACTION`` of the sweep's training time estimated from one configuration's
+    ``torch.optim``), then of stacks of the cap, half of it, a quarter, … down to 2 (each of the size of the first
+    chunk of a plan with that bound: 20 configurations at a cap of 16 are two chunks of 10, so 10 are measured),
+    within the probe's budget (:func:`probe_stacks`: ``PROBE_FRACTION`` of the sweep's training time estimated from one configuration's
     step, at least ``PROBE_MIN_SECONDS``, at most ``probe_seconds``).
 
     Stacks are used only when one trains at least 5 % faster than one configuration at a time — so a
