@@ -229,7 +229,9 @@ class Row:
 def measure(case: str, task: ModuleTask, hypers: list[Hyper], goal: float, repeats: int) -> Row:
     seqs: list[float] = []
     bats: list[float] = []
-    plan = plan_and_start(task, hypers, check_module_task(task, sorted({h.seed for h in hypers}), probe=False))[0]  # the run's own plan
+    # the plan train_module makes (plan_and_start); each timed run plans again, and may choose otherwise where two sizes
+    # train at nearly the same rate (the block's 16 and 8)
+    plan = plan_and_start(task, hypers, check_module_task(task, sorted({h.seed for h in hypers}), probe=False))[0]
     chunks = f"{len(plan)}×{max(len(r) for r in plan)}"
     if max(len(r) for r in plan) == 1:
         forward = "the model, one at a time"  # what train_module runs when the planner finds no gain in stacking

@@ -394,7 +394,7 @@ def test_the_planner_s_stack_goes_on_as_the_first_chunk_with_the_same_numbers(mo
     """When the largest stack wins, plan_and_start hands over the stack it measured, a few real steps into its first
     epoch (a warm-up and the timed ones); run() goes on from there and every number equals that of a stack that never
     paused (chunk=K, bit for bit): the minibatches, BatchNorm's running statistics and the dropout streams continue.
-    No stack is kept when a smaller size wins or the first epoch has fewer than four minibatches."""
+    No stack is kept when a smaller size wins or the first epoch has fewer than four full minibatches."""
     import dataclasses
 
     from decaylab.engine import module
@@ -411,9 +411,13 @@ def test_the_planner_s_stack_goes_on_as_the_first_chunk_with_the_same_numbers(mo
     sizes, started = module.plan_and_start(task, hypers, models)
     assert sizes == [range(len(hypers))] and started is not None and started.K == len(hypers)
     assert 2 <= started.updater.t <= 4 and not started.history  # a warm-up and 1–3 timed steps, real
+    steps_before_run, run = [], module.ModuleStack.run
+    monkeypatch.setattr(module.ModuleStack, "run", lambda self, progress=None: steps_before_run.append(self.updater.t) or run(self, progress))
     planned, whole = train_module(task, hypers), train_module(task, hypers, chunk=len(hypers))
+    assert steps_before_run[0] >= 2 and steps_before_run[1] == 0  # the planner's stack ran, begun; chunk=K's from step 0
     assert [o.curves for o in planned] == [o.curves for o in whole]
-    assert module.plan_and_start(dataclasses.replace(task, batch_size=task.n_train // 3), hypers, models)[1] is None
+    for batch_size in (task.n_train // 3, task.n_train // 4 + 1):  # 3 minibatches; 4 but the last short
+        assert module.plan_and_start(dataclasses.replace(task, batch_size=batch_size), hypers, models)[1] is None
     monkeypatch.setattr(module, "_chosen_size", lambda rates: min(c for c in rates if c > 1))
     assert module.plan_and_start(task, hypers, models)[1] is None
 

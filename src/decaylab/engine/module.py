@@ -929,6 +929,7 @@ def train_module_batched(
         stack = started if started is not None else ModuleStack(task, [hypers[i] for i in idx], models)
         started = None  # the first chunk's, begun by the planner
         done = stack.run(progress)
+        del stack  # one stack at a time: freed before the next chunk's is built (the memory budget is per stack)
         for i, o in zip(idx, done, strict=True):
             outcomes[i] = o
     return [outcomes[i] for i in range(len(hypers))]
@@ -1089,7 +1090,7 @@ def plan_and_start(
     as fit in ``3 · PROBE_LONG_STEP``, all real); when that size wins — the common case — its building and its steps
     are not spent twice, and its rate is the best of more steps than a discarded stack affords (the transformer
     block's stack of 16, 14–16 ms a step: two or three, not one). Kept only where the first epoch has at least four
-    minibatches. While the smaller stacks are probed it holds its parameters, buffers and optimizer state (not its
+    full minibatches. The smaller stacks are measured on the seeds of the configurations they would hold. While the smaller stacks are probed it holds its parameters, buffers and optimizer state (not its
     activations).
     """
     return _plan(task, len(hypers), models, memory_budget_bytes, probe_seconds, hypers)
@@ -1113,35 +1114,38 @@ def _plan(
         return _balanced(n_configs, 1), None
     seed = next(iter(models))
     rows = min(task.batch_size or task.n_train, task.n_train)
-    keep_cap = first is not None and -(-task.n_train // rows) >= 4  # a warm-up and three timed steps in the first epoch
+    # the kept stack's warm-up and up to three timed steps must be full minibatches of the first epoch (a short last
+    # one, 4 rows of 100 at batch 32, timed 0.97 against 1.35 ms: a rate 40 % too high)
+    keep_cap = first is not None and task.n_train // rows >= 4
     clock = _clock()
     kept: ModuleStack | None = None
-    kept_seconds = 0.0  # the kept stack's real training: not a cost of the probe
     first_stack = True  # the first stack built is also the batching probe
 
     def rate_of(size: int) -> float:
         """Configurations·steps per second of a stack of ``size`` (1: the model with torch.optim's fused update).
         The first stack is also the batching probe: a layer the engine cannot batch fails on it as one line (the
         check of check_module_task), in evaluation mode before any step, in training mode at the first step."""
-        nonlocal first_stack, kept, kept_seconds
+        nonlocal first_stack, kept
         if size == 1:
             return 1 / _best_step_seconds(_plain_step(task, model, seed, rows), clock)
         K = len(_balanced(n_configs, size)[0])  # the stacks the plan would train
         keep = keep_cap and size == cap
-        start = clock()
-        stack = ModuleStack(task, first[:K] if keep and first is not None else [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * K,
-                            models if keep else {seed: model})
+        if first is None:  # copies of one configuration
+            stack = ModuleStack(task, [Hyper(seed=seed, lr=1e-9, l2=1e-4)] * K, {seed: model})
+        else:  # the first configurations themselves, or (discarded after) their seeds: one input and dropout draw per
+            # seed, as the plan's stacks will have (a stack of 4 seeds trains at half the rate of one seed's copies)
+            configs = list(first[:K]) if keep else [Hyper(seed=h.seed, lr=1e-9, l2=1e-4) for h in first[:K]]
+            stack = ModuleStack(task, configs, models)
         if first_stack and stack.stacked is None:
             _probe_evaluation(stack)
         first_stack = False
-        if not keep:
-            return K / _best_step_seconds(functools.partial(stack.train_step, [torch.arange(rows)]), clock)
-        seconds = _best_step_seconds(lambda: stack.train_first_steps(1), clock, 3 * PROBE_LONG_STEP)  # real steps
-        kept, kept_seconds = stack, clock() - start
-        return K / seconds
+        if keep:
+            kept = stack
+            return K / _best_step_seconds(lambda: stack.train_first_steps(1), clock, 3 * PROBE_LONG_STEP)  # real steps
+        return K / _best_step_seconds(functools.partial(stack.train_step, [torch.arange(rows)] * len(stack.seeds)), clock)
 
     config_steps = n_configs * task.epochs * -(-task.n_train // rows)
-    size = _chosen_size(probe_stacks(rate_of, cap, config_steps, probe_seconds, lambda: clock() - kept_seconds))
+    size = _chosen_size(probe_stacks(rate_of, cap, config_steps, probe_seconds, clock))
     return _balanced(n_configs, size), kept if size == cap else None
 
 
