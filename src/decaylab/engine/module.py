@@ -1101,8 +1101,15 @@ def plan_and_start(
     as fit in ``3 · PROBE_LONG_STEP``, all real); when that size wins — the common case — its building and its steps
     are not spent twice, and its rate is the best of more steps than a discarded stack affords (the transformer
     block's stack of 16, 14–16 ms a step: two or three, not one). Kept only where the first epoch has at least four
-    full minibatches. The smaller stacks are measured on the seeds of the configurations they would hold. While the smaller stacks are probed it holds its parameters, buffers and optimizer state (not its
-    activations).
+    full minibatches. The smaller stacks are measured on the seeds of the configurations they would hold; while they
+    are, the kept stack holds its parameters, buffers and optimizer state (not its activations).
+
+    Returns:
+        ``(chunks, stack)``: consecutive ranges of positions in ``hypers``, and the stack of ``chunks[0]`` or None.
+
+    Raises:
+        InvalidParameterError: a layer the batched engine cannot batch (one line, naming ``--engine sequential``),
+            found by the first stack the probe builds, before any step.
     """
     return _plan(task, len(hypers), models, memory_budget_bytes, probe_seconds, hypers)
 
