@@ -1109,7 +1109,8 @@ def plan_and_start(
 
     Raises:
         InvalidParameterError: a layer the batched engine cannot batch (one line, naming ``--engine sequential``),
-            found by the first stack the probe builds, before any step.
+            found by the first stack the probe builds (in evaluation mode before any step, in training mode at its
+            first), before any configuration is trained for real.
     """
     return _plan(task, len(hypers), models, memory_budget_bytes, probe_seconds, hypers)
 
