@@ -1058,8 +1058,8 @@ def plan_module_chunks(
     update of ``torch.optim``'s fused kernel, :func:`fused_update`; :func:`train_module_batched` then runs
     ``torch.optim``), then of stacks of the cap, half of it, a quarter, … down to 2 (each of the size of the first
     chunk of a plan with that bound: 20 configurations at a cap of 16 are two chunks of 10, so 10 are measured),
-    within the probe's budget (:func:`probe_stacks`: ``PROBE_FRACTION`` of the sweep's training time estimated from one configuration's
-    step, at least ``PROBE_MIN_SECONDS``, at most ``probe_seconds``).
+    within the probe's budget (:func:`probe_stacks`: ``PROBE_FRACTION`` of the sweep's training time estimated from
+    one configuration's step, at least ``PROBE_MIN_SECONDS``, at most ``probe_seconds``).
 
     Stacks are used only when one trains at least 5 % faster than one configuration at a time — so a
     compute-bound model is never slower batched than one at a time; among them the *largest* whose rate is
