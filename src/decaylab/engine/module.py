@@ -406,17 +406,30 @@ def _optimizer(task: ModuleTask, hyper: Hyper, model: nn.Module, both: bool) -> 
     return opt
 
 
+def _block_means(
+    data: tuple[torch.Tensor, torch.Tensor], rows: int, block_values: Callable[[torch.Tensor, torch.Tensor], Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Means over the rows of ``data`` of the values (floats, or tensors of one per configuration) that
+    ``block_values(X, y)`` gives for each block of at most ``rows`` rows (:func:`_batches`), the blocks weighted by
+    their rows: exact for losses and metrics that are means over the rows, up to rounding."""
+    X_all, y_all = data
+    total: dict[str, Any] = {}
+    for X, y in _batches(X_all, y_all, rows):
+        for key, value in block_values(X, y).items():
+            total[key] = total.get(key, 0) + value * int(X.shape[0])
+    return {key: value / int(X_all.shape[0]) for key, value in total.items()}
+
+
 def _split_means(task: ModuleTask, forward: Callable[[torch.Tensor], torch.Tensor], data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
     """The loss and each metric of ``forward`` (one configuration's model, in evaluation mode) on the split ``data``,
-    in blocks of ``task.eval_batch_size`` rows, the block means weighted by their rows."""
-    total = {"loss": 0.0, **{name: 0.0 for name in task.metrics}}
+    in blocks of ``task.eval_batch_size`` rows (:func:`_block_means`)."""
     fns = {"loss": task.loss, **task.metrics}
-    X_all, y_all = data
-    for X, y in _batches(X_all, y_all, task.eval_batch_size):
+
+    def block(X: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         out = forward(X)
-        for key, fn in fns.items():
-            total[key] += float(fn(out, y)) * int(X.shape[0])
-    return {key: value / int(X_all.shape[0]) for key, value in total.items()}
+        return {key: float(fn(out, y)) for key, fn in fns.items()}
+
+    return _block_means(data, task.eval_batch_size, block)
 
 
 @torch.no_grad()
@@ -736,15 +749,15 @@ class ModuleStack:
         return torch.stack([cols[name] for name in self.task.metric_names], dim=1)
 
     def _split_stacked(self, data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``(K,)`` float64 loss and metrics on ``data``, the K configurations' forward on blocks of ``eval_rows``."""
+        """``(K,)`` float64 loss and metrics on ``data``, the K configurations' forward on blocks of ``eval_rows``
+        (:func:`_block_means`)."""
         fns = {"loss": self.task.loss, **self.task.metrics}
-        total = {key: torch.zeros(self.K, dtype=torch.float64) for key in fns}
-        X_all, y_all = data
-        for X, y in _batches(X_all, y_all, self.eval_rows):
+
+        def block(X: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
             out = self._forward(X, None, [])
-            for key, fn in fns.items():
-                total[key] += self._each_config(fn, out, y).to(torch.float64) * int(X.shape[0])
-        return {key: value / int(X_all.shape[0]) for key, value in total.items()}
+            return {key: self._each_config(fn, out, y).to(torch.float64) for key, fn in fns.items()}
+
+        return _block_means(data, self.eval_rows, block)
 
     @torch.no_grad()
     def _one(self, k: int) -> nn.Module:
