@@ -8,7 +8,8 @@ momentum=0.9)``, minibatches from a permutation per epoch, and after each epoch 
 engine does (training and validation loss and accuracy in eval mode). Both are timed by the wall clock
 (``--threads`` > 1) or the process's CPU time (1 thread) in ``--repeats`` pairs, the order alternating
 within each pair (batched first, then plain first, …): the speed-up is the median of the pairs' ratios
-(plain / batched; the lowest and highest are printed beside it), the times are the medians. A pair's two
+(plain / batched; the lowest and highest are printed beside it), the times are the medians, and of them the
+evaluations' (both sides evaluate the same rows each epoch; the rest is training, planner included). A pair's two
 runs are seconds apart, so the pair ratio is much steadier than either time on a VM whose speed drifts by
 ±10–20 % from minute to minute (seen: the plain loop of one case from 7.0 to 8.6 s within an hour). Each case also gives its FLOP rate — FLOPs counted by ``torch.utils.flop_counter`` on one
 training step and one evaluation forward of one configuration, times the sweep's steps and rows — as a
@@ -32,6 +33,7 @@ the benchmark is a stand-alone script that must not import from ``tests/``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
@@ -39,7 +41,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import decaylab
+from decaylab.engine import module as module_engine
 from decaylab.engine.module import (
     ModuleStack,
     ModuleTask,
@@ -153,10 +156,12 @@ def plain_loop(task: ModuleTask, hypers: list[Hyper]) -> list[list[float]]:
                 opt.step()
             model.eval()
             row = []
+            start = now()
             with torch.no_grad():
                 for A, b in ((X, y), (Xv, yv)):
                     out = model(A)
                     row += [task.loss(out, b).item(), accuracy(out, b).item()]
+            EVALUATION[0] += now() - start
         finals.append(row)
     return finals
 
@@ -169,10 +174,39 @@ def now() -> float:
     return time.process_time() if CLOCK == "cpu" else time.perf_counter()
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Seconds of ``fn()`` and, of them, its evaluations' (the plain loop's, or the engine's while
+    :func:`evaluation_timed` is on)."""
+    EVALUATION[0] = 0.0
     t0 = now()
     fn()
-    return now() - t0
+    return now() - t0, EVALUATION[0]
+
+
+EVALUATION = [0.0]  # seconds spent evaluating in the run being timed
+
+
+@contextlib.contextmanager
+def evaluation_timed() -> Iterator[None]:
+    """The engine's evaluations timed into ``EVALUATION``: every ``ModuleStack.evaluate`` (its choice between the stacked
+    forward and one configuration at a time included) and, where the planner trains one configuration at a time,
+    every ``_evaluate_one``."""
+    originals = (ModuleStack.evaluate, module_engine._evaluate_one)
+
+    def clocked(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            start = now()
+            try:
+                return fn(*args)
+            finally:
+                EVALUATION[0] += now() - start
+        return run
+
+    ModuleStack.evaluate, module_engine._evaluate_one = (clocked(fn) for fn in originals)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ModuleStack.evaluate, module_engine._evaluate_one = originals  # type: ignore[method-assign]
 
 
 PEAKS: dict[int, float] = {}  # thread count -> the best matmul_peak of this run (the table divides by it)
@@ -182,7 +216,7 @@ def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
     """fp32 FLOP/s of a large ``torch.mm`` (best of ``repeats``) at the current thread count."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    return 2 * n**3 / min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / min(timed(lambda: torch.mm(a, b))[0] for _ in range(repeats))
 
 
 def sweep_flops(task: ModuleTask, configs: int) -> float:
@@ -219,16 +253,22 @@ class Row:
     ratios: list[float]  # plain / batched, one per pair
     clock: str = "cpu"
     forward: str = "stacked"
+    evaluation: tuple[float, float] = (0.0, 0.0)  # seconds of the plain loop's and the engine's evaluations (medians)
 
     @property
     def speedup(self) -> float:
         """The median of the pairs' ratios."""
         return statistics.median(self.ratios)
 
+    @property
+    def training_speedup(self) -> float:
+        """Plain / batched without the evaluations (the engine's planner and probes count as training)."""
+        return (self.sequential - self.evaluation[0]) / (self.batched - self.evaluation[1])
+
 
 def measure(case: str, task: ModuleTask, hypers: list[Hyper], goal: float, repeats: int) -> Row:
-    seqs: list[float] = []
-    bats: list[float] = []
+    seqs: list[tuple[float, float]] = []  # (seconds, of which evaluating), one per run
+    bats: list[tuple[float, float]] = []
     # the plan train_module makes (plan_and_start); each timed run plans again, and may choose otherwise where two sizes
     # train at nearly the same rate (the block's 16 and 8)
     plan = plan_and_start(task, hypers, check_module_task(task, sorted({h.seed for h in hypers}), probe=False))[0]
@@ -237,31 +277,40 @@ def measure(case: str, task: ModuleTask, hypers: list[Hyper], goal: float, repea
         forward = "the model, one at a time"  # what train_module runs when the planner finds no gain in stacking
     else:
         forward = "stacked" if ModuleStack(task, hypers[:2]).stacked is not None else "vmap"
+    def batched() -> None:
+        with evaluation_timed():
+            train_module(task, hypers)  # planner included
+
     for i in range(repeats):
-        runs = [(bats, lambda: train_module(task, hypers)), (seqs, lambda: plain_loop(task, hypers))]  # planner included
+        runs = [(bats, batched), (seqs, lambda: plain_loop(task, hypers))]
         for times, fn in runs if i % 2 == 0 else runs[::-1]:
             times.append(timed(fn))
-    seq, bat = statistics.median(seqs), statistics.median(bats)
+    seq, bat = (statistics.median(t for t, _ in runs) for runs in (seqs, bats))
+    evaluation = (statistics.median(e for _, e in seqs), statistics.median(e for _, e in bats))
     peak = PEAKS[torch.get_num_threads()] = max(PEAKS.get(torch.get_num_threads(), 0.0), matmul_peak())
     row = Row(case, len(hypers), torch.get_num_threads(), seq, bat, goal, chunks, sweep_flops(task, len(hypers)), peak,
-              [s / b for s, b in zip(seqs, bats, strict=True)], CLOCK, forward)
+              [s / b for (s, _), (b, _) in zip(seqs, bats, strict=True)], CLOCK, forward, evaluation)
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{case}, {row.threads} thread(s): plain loop {seq:.2f} s, batched {bat:.2f} s (medians): {row.speedup:.2f}× "
           f"(median of {repeats} pairs, {min(row.ratios):.2f}–{max(row.ratios):.2f}; goal ≥ {goal:g}×), chunks {chunks}, "
-          f"{forward} forward, batched at {row.flops / bat / peak:.1%} of the fp32 matmul peak; load average {load}", flush=True)
+          f"{forward} forward, batched at {row.flops / bat / peak:.1%} of the fp32 matmul peak; evaluations {evaluation[0]:.2f} s "
+          f"(plain) and {evaluation[1]:.2f} s (batched), the rest {row.training_speedup:.2f}× faster batched; load average {load}",
+          flush=True)
     return row
 
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| case | configs | threads | plain loop | batched | speed-up | pairs | goal | met | chunks | forward | GFLOP | batched: % of peak | plain: % of peak |",
-        "|---|---:|---:|---:|---:|---:|---|---:|:-:|---|---|---:|---:|---:|",
+        "| case | configs | threads | plain loop | batched | speed-up | pairs | goal | met | evaluations: plain, batched | "
+        "training: speed-up | chunks | forward | GFLOP | batched: % of peak | plain: % of peak |",
+        "|---|---:|---:|---:|---:|---:|---|---:|:-:|---:|---:|---|---|---:|---:|---:|",
     ]
     for r in rows:
         unit = "CPU s" if r.clock == "cpu" else "s"
         lines.append(
             f"| {r.case} | {r.configs} | {r.threads} | {r.sequential:.2f} {unit} | {r.batched:.2f} {unit} | {r.speedup:.2f}× | "
-            f"{min(r.ratios):.2f}–{max(r.ratios):.2f}× | ≥ {r.goal:g}× | {'yes' if r.speedup >= r.goal else '**no**'} | {r.chunks} | {r.forward} | {r.flops / 1e9:.1f} | "
+            f"{min(r.ratios):.2f}–{max(r.ratios):.2f}× | ≥ {r.goal:g}× | {'yes' if r.speedup >= r.goal else '**no**'} | "
+            f"{r.evaluation[0]:.2f}, {r.evaluation[1]:.2f} {unit} | {r.training_speedup:.2f}× | {r.chunks} | {r.forward} | {r.flops / 1e9:.1f} | "
             f"{r.flops / r.batched / r.peak:.1%} | {r.flops / r.sequential / r.peak:.1%} |"
         )
     return "\n".join(lines)
@@ -315,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         "PyTorch loop training the same configurations one after another (`torch.optim.SGD` over "
         "`decaylab.param_groups`, the same per-epoch evaluation), timed in "
         f"{args.repeats} pairs, the order alternating: `speed-up` is the median of the pairs' ratios (`pairs`: the lowest "
-        f"and highest), the times are medians. torch {torch.__version__}, Python {platform.python_version()}, "
+        "and highest), the times are medians; `evaluations`: the seconds of both sides' per-epoch evaluations (medians; "
+        "the engine's choice between its stacked forward and one configuration at a time included), `training: speed-up` "
+        "the ratio of the rest of the two runs (the engine's model checks, planner and probes included). "
+        f"torch {torch.__version__}, Python {platform.python_version()}, "
         f"{os.cpu_count()} cores, load average (1 / 5 / 15 min) at the start {load_start}, at the end {load}"
         + ("" if quiet else " — **the machine was shared with other jobs while this ran: the timings are provisional**")
         + ". `% of peak`: FLOPs counted by "
