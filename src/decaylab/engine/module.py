@@ -460,8 +460,7 @@ def train_one_module(task: ModuleTask, hyper: Hyper, progress: Progress | None =
     initial model, which this trains in place (a copy of :func:`build_model`'s for its seed: a deep copy costs 0.9 ms
     where the 64-2048-2048-10 MLP's factory takes 10 ms to initialize); ``None``: built here."""
     model = build_model(task, hyper.seed) if model is None else model
-    draws = Draws()
-    draws.gen = generator(hyper.seed, "dropout")
+    draws = Draws(generator(hyper.seed, "dropout"))
     with_stream_dropout(model, draws)
     multipliers = _decay_multipliers(task, model)
     both = bool(hyper.l2 and hyper.decoupled) and task.optimizer != "adamw"

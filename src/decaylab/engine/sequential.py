@@ -46,11 +46,12 @@ from decaylab.engine.semantics import (
     soft_threshold_,
     tensor_sum,
 )
+from decaylab.engine.stream_dropout import Draws, StreamDropout
 from decaylab.engine.task import Hyper, Task, check_hypers
 from decaylab.results import Outcome
 from decaylab.rng import generator
 
-__all__ = ["GaussianInputNoise", "NormalizedLinear", "StreamDropout", "build_model", "train_sequential"]
+__all__ = ["GaussianInputNoise", "NormalizedLinear", "build_model", "train_sequential"]
 
 _ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
@@ -66,27 +67,6 @@ class GaussianInputNoise(nn.Module):
         if not self.training:
             return x
         return x + self.sigma * torch.randn(x.shape, generator=self.gen, dtype=x.dtype)
-
-
-class StreamDropout(nn.Module):
-    """Inverted dropout whose uniform draws come from ``generator``, drawn whatever ``p`` is.
-
-    With ``p = 1`` the output is ``h·0``, not a fresh zero tensor: the layers before it then get a
-    zero gradient rather than none, and ``torch.optim`` still applies their weight decay (it skips
-    parameters whose ``.grad`` is None), as the batched engine does.
-    """
-
-    def __init__(self, p: float, gen: torch.Generator) -> None:
-        super().__init__()
-        self.p, self.gen = p, gen
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return h
-        keep = torch.rand(h.shape, generator=self.gen, dtype=h.dtype) >= self.p
-        if self.p >= 1.0:  # all dropped: zeros that stay in the graph, so gradients are 0, not None
-            return h * keep
-        return h * keep / (1 - self.p)
 
 
 class NormalizedLinear(nn.Linear):
@@ -123,7 +103,7 @@ def build_model(task: Task, hyper: Hyper) -> nn.Sequential:
         if depth < len(params) - 1:
             modules.append(_ACTIVATION_MODULES[task.activation]())
             if dropout_gen is not None:
-                modules.append(StreamDropout(probs[depth], dropout_gen))
+                modules.append(StreamDropout(probs[depth], Draws(dropout_gen), draw_at_zero=True))
     return nn.Sequential(*modules)
 
 

@@ -1,6 +1,7 @@
-"""Dropout that draws from each configuration's own random stream, for the module engine.
+"""Dropout that draws from each configuration's own random stream, for the engines.
 
-:func:`with_stream_dropout` replaces every elementwise dropout layer of a model (``nn.Dropout``,
+The MLP engine's reference builds its models with :class:`StreamDropout` (``draw_at_zero``). For the module
+engine, :func:`with_stream_dropout` replaces every elementwise dropout layer of a model (``nn.Dropout``,
 :class:`decaylab.Dropout`) by :class:`StreamDropout`, whose uniforms come from a :class:`Draws` source: the
 configuration's generator when it trains alone, masks queued by the batched engine (drawn from the same
 generators, so a configuration's masks depend only on its seed, not on the stack it trains in), or a recorder
@@ -30,8 +31,8 @@ def dropout_p(module: nn.Module) -> float | None:
 class Draws:
     """Where dropout layers get their uniforms: a generator (sequential), queued tensors (batched), or a recorder."""
 
-    def __init__(self) -> None:
-        self.gen: torch.Generator | None = None
+    def __init__(self, gen: torch.Generator | None = None) -> None:
+        self.gen = gen
         self.queue: list[torch.Tensor] = []
         self.shapes: list[tuple[tuple[int, ...], torch.dtype]] | None = None
 
@@ -45,17 +46,25 @@ class Draws:
 
 
 class StreamDropout(nn.Module):
-    """Inverted dropout ``x·1[u ≥ p]/(1 − p)`` whose uniforms ``u`` come from a :class:`Draws` source."""
+    """Inverted dropout ``x·1[u ≥ p]/(1 − p)`` whose uniforms ``u`` come from a :class:`Draws` source.
 
-    def __init__(self, p: float, draws: Draws) -> None:
+    ``draw_at_zero``: draw the uniforms at ``p = 0`` too (the MLP engines, where ``p`` varies between the
+    configurations of one stream and every configuration must draw alike); otherwise ``p = 0`` is the identity
+    without a draw (the module engine: ``p`` is the model's own, the same for every configuration). With
+    ``p = 1`` the output is ``x·0``, not a fresh zero tensor: the layers before it then get a zero gradient rather
+    than none, and ``torch.optim`` still applies their weight decay (it skips parameters whose ``.grad`` is None),
+    as the batched engines do.
+    """
+
+    def __init__(self, p: float, draws: Draws, draw_at_zero: bool = False) -> None:
         super().__init__()
-        self.p, self.draws = p, draws
+        self.p, self.draws, self.draw_at_zero = p, draws, draw_at_zero
 
     def extra_repr(self) -> str:
         return f"p={self.p:g}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.training or (self.p == 0.0 and not self.draw_at_zero):
             return x
         u = self.draws.next(x)
         if u is None:
