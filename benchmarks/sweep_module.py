@@ -146,11 +146,12 @@ def plain_loop(task: ModuleTask, hypers: list[Hyper]) -> list[list[float]]:
             model = task.model(h.seed)
         opt = torch.optim.SGD(decaylab.param_groups(model, h.l2), lr=h.lr, momentum=task.momentum)
         order = generator(h.seed, "order")
+        batch = task.batch_size or len(y)  # None: full batch
         for _ in range(task.epochs):
             model.train()
             perm = torch.randperm(len(y), generator=order)
-            for a in range(0, len(y), task.batch_size):
-                idx = perm[a : a + task.batch_size]
+            for a in range(0, len(y), batch):
+                idx = perm[a : a + batch]
                 opt.zero_grad(set_to_none=True)
                 task.loss(model(X[idx]), y[idx]).backward()
                 opt.step()
@@ -226,7 +227,7 @@ def sweep_flops(task: ModuleTask, configs: int) -> float:
 
     model = task.model(0)
     X, y = task.train
-    B = task.batch_size
+    B = task.batch_size or len(y)  # None: full batch
     with FlopCounterMode(display=False) as counter:
         task.loss(model(X[:B]), y[:B]).backward()
     step = counter.get_total_flops()
