@@ -278,6 +278,7 @@ def measure(case: str, task: ModuleTask, hypers: list[Hyper], goal: float, repea
         forward = "the model, one at a time"  # what train_module runs when the planner finds no gain in stacking
     else:
         forward = "stacked" if ModuleStack(task, hypers[:2]).stacked is not None else "vmap"
+
     def batched() -> None:
         with evaluation_timed():
             train_module(task, hypers)  # planner included
@@ -286,7 +287,7 @@ def measure(case: str, task: ModuleTask, hypers: list[Hyper], goal: float, repea
         runs = [(bats, batched), (seqs, lambda: plain_loop(task, hypers))]
         for times, fn in runs if i % 2 == 0 else runs[::-1]:
             times.append(timed(fn))
-    seq, bat = (statistics.median(t for t, _ in runs) for runs in (seqs, bats))
+    seq, bat = (statistics.median(seconds for seconds, _ in times) for times in (seqs, bats))
     evaluation = (statistics.median(e for _, e in seqs), statistics.median(e for _, e in bats))
     peak = PEAKS[torch.get_num_threads()] = max(PEAKS.get(torch.get_num_threads(), 0.0), matmul_peak())
     row = Row(case, len(hypers), torch.get_num_threads(), seq, bat, goal, chunks, sweep_flops(task, len(hypers)), peak,
