@@ -79,6 +79,10 @@ BAD = {
     "wrong data shape": ("def model(seed):\n    return nn.Sequential(nn.Linear(63, 10))\n", "train", "inputs the model accepts"),
     "layer not batchable": ("def model(seed):\n    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Dropout2d(0.2), nn.Flatten(), nn.Linear(64, 10))\n",
                             "model", "--engine sequential"),
+    # the stack would run the first seed's slope for every seed
+    "settings differ": ("def model(seed):\n    return nn.Sequential(nn.Linear(64, 16), nn.LeakyReLU(0.1 * (seed + 1)), nn.Linear(16, 10))\n",
+                        "model", "setting 1.negative_slope 0.1, seed 1: setting 1.negative_slope 0.2"),
+    "model raises": ("def model(seed):\n    return 1 / 0\n", "model", "runs without error. Got 'for seed 0: ZeroDivisionError"),
 }
 
 
@@ -113,9 +117,23 @@ def test_bad_options_are_one_line_and_exit_2(args: tuple[str, ...], words: str, 
 
 
 def test_bad_target_is_one_line_and_exit_2(tmp_path: Path, cli: Any) -> None:
-    for target in ("nofile.py:setup", f"{write(tmp_path)}:nosuch", "setup_file.py"):
+    raising = write(tmp_path, SETUP + "\ndef raises():\n    raise RuntimeError('no data\\nsecond line')\n", "raising.py")
+    for target in ("nofile.py:setup", f"{write(tmp_path)}:nosuch", "setup_file.py", f"{raising}:raises"):
         code, _, err = cli("sweep", target, "--no-figures", "--quiet")
-        assert code == 2 and "FILE.py:FUNCTION" in err and err.count("\n") == 1
+        assert code == 2 and "FILE.py:FUNCTION" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert "raises(): RuntimeError: no data" in err
+
+
+def test_decay_norm_decays_the_norm_weights_and_decay_bias_the_biases() -> None:
+    from torch import nn
+
+    from decaylab.lab.sweep import policy_of
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    for opts, decayed in [({}, {"0.weight"}), ({"decay_norm": True}, {"0.weight", "1.weight"}),
+                          ({"decay_bias": True}, {"0.weight", "0.bias"}),
+                          ({"decay_norm": True, "decay_bias": True}, {"0.weight", "0.bias", "1.weight", "1.bias"})]:
+        assert {e.name for e in decaylab.decay_plan(model, policy_of(opts)) if e.multiplier > 0} == decayed, opts
 
 
 def _decaylab(*args: str, cwd: Path) -> subprocess.Popen[str]:
@@ -217,3 +235,21 @@ def test_the_sweep_verdict_says_whether_the_best_lies_inside_the_grid(losses: di
     if len(losses) == 2:
         assert verdict.endswith("seeds)")
     assert summarize([])["verdict"] == "no configuration finished: no best setting"
+
+
+def test_a_resumed_run_trains_on_with_its_own_engine_and_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unless the resume command says otherwise: the engines, and stacks of other sizes, round differently."""
+    import argparse
+    from types import SimpleNamespace
+
+    from decaylab.lab import cli as cli_module
+
+    seen: list[tuple[Any, Any]] = []
+    monkeypatch.setattr(cli_module, "_stored_options", lambda record: (None, {}))
+    monkeypatch.setattr(cli_module, "_run", lambda exp, opts, raw, ns, run_id: seen.append((ns.engine, ns.chunk)) or 0)
+    record = SimpleNamespace(status="interrupted", run_id="r", raw_options={},
+                             command="decaylab sweep 'my file.py:setup' --engine sequential --chunk=3 --quiet")
+    cli_module._resume(record, argparse.Namespace(engine=None, chunk=None, json=False))
+    cli_module._resume(record, argparse.Namespace(engine="batched", chunk="2", json=False))
+    cli_module._resume(SimpleNamespace(**{**vars(record), "command": "decaylab sweep f.py:setup"}), argparse.Namespace(chunk=None, json=False))
+    assert seen == [("sequential", "3"), ("batched", "2"), (None, None)]

@@ -28,6 +28,13 @@ class InvalidParameterError(ValueError):
     """A parameter was given a value outside what is allowed; the message names both."""
 
 
+def one_line(exc: BaseException) -> str:
+    """``"TypeName: message"`` with only the first non-empty line of the message (user code's errors, reported
+    on one line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def parameter_error(name: str, owner: str, allowed: str, got: Any) -> InvalidParameterError:
     """Build the error in the one template: ``The 'name' parameter of owner must be allowed. Got got.``"""
     return InvalidParameterError(f"The {name!r} parameter of {owner} must be {allowed}. Got {got!r}.")

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import itertools
 import math
 import time
@@ -94,6 +95,7 @@ from decaylab.validation import (
     check_choice,
     check_float,
     check_int,
+    one_line,
     parameter_error,
 )
 
@@ -231,15 +233,46 @@ def build_model(task: ModuleTask, seed: int) -> nn.Module:
     """``task.model(seed)`` with the global generator seeded from ``seed``'s ``init`` stream; checked to be a module."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(seed, "init"))
-        model = task.model(seed)
+        try:
+            model = task.model(seed)
+        except Exception as exc:  # noqa: BLE001 - any error of user code becomes one line
+            raise parameter_error("model", OWNER, "a function seed -> torch.nn.Module that runs without error",
+                                  f"for seed {seed}: {one_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise parameter_error("model", OWNER, "a function seed -> torch.nn.Module", f"{type(model).__name__} for seed {seed}")
     return model
 
 
+def _setting(value: Any) -> str:
+    """A module attribute as the text that must match between seeds: numbers, strings and containers of them by
+    value; a tensor (not a parameter or buffer: the stack keeps the first seed's) by shape, dtype and a digest of
+    its values; a function by name; any other object by type (its text may hold its address)."""
+    if isinstance(value, (bool, int, float, complex, str, bytes, type(None))):
+        return repr(value)
+    if isinstance(value, torch.Tensor):
+        try:
+            data = value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        except (RuntimeError, TypeError):  # sparse, meta, …: its shape and dtype only
+            return f"tensor {tuple(value.shape)} {value.dtype}"
+        return f"tensor {tuple(value.shape)} {value.dtype} #{hashlib.blake2b(data, digest_size=8).hexdigest()}"
+    if isinstance(value, (tuple, list)):
+        return type(value).__name__ + "(" + ", ".join(_setting(v) for v in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_setting(v)}" for k, v in value.items()) + "}"
+    if callable(value):
+        return f"function {getattr(value, '__qualname__', type(value).__name__)}"
+    return f"object {type(value).__name__}"
+
+
 def _signature(model: nn.Module) -> list[tuple[str, str]]:
-    """What must match between seeds: module types, and parameter and buffer names, shapes and dtypes."""
-    sig = [(f"module {n or '<root>'}", type(m).__name__) for n, m in model.named_modules()]
+    """What must match between seeds: module types and settings (their public attributes other than ``training``:
+    a ``LeakyReLU``'s slope, a ``Dropout``'s p, which the stack takes from the first seed's model), and parameter
+    and buffer names, shapes and dtypes."""
+    sig = []
+    for n, m in model.named_modules():
+        sig.append((f"module {n or '<root>'}", type(m).__name__))
+        sig += [(f"setting {n or '<root>'}.{k}", _setting(v)) for k, v in sorted(vars(m).items())
+                if not k.startswith("_") and k != "training"]
     sig += [(f"parameter {n}", f"{tuple(p.shape)} {p.dtype} requires_grad={p.requires_grad}") for n, p in model.named_parameters()]
     sig += [(f"buffer {n}", f"{tuple(b.shape)} {b.dtype}") for n, b in model.named_buffers()]
     return sig
@@ -320,14 +353,14 @@ def check_module_task(
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 out = model(X)
         except Exception as exc:  # noqa: BLE001 - any error of user code becomes one line
-            raise parameter_error(split, OWNER, "inputs the model accepts", f"inputs of shape {tuple(data[0].shape)}: {_first_line(exc)}") from None
+            raise parameter_error(split, OWNER, "inputs the model accepts", f"inputs of shape {tuple(data[0].shape)}: {one_line(exc)}") from None
         for what, fn in (("loss", task.loss), *((f"metrics[{n!r}]", f) for n, f in task.metrics.items())):
             try:
                 value = fn(out, y)
             except Exception as exc:  # noqa: BLE001 - any error of user code becomes one line
                 raise parameter_error(
                     split, OWNER, f"targets that {what} accepts with the model's output",
-                    f"output {tuple(out.shape)}, targets {tuple(data[1].shape)}: {_first_line(exc)}",
+                    f"output {tuple(out.shape)}, targets {tuple(data[1].shape)}: {one_line(exc)}",
                 ) from None
             _scalar(value, what)
     if engine == "batched":
@@ -357,11 +390,6 @@ def _probe_evaluation(stack: ModuleStack) -> None:
             stack._forward(stack.task.train[0][:2], None, [])
     finally:
         stack.base.train()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 # ----------------------------------------------------------------------------- sequential reference
@@ -645,7 +673,7 @@ class ModuleStack:
             raise
         except Exception as exc:  # noqa: BLE001 - any error of user code becomes one line
             raise parameter_error(
-                "model", OWNER, "a model the batched engine can train" + SEQUENTIAL_HINT, _first_line(exc)
+                "model", OWNER, "a model the batched engine can train" + SEQUENTIAL_HINT, one_line(exc)
             ) from None
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)

@@ -37,7 +37,7 @@ from decaylab.lab.workspace import (
     shown_options,
     writable_dir,
 )
-from decaylab.validation import InvalidParameterError, check_int, parameter_error
+from decaylab.validation import InvalidParameterError, check_int, one_line, parameter_error
 
 __all__ = ["main"]
 
@@ -185,9 +185,10 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     from decaylab.lab.plots.worker import FigureWorker
     from decaylab.lab.runner import RunFailed, RunRequest, execute, new_run_id
 
-    chunk = check_int(ns.chunk, "--chunk", "decaylab run", low=1) if ns.chunk is not None else None
+    command_name = "decaylab sweep" if exp.name == "sweep" else "decaylab run"  # the command the options were given to
+    chunk = check_int(ns.chunk, "--chunk", command_name, low=1) if ns.chunk is not None else None
     if ns.address and ns.backend != "ray":
-        raise UsageError(str(parameter_error("--address", "decaylab run", "given with --backend ray", ns.address)))
+        raise UsageError(str(parameter_error("--address", command_name, "given with --backend ray", ns.address)))
     check_out(ns.out)
     store = open_store(ns.store, create=resume is None)
     store_path = store.path
@@ -238,19 +239,19 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
         raise
     except OSError as exc:
         if record is None:  # before the run was stored
-            print(f"decaylab: error: {_one_line(exc)} (no run was stored)", file=sys.stderr)
+            print(f"decaylab: error: {one_line(exc)} (no run was stored)", file=sys.stderr)
         else:
             print(
                 f"decaylab: error: run {run_id} is {record.status} in {store_path}, but its outputs could not be"
-                f" written: {_one_line(exc)}",
+                f" written: {one_line(exc)}",
                 file=sys.stderr,
             )
         return EXIT_FAILED
     except Exception as exc:
         if _set_status(store_path, run_id, "failed"):
-            print(f"decaylab: error: run {run_id} failed: {_one_line(exc)}", file=sys.stderr)
+            print(f"decaylab: error: run {run_id} failed: {one_line(exc)}", file=sys.stderr)
         else:
-            print(f"decaylab: error: {_one_line(exc)} (no run was stored)", file=sys.stderr)
+            print(f"decaylab: error: {one_line(exc)} (no run was stored)", file=sys.stderr)
         return EXIT_FAILED
     finally:
         figures.close()
@@ -279,12 +280,6 @@ class _NoFigures:
 
     def close(self) -> None:
         """No worker to stop."""
-
-
-def _one_line(exc: BaseException) -> str:
-    from decaylab.lab.runner import one_line
-
-    return one_line(exc)
 
 
 def _ignore_signals() -> None:
@@ -376,9 +371,28 @@ def _resume(record: Any, ns: argparse.Namespace) -> int:
         else:
             print(f"run {record.run_id} is already finished; nothing to train (decaylab runs show {record.run_id})")
         return EXIT_OK
-    if not hasattr(ns, "engine"):
-        ns.engine = None
+    # it trains on as it began, unless told otherwise: with the same engine and, where one was given, the same chunk
+    # size (the engines round differently, and so may stacks of other sizes: the configurations would then differ
+    # from those of an uninterrupted run by more than rounding wherever training is unstable)
+    if getattr(ns, "engine", None) is None:
+        ns.engine = _stored_flag(record.command, "--engine")
+    if ns.chunk is None:
+        ns.chunk = _stored_flag(record.command, "--chunk")
     return _run(exp, opts, record.raw_options, ns, record.run_id)
+
+
+def _stored_flag(command: str, flag: str) -> str | None:
+    """The value ``flag`` had in a run's stored command (``--flag VALUE`` or ``--flag=VALUE``), or None."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # not a command line (a run stored by an older version, or by hand)
+        return None
+    for word, following in zip(words, [*words[1:], None], strict=True):
+        if word == flag:
+            return following
+        if word.startswith(flag + "="):
+            return word[len(flag) + 1 :]
+    return None
 
 
 def _cmd_resume(argv: list[str]) -> int:
@@ -558,7 +572,7 @@ def _runs_export(ns: argparse.Namespace) -> int:
     try:
         write_frame(frame, target, fmt)
     except OSError as exc:
-        print(f"decaylab: error: could not write {path}: {_one_line(exc)}", file=sys.stderr)
+        print(f"decaylab: error: could not write {path}: {one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     what = "curve points" if ns.curves else "configurations"
     print(f"wrote {path}: run {record.run_id}, {len(frame)} rows ({what}), {len(frame.columns)} columns")
@@ -708,7 +722,7 @@ def _cmd_report(argv: list[str]) -> int:
         except OSError as exc:
             raise UsageError(
                 str(parameter_error("--out", "decaylab report", "a file that can be written", ns.out or "(default)"))
-                + f" {_one_line(exc)}"
+                + f" {one_line(exc)}"
             ) from None
     finally:
         store.close()

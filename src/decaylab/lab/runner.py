@@ -35,7 +35,7 @@ from decaylab.lab.experiments.base import Experiment
 from decaylab.lab.interrupts import signals_deferred
 from decaylab.lab.store import RunRecord, Store, StoreError
 from decaylab.results import ConfigResult, Outcome
-from decaylab.validation import parameter_error
+from decaylab.validation import one_line, parameter_error
 
 __all__ = ["Progress", "RunFailed", "RunInterrupted", "RunRequest", "execute", "new_run_id"]
 
@@ -58,12 +58,6 @@ class RunFailed(Exception):
         super().__init__(f"run {run_id} failed: {reason}")
         self.run_id = run_id
         self.reason = reason
-
-
-def one_line(exc: BaseException) -> str:
-    """``"TypeName: message"`` with only the first non-empty line of the message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 class Progress:

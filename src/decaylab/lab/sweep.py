@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.results import ConfigResult
-from decaylab.validation import check_choice, check_float, check_int, parameter_error
+from decaylab.validation import check_choice, check_float, check_int, one_line, parameter_error
 
 __all__ = ["SPEC_KEYS", "SweepResult", "best_config", "load_setup", "module_task", "parse_target", "sweep", "sweep_configs"]
 
@@ -81,8 +81,18 @@ def load_setup(target: str, owner: str = "decaylab sweep") -> Mapping[str, Any]:
         fn = getattr(module, func, None)
         if not callable(fn):
             raise parameter_error("FILE.py:FUNCTION", owner, f"the name of a function defined in {path}", func)
-        _LOADED[key] = check_setup(fn(), f"{func}()")
+        _LOADED[key] = call_setup(fn, f"{func}()", "FILE.py:FUNCTION", owner)
     return _LOADED[key]
+
+
+def call_setup(fn: Callable[[], Any], what: str, name: str, owner: str = OWNER) -> Mapping[str, Any]:
+    """``fn()``, checked by :func:`check_setup`; an error it raises becomes one line naming ``what``."""
+    try:
+        value = fn()
+    except Exception as exc:  # noqa: BLE001 - any error of user code becomes one line
+        raise parameter_error(name, owner, "a function that returns the setup dict without error",
+                              f"{what}: {one_line(exc)}") from None
+    return check_setup(value, what)
 
 
 def check_setup(value: Any, what: str = "setup") -> Mapping[str, Any]:
@@ -103,11 +113,12 @@ def policy_of(opts: Mapping[str, Any]) -> Any:
     ``include``, ``exclude``, ``multipliers`` (absent ones: the policy's defaults)."""
     from decaylab.policy import DecayPolicy
 
-    decay_bias = bool(opts.get("decay_bias", False))
+    decay_bias, decay_norm = bool(opts.get("decay_bias", False)), bool(opts.get("decay_norm", False))
     return DecayPolicy(
-        exclude_1d=not decay_bias,
+        # a norm layer's weight is 1-D: the shape rule would exclude it whatever exclude_norm says
+        exclude_1d=not (decay_bias or decay_norm),
         exclude_bias=not decay_bias,
-        exclude_norm=not bool(opts.get("decay_norm", False)),
+        exclude_norm=not decay_norm,
         exclude_embeddings=bool(opts.get("exclude_embeddings", False)),
         include=tuple(opts.get("include", ())),
         exclude=tuple(opts.get("exclude", ())),
@@ -368,7 +379,7 @@ def sweep(
     elif isinstance(setup, Mapping):
         spec = check_setup(setup)
     elif callable(setup):
-        spec = check_setup(setup(), f"{getattr(setup, '__name__', 'setup')}()")
+        spec = call_setup(setup, f"{getattr(setup, '__name__', 'setup')}()", "setup")
     else:
         raise parameter_error("setup", OWNER, "a function returning the setup dict, the dict, or 'FILE.py:FUNCTION'", setup)
     task = module_task(spec, opts, policy)

@@ -102,7 +102,7 @@ class ModuleSweep(Experiment):
         Option("batch_size", positive_int, "64", "minibatch size", "B"),
         Option("epochs", positive_int, "10", "training epochs", "N"),
         Option("decay_bias", _bool, "false", "decay biases and 1-D tensors too"),
-        Option("decay_norm", _bool, "false", "decay the parameters of normalization layers too"),
+        Option("decay_norm", _bool, "false", "decay the weights of normalization layers too, and any other 1-D tensor that is not a bias (biases: --decay-bias)"),
         Option("exclude_embeddings", _bool, "false", "do not decay nn.Embedding weights"),
         Option("include", _globs, "", "glob patterns of parameter names that always decay", "GLOBS"),
         Option("exclude", _globs, "", "glob patterns of parameter names that never decay", "GLOBS"),
