@@ -1,7 +1,7 @@
 """A complete setup for ``decaylab sweep``: a small CNN on scikit-learn's 8×8 digits.
 
-    decaylab sweep examples/sweep_digits_cnn.py:setup --lambd 0,log:1e-4:1e-1:7 \
-        --optimizer sgd --momentum 0.9 --lr 0.05 --batch-size 64 --epochs 15 --seed 0,1
+    decaylab sweep examples/sweep_digits_cnn.py:setup --lambd 0,1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1 \
+        --seed 0,1 --optimizer sgd --momentum 0.9 --lr 0.05 --batch-size 64 --epochs 10
 
 ``setup()`` returns what every configuration shares; the options say what varies. The same file works
 from Python: ``decaylab.sweep("examples/sweep_digits_cnn.py:setup", lambd=[0, 1e-3, 1e-2])``.

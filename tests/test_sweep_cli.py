@@ -237,6 +237,28 @@ def test_the_sweep_verdict_says_whether_the_best_lies_inside_the_grid(losses: di
     assert summarize([])["verdict"] == "no configuration finished: no best setting"
 
 
+def test_the_readme_shows_the_example_file_and_its_own_command() -> None:
+    """The README's sweep section quotes ``examples/sweep_digits_cnn.py`` (without its docstring) and the command of its
+    docstring: neither may drift from the file."""
+    import ast
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    source = (root / "examples" / "sweep_digits_cnn.py").read_text()
+    section = readme[readme.index("`decaylab sweep FILE.py:FUNCTION`"):]
+    python_block = re.search(r"```python\n(.*?)```", section, re.S)
+    bash_block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert python_block and bash_block
+    tree = ast.parse(source)
+    docstring = ast.get_docstring(tree, clean=False)
+    assert docstring is not None and tree.body[0].end_lineno is not None
+    body = "".join(source.splitlines(keepends=True)[tree.body[0].end_lineno:]).lstrip("\n")
+    assert python_block.group(1) == body
+    words = lambda text: " ".join(text.replace("\\\n", " ").split())
+    assert words(bash_block.group(1)) in words(docstring)
+
+
 def test_a_resumed_run_trains_on_with_its_own_engine_and_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unless the resume command says otherwise: the engines, and stacks of other sizes, round differently."""
     import argparse
