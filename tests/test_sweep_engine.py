@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import decaylab
-from decaylab.engine.module import ModuleTask, train_module
+from decaylab.engine.module import ModuleStack, ModuleTask, train_module
 from decaylab.engine.task import Hyper
 from decaylab.rng import generator, stream_seed
 from sweep_models import setup, train_alone
@@ -74,8 +74,8 @@ def test_each_configuration_follows_torch_optim_at_every_chunk_size(name: str) -
 def test_evaluation_on_the_stack_or_one_configuration_at_a_time_gives_the_reference(
     monkeypatch: pytest.MonkeyPatch, name: str, each: bool
 ) -> None:
-    """Whichever evaluation the stack chose at its first (BatchNorm's running statistics, attention's fused inference
-    path), every curve is the reference's; from the second evaluation on it runs the chosen way."""
+    """Whichever evaluation the stack uses (BatchNorm's running statistics, attention's fused inference path), every
+    curve is the reference's."""
     import dataclasses
 
     from decaylab.engine import module
@@ -85,49 +85,20 @@ def test_evaluation_on_the_stack_or_one_configuration_at_a_time_gives_the_refere
         original = getattr(module.ModuleStack, method)
         monkeypatch.setattr(module.ModuleStack, method,
                             lambda self, data, original=original, method=method: calls.append(method) or original(self, data))
-    monkeypatch.setattr(module.ModuleStack, "_time_one_configuration", lambda self, splits: 0.0 if each else math.inf)
+    monkeypatch.setattr(module.ModuleStack, "_evaluates_each", lambda self: each)
     task, hypers = case(name)
     task = dataclasses.replace(task, epochs=3)
     assert_matches(train_module(task, hypers, chunk=len(hypers)), [reference(task, h) for h in hypers])
-    assert calls == ["_split_stacked"] * 2 + ["_split_each" if each else "_split_stacked"] * 4
+    assert calls == ["_split_each" if each else "_split_stacked"] * 6
 
 
-@pytest.mark.parametrize(
-    ("each_seconds", "stacked_seconds", "epochs", "each"),
-    [(0.01, 0.4, 2, True), (0.01, 0.3, 2, False), (0.01, 0.33, 2, True), (0.01, 0.4, 1, False)],
-)
-def test_a_stack_evaluates_one_configuration_at_a_time_only_when_that_measured_faster(
-    monkeypatch: pytest.MonkeyPatch, each_seconds: float, stacked_seconds: float, epochs: int, each: bool
-) -> None:
-    """On a simulated clock: the stack's evaluation takes ``stacked_seconds``, one configuration's ``each_seconds`` per
-    split. At the first evaluation the configuration alone is evaluated twice (the second timed), and K = 16 of it
-    must take less than the stack (0.32 s); a single evaluation measures nothing."""
-    import dataclasses
-
-    from decaylab.engine import module
-
-    task, hypers = case("cnn_bn-nesterov")
-    task = dataclasses.replace(task, epochs=epochs)
-    stack = module.ModuleStack(task, [Hyper(seed=0, lr=0.05, l2=l2) for l2 in torch.linspace(0, 0.1, 16).tolist()])
-    clock, alone = [0.0], []
-    stacked = module.ModuleStack._split_stacked
-
-    def split_stacked(self: Any, data: Any) -> Any:
-        clock[0] += stacked_seconds / 2
-        return stacked(self, data)
-
-    def split_means(task: ModuleTask, forward: Any, data: Any) -> dict[str, float]:
-        alone.append(data)
-        clock[0] += each_seconds
-        return {}
-
-    monkeypatch.setattr(module, "_clock", lambda: lambda: clock[0])
-    monkeypatch.setattr(module.ModuleStack, "_split_stacked", split_stacked)
-    monkeypatch.setattr(module, "_split_means", split_means)
-    assert stack.evaluate_each is (None if epochs >= 2 else False)
-    stack.evaluate()
-    assert stack.evaluate_each is each
-    assert alone == ([task.train, task.val] * 2 if epochs >= 2 else [])
+@pytest.mark.parametrize(("name", "each"), [("cnn_bn-nesterov", False), ("block-adamw", True), ("mlp-sgd", False)])
+def test_a_stack_evaluates_one_configuration_at_a_time_where_the_model_has_attention(name: str, each: bool) -> None:
+    """A rule, not a timing, so that one command gives one set of numbers; a stack of one evaluates as the model."""
+    task, hypers = case(name)
+    assert ModuleStack(task, hypers).evaluate_each is each
+    assert ModuleStack(task, hypers[:1]).evaluate_each is False
+    assert ModuleStack(task, hypers, native=False).evaluate_each is True  # vmap: the model's own kernels
 
 
 def test_sequential_engine_follows_torch_optim() -> None:

@@ -20,8 +20,8 @@ epochs and the decay policy; a :class:`~decaylab.engine.task.Hyper` holds what v
   BatchNorm over ``K·C`` channels, attention as batched products with a hand-written backward, …) and a
   check run on two rows agrees with the model itself; otherwise ``vmap(functional_call(model, (θ_k,
   buffers_k), x))`` for the whole model (``ModuleStack.fallback`` says why). A stack of one runs the model
-  itself. A stack evaluates on the stack, or one configuration at a time with the model itself when its first
-  evaluation measured that faster (:meth:`ModuleStack._time_one_configuration`).
+  itself. A stack evaluates on the stack, or one configuration at a time with the model itself where the model's
+  own kernels are known to be faster (:meth:`ModuleStack._evaluates_each`).
 
 **Semantics** (both engines). ``model = factory(seed)`` is called with PyTorch's global generator
 seeded from the seed's ``init`` stream (:mod:`decaylab.rng`) inside ``torch.random.fork_rng``, so a
@@ -602,13 +602,11 @@ class ModuleStack:
         self._epoch = 0  # the epoch begun, and its minibatches not trained on yet:
         self._minibatches_left: Iterator[tuple[torch.Tensor | None, ...]] = iter(())
         self.eval_rows, self.row_mean = self._look_at_the_model()
-        # evaluation one configuration at a time: chosen at the first evaluation (None: not yet); never for one
-        # configuration or a single evaluation, where the choice could not pay for its measurement
-        self.evaluate_each: bool | None = False if self.K == 1 or len(task.eval_epochs) < 2 else None
         self.stacked: StackedForward | None = None
         self.fallback = "one configuration: the model itself" if self.K == 1 else "native=False"
         if native and self.K > 1:
             self.stacked, self.fallback = build_stacked(self.base, self.K, self._check_stacked)
+        self.evaluate_each = self._evaluates_each()
 
     def _check_stacked(self, forward: StackedForward) -> None:
         """Run ``forward`` once on two training rows, in training and evaluation mode, on copies of the buffers, and
@@ -757,18 +755,14 @@ class ModuleStack:
     def evaluate(self) -> torch.Tensor:
         """(K, M) metrics in ``task.metric_names`` order: on the stack (blocks of ``eval_rows`` rows of the K
         configurations), or one configuration at a time (the model itself on blocks of ``task.eval_batch_size`` rows)
-        once :meth:`_time_one_configuration` found that faster. The same numbers either way, up to float32 rounding."""
+        where :meth:`_evaluates_each` says so. The same numbers either way, up to float32 rounding."""
         self.base.eval()
         cols: dict[str, torch.Tensor] = {}
-        splits = [getattr(self.task, s) for s in ("train", "val") if getattr(self.task, s) is not None]
-        clock = _clock()
-        start = clock()
-        for split, data in zip(("train", "val"), splits, strict=False):
-            means = self._split_each(data) if self.evaluate_each else self._split_stacked(data)
-            cols.update({f"{split}_{key}": value for key, value in means.items()})
-        if self.evaluate_each is None:
-            stacked_seconds = clock() - start
-            self.evaluate_each = self.K * self._time_one_configuration(splits) < stacked_seconds
+        for split in ("train", "val"):
+            data = getattr(self.task, split)
+            if data is not None:
+                means = self._split_each(data) if self.evaluate_each else self._split_stacked(data)
+                cols.update({f"{split}_{key}": value for key, value in means.items()})
         decayed = [self.params[n] for n, m in zip(self.names, self.multipliers, strict=True) if m > 0]
         sq = sum((P.detach().double() ** 2).reshape(self.K, -1).sum(dim=1) for P in decayed)
         cols["w_norm"] = torch.sqrt(sq) if decayed else torch.zeros(self.K, dtype=torch.float64)
@@ -800,27 +794,18 @@ class ModuleStack:
         rows = [_split_means(self.task, self._one(k), data) for k in range(self.K)]
         return {key: torch.tensor([r[key] for r in rows], dtype=torch.float64) for key in rows[0]}
 
-    def _time_one_configuration(self, splits: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """Seconds of the first configuration's evaluation of ``splits`` alone (the model itself), the second of two
-        back to back (the first pays for the kernels' first calls at these shapes).
+    def _evaluates_each(self) -> bool:
+        """Whether the stack evaluates one configuration at a time with the model itself (else on the stack): where
+        the model has an ``nn.MultiheadAttention``, whose fused inference path beats the stacked layers (the
+        transformer block's evaluation of 16 configurations at 2 threads: 134 against 156–194 ms), or where the stack
+        has no native forward (``vmap`` would batch the model's own kernels); never for a stack of one. The stacked
+        forward wins where it batches small layers (the digits CNN: 31–44 against 74 ms).
 
-        At the first evaluation of a stack of K ≥ 2 configurations (of at least 2 evaluations): from the second on,
-        the stack evaluates one configuration at a time when K of these took less than its own stacked evaluation.
-        Neither side is favoured much: the stack's first evaluation pays for its own first calls (+15–25 %), and the
-        one configuration measured alone costs more than one of K evaluated in a row (9.1–9.9 against 8.4 ms for the
-        transformer block: caches and threads are cold after the stacked evaluation). The stacked forward wins where
-        it batches small layers (the digits CNN, first evaluations: 31–44 against 74 ms per evaluation of 16
-        configurations at 2 threads); the model itself where its own kernels beat the stacked layers (the
-        transformer block, ``nn.MultiheadAttention``'s fused inference path: 134 against 156–194 ms). Costs two
-        evaluations of one configuration per stack."""
-        forward, clock = self._one(0), _clock()
-        seconds = 0.0
-        for _ in range(2):
-            start = clock()
-            for data in splits:
-                _split_means(self.task, forward, data)
-            seconds = clock() - start
-        return seconds
+        A rule, not a timing (as it was until the eleventh session): the two round differently (~1e-8), so a choice
+        by the clock gave two runs of one command different numbers."""
+        if self.K == 1:
+            return False
+        return self.stacked is None or any(isinstance(m, nn.MultiheadAttention) for m in self.base.modules())
 
     def _check_divergence(self, metrics: torch.Tensor, epoch: int) -> None:
         n_losses = 2 if self.task.val is not None else 1
