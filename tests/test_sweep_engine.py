@@ -474,6 +474,21 @@ def test_the_row_mean_check_sees_rows_of_several_targets() -> None:
     assert not ModuleStack(task, [Hyper(seed=0, lr=0.05)] * 2).row_mean
 
 
+def test_the_row_mean_check_sees_a_rare_class() -> None:
+    """15 positives among 200 rows, none of them among the rows spread over the set: the class-weighted loss is still
+    found to be no row mean (the attacker's imbalanced problem, which the stack trained 3–45 % off)."""
+    from decaylab.engine.module import ModuleStack, probe_rows
+
+    X = torch.randn(200, setup("mlp")["train"][0].shape[1], generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(200, dtype=torch.long)
+    y[torch.arange(3, 200, 13)[:15]] = 1
+    spread = torch.linspace(0, 199, 8).round().long()
+    assert not bool(y[spread].any()) and set(probe_rows(y).tolist()) >= set(spread.tolist()) | {3}
+    weighted = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 9.0] + [1.0] * 8))
+    task = ModuleTask(**{**setup("mlp"), "train": (X, y), "val": None, "loss": weighted}, batch_size=20, epochs=1)
+    assert not ModuleStack(task, [Hyper(seed=0, lr=0.05)] * 2).row_mean
+
+
 def test_a_loss_that_is_no_row_mean_trains_each_configuration_alone() -> None:
     """The stack sums K row means as K times one loss of all their rows; a loss that is not a mean over the rows
     takes vmap (one value per configuration) and still follows torch.optim."""

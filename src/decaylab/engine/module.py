@@ -560,6 +560,19 @@ def is_row_mean(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], out: t
     return math.isclose(whole, sum(alone) / n, rel_tol=1e-5, abs_tol=1e-7)
 
 
+def probe_rows(y: torch.Tensor, spread: int = 8, classes: int = 16) -> torch.Tensor:
+    """Rows of a training set (targets ``y``) for :func:`is_row_mean`: ``spread`` rows spread over the set, and for
+    class labels (1-D integer targets) the first row of each of the first ``classes`` labels — a class-weighted loss
+    looks like a plain mean on rows of one class (the spread rows of 200 with 15 positives can all be negatives)."""
+    n = int(y.shape[0])
+    rows = torch.linspace(0, n - 1, min(n, spread)).round().long()
+    if y.dim() == 1 and not (y.is_floating_point() or y.is_complex()):  # class labels
+        _, inverse = torch.unique(y, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), n, dtype=torch.long).scatter_reduce(0, inverse, torch.arange(n), "amin")
+        rows = torch.cat([rows, first[:classes]])
+    return rows.unique()
+
+
 class ModuleStack:
     """K configurations of a :class:`ModuleTask` as one stack: parameters, buffers, optimizer, streams."""
 
@@ -678,11 +691,10 @@ class ModuleStack:
 
     def _look_at_the_model(self) -> tuple[int, bool]:
         """One forward of the stack's own copy of the model, in evaluation mode (no dropout draw, BatchNorm's
-        statistics untouched), on 8 training rows spread over the set (data sorted by class still gives rows of
-        different targets): the evaluation's block rows (:func:`eval_block_rows` of the largest module output per
-        row) and whether the task's loss :func:`is_row_mean` on that output."""
-        n = self.task.n_train
-        rows = torch.linspace(0, n - 1, min(n, 8)).round().long().unique()
+        statistics untouched), on :func:`probe_rows` of the training set: the evaluation's block rows
+        (:func:`eval_block_rows` of the largest module output per row) and whether the task's loss
+        :func:`is_row_mean` on that output."""
+        rows = probe_rows(self.task.train[1])
         X, y = self.task.train[0].index_select(0, rows), self.task.train[1].index_select(0, rows)
         was_training = self.base.training
         self.base.eval()
