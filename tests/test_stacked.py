@@ -372,11 +372,13 @@ def test_short_attention_is_scaled_dot_product_attention_with_its_gradients(
 
 
 def test_the_transformer_block_attends_through_short_attention(monkeypatch: pytest.MonkeyPatch) -> None:
-    """T ≤ SHORT_SEQUENCE: the stacked block's attention is ShortAttention (training and evaluation), and the stack
-    still follows torch.optim (the parametrized test above); a sequence longer than the limit goes to the fused kernel,
-    with the same curves."""
+    """T ≤ SHORT_SEQUENCE: the stacked block's attention is ShortAttention (training and, on the stack, evaluation —
+    which a model with attention runs one configuration at a time unless told otherwise), and the stack still follows
+    torch.optim (the parametrized test above); a sequence longer than the limit goes to the fused kernel, with the same
+    curves."""
     import decaylab.engine.stacked as stacked_module
 
+    monkeypatch.setattr(ModuleStack, "_evaluates_each", lambda self: False)
     calls: list[bool] = []
     apply = stacked_module.ShortAttention.apply
     monkeypatch.setattr(stacked_module.ShortAttention, "apply", lambda *a: calls.append(torch.is_grad_enabled()) or apply(*a))

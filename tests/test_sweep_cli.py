@@ -83,6 +83,15 @@ BAD = {
     "settings differ": ("def model(seed):\n    return nn.Sequential(nn.Linear(64, 16), nn.LeakyReLU(0.1 * (seed + 1)), nn.Linear(16, 10))\n",
                         "model", "setting 1.negative_slope 0.1, seed 1: setting 1.negative_slope 0.2"),
     "model raises": ("def model(seed):\n    return 1 / 0\n", "model", "runs without error. Got 'for seed 0: ZeroDivisionError"),
+    # the sequential engine would train each configuration on from the last one's weights
+    "one module for every call": ("_one = nn.Sequential(nn.Linear(64, 10))\ndef model(seed):\n    return _one\n",
+                                  "model", "builds a new module at each call"),
+    "a metric named loss": ("def model(seed):\n    return nn.Sequential(nn.Linear(64, 10))\n", "metrics", "other than 'loss'"),
+    "NaN in the data": ("def model(seed):\n    return nn.Sequential(nn.Linear(64, 10))\n", "train", "no NaN or inf"),
+}
+EDITS = {  # the setup's own lines each case changes
+    "a metric named loss": ('"metrics": {"acc": acc}', '"metrics": {"loss": acc}'),
+    "NaN in the data": ("y = torch.tensor(d.target)", "y = torch.tensor(d.target)\n    X[7, 3] = float('nan')"),
 }
 
 
@@ -92,6 +101,9 @@ def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, cli: Any) -
     body = SETUP.replace("def model(seed):\n    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))\n", model_code)
     if case == "loss not scalar":
         body = body.replace('"loss": F.cross_entropy', '"loss": _loss')
+    if case in EDITS:
+        assert EDITS[case][0] in body
+        body = body.replace(*EDITS[case])
     code, out, err = cli("sweep", f"{write(tmp_path, body)}:setup", "--no-figures", *ARGS, "--quiet")
     assert code == 2, err
     assert err.startswith("decaylab: error: ") and err.count("\n") == 1 and "Traceback" not in err
@@ -122,6 +134,14 @@ def test_bad_target_is_one_line_and_exit_2(tmp_path: Path, cli: Any) -> None:
         code, _, err = cli("sweep", target, "--no-figures", "--quiet")
         assert code == 2 and "FILE.py:FUNCTION" in err and err.count("\n") == 1 and "Traceback" not in err
     assert "raises(): RuntimeError: no data" in err
+
+
+def test_the_setup_file_imports_modules_beside_it_as_a_script_would(tmp_path: Path, cli: Any) -> None:
+    (tmp_path / "proj").mkdir()
+    write(tmp_path / "proj", "from setup_data import setup\n", "setup_file.py")
+    write(tmp_path / "proj", SETUP, "setup_data.py")
+    code, _, err = cli("sweep", f"{tmp_path / 'proj' / 'setup_file.py'}:setup", "--no-figures", "--epochs", "1", "--quiet")
+    assert code == 0, err
 
 
 def test_decay_norm_decays_the_norm_weights_and_decay_bias_the_biases() -> None:

@@ -130,6 +130,12 @@ def _pair(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     X, y = tensors
     if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
         raise parameter_error(name, OWNER, allowed, f"inputs {tuple(X.shape)}, targets {tuple(y.shape)}")
+    for what, t in (("inputs", X), ("targets", y)):
+        if t.is_floating_point() or t.is_complex():
+            bad = ~torch.isfinite(t).reshape(t.shape[0], -1).all(dim=1)
+            if bool(bad.any()):  # every configuration would diverge at its first evaluation
+                row = int(bad.nonzero()[0])
+                raise parameter_error(name, OWNER, "finite numbers (no NaN or inf)", f"{what} of row {row}: {t[row].flatten()[:4].tolist()}…")
     return X, y
 
 
@@ -170,13 +176,16 @@ class ModuleTask:
             object.__setattr__(self, "val", _pair(self.val, "val"))
         if not isinstance(self.metrics, Mapping) or not all(isinstance(k, str) and callable(f) for k, f in self.metrics.items()):
             raise parameter_error("metrics", OWNER, "a dict name -> function (output, targets) -> scalar tensor", self.metrics)
+        taken = [k for k in self.metrics if k in ("loss", "w_norm")]
+        if taken:  # its curves would be train_loss and val_loss, over the loss's own
+            raise parameter_error("metrics", OWNER, "names other than 'loss' and 'w_norm' (the curves decaylab keeps itself)", taken[0])
         check_choice(self.optimizer, "optimizer", OWNER, MODULE_OPTIMIZERS)
         object.__setattr__(self, "momentum", check_float(self.momentum, "momentum", OWNER, low=0, high=1, high_open=True))
         if self.momentum and self.optimizer != "sgd":
             raise parameter_error("momentum", OWNER, "0 unless optimizer='sgd' (Adam's moments are its betas)", self.momentum)
         if not isinstance(self.nesterov, bool) or (self.nesterov and not self.momentum):
             raise parameter_error("nesterov", OWNER, "False unless optimizer='sgd' with momentum > 0", self.nesterov)
-        betas = tuple(self.betas)
+        betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
         if len(betas) != 2:
             raise parameter_error("betas", OWNER, "a pair of floats in [0, 1)", self.betas)
         object.__setattr__(self, "betas", tuple(check_float(b, "betas", OWNER, low=0, high=1, high_open=True) for b in betas))
@@ -339,6 +348,15 @@ def check_module_task(
     models = {seed: build_model(task, seed) for seed in sorted(set(seeds))}
     if not models:
         return models
+    # a factory that hands out one module (or its layers) again: the sequential engine would train each configuration
+    # on from the last one's weights. The first seed's model is built twice for it.
+    seen: set[int] = set()
+    for model in [*models.values(), build_model(task, next(iter(models)))]:
+        ids = {id(p) for p in model.parameters()}
+        if ids & seen:
+            raise parameter_error("model", OWNER, "a function that builds a new module at each call",
+                                  "the same parameter tensors twice (a module built once, outside the function?)")
+        seen |= ids
     check_same_architecture(models)
     model = copy.deepcopy(next(iter(models.values())))
     if not any(p.requires_grad for p in model.parameters()):

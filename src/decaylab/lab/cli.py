@@ -773,8 +773,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # before a run was stored (after it, _run says which run)
         print("decaylab: interrupted before the run was stored; nothing to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except SystemExit as exc:  # argparse --help
-        return int(exc.code or 0)
+    except SystemExit as exc:  # argparse's --help and errors; a message, as Python shows it: on stderr, exit 1
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
 
 
 def console() -> NoReturn:

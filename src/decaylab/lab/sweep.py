@@ -74,14 +74,19 @@ def load_setup(target: str, owner: str = "decaylab sweep") -> Mapping[str, Any]:
             raise parameter_error("FILE.py:FUNCTION", owner, "a Python file", target)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
+        directory = str(Path(path).resolve().parent)  # the file may import modules beside it, as a script would
+        sys.path.insert(0, directory)
         try:
-            spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - any error of user code becomes one line
-            raise parameter_error("FILE.py:FUNCTION", owner, "a file that imports without error", f"{target}: {type(exc).__name__}: {exc}") from None
-        fn = getattr(module, func, None)
-        if not callable(fn):
-            raise parameter_error("FILE.py:FUNCTION", owner, f"the name of a function defined in {path}", func)
-        _LOADED[key] = call_setup(fn, f"{func}()", "FILE.py:FUNCTION", owner)
+            try:
+                spec.loader.exec_module(module)
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - any error of user code becomes one line
+                raise parameter_error("FILE.py:FUNCTION", owner, "a file that imports without error", f"{target}: {one_line(exc)}") from None
+            fn = getattr(module, func, None)
+            if not callable(fn):
+                raise parameter_error("FILE.py:FUNCTION", owner, f"the name of a function defined in {path}", func)
+            _LOADED[key] = call_setup(fn, f"{func}()", "FILE.py:FUNCTION", owner)
+        finally:
+            sys.path.remove(directory)
     return _LOADED[key]
 
 
@@ -89,7 +94,7 @@ def call_setup(fn: Callable[[], Any], what: str, name: str, owner: str = OWNER) 
     """``fn()``, checked by :func:`check_setup`; an error it raises becomes one line naming ``what``."""
     try:
         value = fn()
-    except Exception as exc:  # noqa: BLE001 - any error of user code becomes one line
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any error of user code becomes one line
         raise parameter_error(name, owner, "a function that returns the setup dict without error",
                               f"{what}: {one_line(exc)}") from None
     return check_setup(value, what)
@@ -135,7 +140,7 @@ def module_task(setup: Mapping[str, Any], opts: Mapping[str, Any], policy: Any =
         train=setup["train"],
         val=setup.get("val"),
         loss=setup["loss"],
-        metrics=dict(setup.get("metrics") or {}),
+        metrics=setup.get("metrics") or {},  # ModuleTask checks it is a dict
         optimizer=opts["optimizer"],
         momentum=opts.get("momentum", 0.0),
         nesterov=bool(opts.get("nesterov", False)),
@@ -385,6 +390,8 @@ def sweep(
     task = module_task(spec, opts, policy)
     select = check_select(select, task.metric_names, "select")
     configs = sweep_configs(opts)
+    if threads is not None:
+        threads = check_int(threads, "threads", OWNER, low=1)
     with limited_threads(threads) if threads is not None else nullcontext():
         outcomes = train_module(task, [hyper_of(c) for c in configs], engine, chunk)
     results = [ConfigResult.of(c, o) for c, o in zip(configs, outcomes, strict=True)]
