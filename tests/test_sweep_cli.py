@@ -136,6 +136,15 @@ def test_bad_target_is_one_line_and_exit_2(tmp_path: Path, cli: Any) -> None:
     assert "raises(): RuntimeError: no data" in err
 
 
+def test_configurations_that_fail_in_training_say_why_on_stderr(tmp_path: Path, cli: Any) -> None:
+    """A target out of range beyond the rows the checks look at fails each configuration in training: the run
+    is stored as failed (exit 1), and stderr says why in one line."""
+    body = SETUP.replace("y = torch.tensor(d.target)", "y = torch.tensor(d.target)\n    y[100] = 10")
+    code, _, err = cli("sweep", f"{write(tmp_path, body)}:setup", "--no-figures", *ARGS, "--quiet")
+    assert code == 1 and err.count("\n") == 1
+    assert "6 of 6 configurations failed: IndexError: Target 10 is out of bounds" in err
+
+
 def test_the_setup_file_imports_modules_beside_it_as_a_script_would(tmp_path: Path, cli: Any) -> None:
     (tmp_path / "proj").mkdir()
     write(tmp_path / "proj", "from setup_data import setup\n", "setup_file.py")

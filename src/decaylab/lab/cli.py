@@ -181,7 +181,7 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     * the outputs cannot be written (``OSError``: a full disk, a read-only directory): the run stays
       as stored (its results are safe in the store), exit 1; no file is left half-written.
     """
-    from decaylab.lab.outputs import diverged_note, render_table, run_document, verdict_lines, write_json
+    from decaylab.lab.outputs import diverged_note, failed_note, render_table, run_document, verdict_lines, write_json
     from decaylab.lab.plots.worker import FigureWorker
     from decaylab.lab.runner import RunFailed, RunRequest, execute, new_run_id
 
@@ -261,6 +261,8 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
         print(f"run {record.run_id} ({record.status}) stored in {store_path}; wrote " + ", ".join(map(str, written)) + drawn)
     if note := diverged_note(record):  # a result, not a failure: the exit code stays 0
         print(f"decaylab: note: {note}", file=sys.stderr)
+    if error := failed_note(record):
+        print(f"decaylab: error: run {record.run_id}: {error}", file=sys.stderr)
     return EXIT_OK if record.status == "finished" else EXIT_FAILED
 
 

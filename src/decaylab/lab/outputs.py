@@ -292,6 +292,15 @@ def diverged_note(record: RunRecord) -> str | None:
     return f"{len(diverged)} of {len(record.configs)} configurations diverged{when}"
 
 
+def failed_note(record: RunRecord) -> str | None:
+    """``"N of M configurations failed: ERROR"`` (the first failure's error) when some did; printed after a run,
+    which then exits 1 — without it the reason would show only in ``runs show --json``."""
+    failed = [c for c in record.configs if c.status == "failed"]
+    if not failed:
+        return None
+    return f"{len(failed)} of {len(record.configs)} configurations failed: {failed[0].error or 'no error recorded'}"
+
+
 def main_options(record: RunRecord) -> str:
     """The options of ``record`` that differ from its experiment's defaults, as the user gave them::
 
