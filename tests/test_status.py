@@ -126,6 +126,7 @@ def test_a_chunk_that_fails_is_recorded_and_the_run_goes_on(tmp_path: Path, monk
     code, out, err = cli("run", "d2l-linear", "--no-figures", "--lambd", "0,1,2", "--epochs", "2", "--chunk", "1",
                          "--store", str(store), "--json")
     doc = json.loads(out)
-    assert code == 1 and doc["status"] == "failed" and err == ""
+    assert code == 1 and doc["status"] == "failed"
+    assert err == f"decaylab: error: run {doc['run_id']}: 1 of 3 configurations failed: ValueError: this chunk only\n"
     assert [c["status"] for c in doc["configs"]] == ["done", "failed", "done"]
     assert doc["configs"][1]["error"] == "ValueError: this chunk only"

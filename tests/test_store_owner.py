@@ -352,3 +352,27 @@ def test_runs_show_names_the_owner_of_a_running_run(cli: Any, cli_json: Any, tmp
     code, out, _ = cli("runs", "show", doc["run_id"], "--store", "s.db")
     assert code == 0 and "running" in out.splitlines()[0]
     assert f"owner: process {os.getpid()} on {socket.gethostname()}, heartbeat" in out
+
+
+def test_a_process_whose_run_was_taken_over_stores_nothing_more_of_it(tmp_path: Path) -> None:
+    """The attacker's case: the owner stopped (Ctrl-Z) past STALE_AFTER, another process resumed the run, and the
+    first one, woken, kept storing chunks and marked the live run interrupted, so a third resume trained it again.
+    Every write of results or status checks the lease inside its transaction."""
+    from decaylab.lab.store import LeaseLostError
+    from decaylab.results import ConfigResult
+
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        store.create_run("r", "d2l-linear", "cmd", {}, {}, "0", "0", [{"lambd": 0.0}, {"lambd": 1.0}])
+        store.save_results("r", [(0, ConfigResult(params={"lambd": 0.0}, status="failed", error="first"))])  # its own
+        _own(path, os.getpid(), socket.gethostname(), time.time())  # taken over (another token)
+        with pytest.raises(LeaseLostError, match="taken over"):
+            store.save_results("r", [(1, ConfigResult(params={"lambd": 1.0}, status="failed", error="late"))])
+        with pytest.raises(LeaseLostError):
+            store.set_status("r", "interrupted")
+        with Store(path) as again:  # the same process through another Store object: the same lease
+            with pytest.raises(LeaseLostError):
+                again.set_status("r", "failed")
+        record = store.get_run("r")
+    assert record is not None and record.stored_status == "running"
+    assert [c.status for c in record.configs] == ["failed", "pending"]

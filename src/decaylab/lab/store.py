@@ -46,7 +46,10 @@ training it, a random lease token, and a heartbeat refreshed with every stored c
 background thread every :data:`HEARTBEAT_EVERY` seconds. A ``running`` run whose owner is dead (its pid
 is gone on this host, or its heartbeat is older than :data:`STALE_AFTER` seconds) is shown as
 ``interrupted`` and can be resumed; :meth:`Store.claim` takes the lease in one ``BEGIN IMMEDIATE``
-transaction (compare-and-set of the owner), so of two resumes at once exactly one proceeds.
+transaction (compare-and-set of the owner), so of two resumes at once exactly one proceeds. The lease is
+the process's (one token per process, whichever :class:`Store` object it opens), and every write of a
+run's results or status checks it: a process whose run was taken over — stopped for longer than
+:data:`STALE_AFTER`, then resumed elsewhere — stores nothing more of it (:class:`LeaseLostError`).
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ __all__ = [
     "DEFAULT_STORE",
     "HEARTBEAT_EVERY",
     "STALE_AFTER",
+    "LeaseLostError",
     "RunBusyError",
     "RunRecord",
     "Store",
@@ -151,6 +155,21 @@ class StoreError(InvalidParameterError):
 
 class RunBusyError(InvalidParameterError):
     """The run is being trained by a live process; it cannot be resumed now."""
+
+
+class LeaseLostError(StoreError):
+    """Another process has taken the run over (it resumed the run while this one's heartbeat was stale)."""
+
+
+_TOKEN: tuple[int, str] | None = None  # (pid, token): a forked child gets its own
+
+
+def process_token() -> str:
+    """This process's lease token on the runs it trains (random, one per process)."""
+    global _TOKEN
+    if _TOKEN is None or _TOKEN[0] != os.getpid():
+        _TOKEN = (os.getpid(), secrets.token_hex(8))
+    return _TOKEN[1]
 
 
 def default_store_path() -> Path:
@@ -265,7 +284,7 @@ class Store:
         self.owner = owner
         self.readonly = readonly
         create = create and not readonly
-        self.token = secrets.token_hex(8)  # this process's lease on the runs it trains
+        self.token = process_token()  # this process's lease on the runs it trains
         self.heartbeat_every = HEARTBEAT_EVERY
         self._beats: dict[str, tuple[threading.Event, threading.Thread]] = {}
         self._run_columns: tuple[str, ...] = _RUN_COLUMNS
@@ -589,6 +608,7 @@ class Store:
                 )
             )  # fmt: skip
         with self.transaction() as conn:
+            self._check_lease(conn, run_id)
             conn.executemany(
                 "UPDATE configs SET status = ?, metrics = ?, curves = ?, diverged_epoch = ?, error = ?"
                 " WHERE run_id = ? AND idx = ?",
@@ -639,7 +659,23 @@ class Store:
             self._stop_heartbeat(run_id)
         finished = time.time() if status in ("finished", "failed") else None
         with self.transaction() as conn:
+            self._check_lease(conn, run_id)
             conn.execute("UPDATE runs SET status = ?, finished = ? WHERE run_id = ?", (status, finished, run_id))
+
+    def _check_lease(self, conn: sqlite3.Connection, run_id: str) -> None:
+        """Raise :class:`LeaseLostError` if another live process holds ``run_id``'s lease (see :func:`owner_alive`;
+        a dead owner's lease is void, as for :meth:`claim`), inside the writing transaction: no other process can
+        take it between the check and the write."""
+        if "owner_token" not in self._run_columns or "heartbeat" not in self._run_columns:  # before leases
+            return
+        row = conn.execute(
+            "SELECT owner_token, owner_pid, owner_host, heartbeat FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if row is not None and row[0] is not None and row[0] != self.token and owner_alive(row[1], row[2], row[3]):
+            raise LeaseLostError(
+                f"run {run_id} in {self.path} was taken over by process {row[1]} on {row[2]} (resumed while this"
+                " process's heartbeat was stale); this process stores nothing more of it"
+            )
 
     def _start_heartbeat(self, run_id: str) -> None:
         """Refresh ``run_id``'s heartbeat every :attr:`heartbeat_every` seconds from a daemon thread.
