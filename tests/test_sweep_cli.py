@@ -266,6 +266,18 @@ def test_the_sweep_verdict_says_whether_the_best_lies_inside_the_grid(losses: di
     assert summarize([])["verdict"] == "no configuration finished: no best setting"
 
 
+def test_an_interrupted_sweep_s_verdict_speaks_of_what_was_trained() -> None:
+    """Only λ = 0 trained (the rest pending, an interrupted run): no claim about the λ that never trained."""
+    import dataclasses
+
+    from decaylab.lab.sweep import summarize
+
+    results = [_result(lam, 0, 0.3 + lam) for lam in (0.0, 1e-3, 1e-2)]
+    results[1:] = [dataclasses.replace(r, status="pending", metrics={}, curves={}) for r in results[1:]]
+    verdict = summarize(results)["verdict"]
+    assert verdict == "best λ = 0 (val_loss 0.3, one seed); 2 of 3 configurations not trained (pending or failed): this is said of the others only"
+
+
 def test_the_readme_shows_the_example_file_and_its_own_command() -> None:
     """The README's sweep section quotes ``examples/sweep_digits_cnn.py`` (without its docstring) and the command of its
     docstring: neither may drift from the file."""

@@ -261,8 +261,12 @@ def sweep_verdict(results: Sequence[ConfigResult], best: dict[str, Any] | None) 
     seeds = f"mean of {best['n_seeds']} seeds" if best["n_seeds"] > 1 else "one seed"
     edges: list[str] = []
     notes: list[str] = []
+    trained = [r for r in results if r.status in ("done", "diverged")]  # an interrupted run's pending ones say nothing
+    if len(trained) < len(results):
+        notes.append(f"{len(results) - len(trained)} of {len(results)} configurations not trained (pending or failed):"
+                     " this is said of the others only")
     for k in names:
-        grid = sorted({r.params[k] for r in results if r.params.get(k) is not None})
+        grid = sorted({r.params[k] for r in trained if r.params.get(k) is not None})
         value = best["params"][k]
         if k != "lr" and value == 0 and len(grid) >= 2:  # a decay can go no lower than none
             notes.append(f"no decay ({LABELS[k]} = 0) was best: no {LABELS[k]} of the grid (≥ {grid[1]:g}) did better")
@@ -271,7 +275,7 @@ def sweep_verdict(results: Sequence[ConfigResult], best: dict[str, Any] | None) 
             edges.append(f"{LABELS[k]} = {value:g} is the {side} of its grid ({grid[0]:g} … {grid[-1]:g})")
     if edges:
         notes.append("; ".join(edges) + ": the best may lie beyond the grid — widen it")
-    elif not notes and any(len({r.params.get(k) for r in results}) >= 3 for k in names):
+    elif not notes and any(len({r.params.get(k) for r in trained}) >= 3 for k in names):
         notes.append("inside the grid of every swept number")
     where = "".join("; " + n for n in notes)
     return f"best {setting} ({best['metric']} {best['value']:.4g}, {seeds}){where}"
@@ -311,16 +315,18 @@ class SweepResult:
 
 
 def _grid(value: Any, name: str, check: Callable[[Any, str, str], Any]) -> list[Any]:
-    from decaylab.lab.grid import parse_float_grid, parse_int_grid
+    """A grid given as a number, a list of numbers or a grid text; repeats merged with a ``GridNote``, as the CLI."""
+    from decaylab.lab.experiments.base import MAX_SEED
+    from decaylab.lab.grid import merge_duplicates, parse_float_grid, parse_int_grid
 
     if isinstance(value, str):
         if name == "seed":
-            return parse_int_grid(value, name, OWNER)
+            return parse_int_grid(value, name, OWNER, low=0, high=MAX_SEED)
         return parse_float_grid(value, name, OWNER, check)
     values = list(value) if isinstance(value, Sequence) else [value]
     if not values:
         raise parameter_error(name, OWNER, "a number, a list of numbers or a grid text", value)
-    return [check(v, name, OWNER) for v in values]
+    return merge_duplicates([check(v, name, OWNER) for v in values], name, str(value))
 
 
 def sweep(
@@ -365,6 +371,7 @@ def sweep(
     from contextlib import nullcontext
 
     from decaylab.engine.module import train_module
+    from decaylab.lab.experiments.base import MAX_EPOCHS, MAX_SEED
     from decaylab.threads import limited_threads
 
     nonneg = lambda v, n, o: check_float(v, n, o, low=0.0)
@@ -373,9 +380,9 @@ def sweep(
         "decoupled": _grid(decoupled, "decoupled", nonneg),
         "l1": _grid(l1, "l1", nonneg),
         "lr": _grid(lr, "lr", lambda v, n, o: check_float(v, n, o, low=0.0, low_open=True)),
-        "seed": _grid(seed, "seed", lambda v, n, o: check_int(v, n, o, low=0)),
+        "seed": _grid(seed, "seed", lambda v, n, o: check_int(v, n, o, low=0, high=MAX_SEED)),
         "optimizer": optimizer, "momentum": momentum, "nesterov": nesterov, "betas": betas, "eps": eps,
-        "batch_size": batch_size, "epochs": epochs,
+        "batch_size": batch_size, "epochs": check_int(epochs, "epochs", OWNER, low=1, high=MAX_EPOCHS),
     }
     check_choice(optimizer, "optimizer", OWNER, ("sgd", "adam", "adamw"))
     check_combination(opts, OWNER)

@@ -25,9 +25,10 @@ from decaylab.lab.experiments.base import (
     Option,
     Table,
     choice,
+    epochs_int,
     float_grid,
-    int_grid,
     positive_int,
+    seed_grid,
 )
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float, parameter_error
@@ -95,12 +96,12 @@ class ModuleSweep(Experiment):
         Option("decoupled", float_grid(low=0.0), "0", "decoupled λ: θ ← θ − lr·λ·θ before the update (AdamW)", "GRID"),
         Option("l1", float_grid(low=0.0), "0", "L1 proximal step: θ ← sign θ·max(|θ| − lr·λ₁, 0)", "GRID"),
         Option("lr", float_grid(low=0.0, low_open=True), "0.1", "learning rate", "GRID"),
-        Option("seed", int_grid(low=0), "0", "seeds: initial weights, batch order, dropout masks", "SEEDS"),
+        Option("seed", seed_grid, "0", "seeds: initial weights, batch order, dropout masks", "SEEDS"),
         Option("optimizer", choice("sgd", "adam", "adamw"), "sgd", "sgd, adam or adamw (torch.optim's)", "NAME"),
         Option("momentum", _momentum, "0", "SGD momentum (torch.optim convention)", "MU"),
         Option("nesterov", _bool, "false", "Nesterov momentum (SGD)"),
         Option("batch_size", positive_int, "64", "minibatch size", "B"),
-        Option("epochs", positive_int, "10", "training epochs", "N"),
+        Option("epochs", epochs_int, "10", "training epochs", "N"),
         Option("decay_bias", _bool, "false", "decay biases and 1-D tensors too"),
         Option("decay_norm", _bool, "false", "decay the weights of normalization layers too, and any other 1-D tensor that is not a bias (biases: --decay-bias)"),
         Option("exclude_embeddings", _bool, "false", "do not decay nn.Embedding weights"),
