@@ -357,3 +357,26 @@ def test_tensor_sum_adds_left_to_right_as_python_sum_and_rejects_no_terms() -> N
     assert torch.equal(tensor_sum([one]), one) and tensor_sum([one]).dtype == torch.float64
     with pytest.raises(InvalidParameterError, match="'terms' parameter of tensor_sum must be at least one tensor"):
         tensor_sum([])  # Python's sum gives the int 0, which torch.sqrt rejects
+
+
+@pytest.mark.parametrize("decay_bias", [False, True])
+def test_both_mlp_engines_decay_what_param_groups_decays(decay_bias: bool) -> None:
+    """The MLP engines ask decaylab.policy (decay_multipliers, batched and sequential alike); against an independent
+    reference: decaylab.param_groups of the same MLP as an nn.Sequential (other names, a real module)."""
+    import decaylab
+    from decaylab.engine.semantics import decay_multipliers
+    from decaylab.engine.sequential import _split_parameters, build_model
+
+    task = Task(data=D2L, layers=(200, 8, 1), batch_size=5, epochs=1, decay_bias=decay_bias)
+    policy = decaylab.DecayPolicy(exclude_bias=False, exclude_1d=False) if decay_bias else None
+    linears = [torch.nn.Linear(200, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)]
+    groups = decaylab.param_groups(torch.nn.Sequential(*linears), 1.0, policy=policy)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    layers = [m for m in linears if isinstance(m, torch.nn.Linear)]
+    expected = [float(id(t) in decayed) for t in [m.weight for m in layers] + [m.bias for m in layers]]
+    assert decay_multipliers(task) == expected
+    model = build_model(task, Hyper(seed=0, lr=0.1))
+    decayed_seq, rest, _ = _split_parameters(task, model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [names[id(t)] for t in decayed_seq] == (["0.weight", "2.weight", "0.bias", "2.bias"] if decay_bias else ["0.weight", "2.weight"])
+    assert [names[id(t)] for t in rest] == ([] if decay_bias else ["0.bias", "2.bias"])

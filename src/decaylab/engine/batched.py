@@ -98,6 +98,7 @@ import torch.nn.functional as F
 from decaylab.engine.semantics import (
     LAYER_NORM_EPS,
     Split,
+    decay_multipliers,
     dtype_of,
     epoch_batches,
     initial_parameters,
@@ -107,7 +108,6 @@ from decaylab.engine.semantics import (
 )
 from decaylab.engine.task import Hyper, Task, check_hypers
 from decaylab.engine.updates import Coefficients, OptimizerSettings, StackedUpdate
-from decaylab.policy import DecayPolicy, decay_plan
 from decaylab.results import Outcome
 from decaylab.rng import generator
 from decaylab.validation import check_choice, parameter_error
@@ -116,20 +116,6 @@ __all__ = ["BACKWARDS", "BatchedRun", "decay_multipliers", "run_batched_chunk"]
 
 BACKWARDS = ("manual", "autograd")
 EVAL_BLOCK_FLOATS = 1 << 20  # evaluation runs in row blocks of ≤ this many activations (K × width × rows)
-
-
-def decay_multipliers(task: Task) -> list[float]:
-    """λ's multiplier of every stacked tensor (every ``W``, then every ``b``), asked of :mod:`decaylab.policy`.
-
-    The MLP's tensors are named as in an ``nn.Sequential`` of ``nn.Linear`` layers (``layers.{l}.weight``,
-    ``layers.{l}.bias``) and judged by name and shape; the policy is :class:`~decaylab.DecayPolicy`'s default
-    (weights decay, biases do not), or with ``task.decay_bias`` one that also decays biases and 1-D tensors.
-    """
-    pairs = [(f"layers.{l}.weight", torch.empty(o, i, device="meta")) for l, (i, o) in enumerate(pairwise(task.layers))]
-    pairs += [(f"layers.{l}.bias", torch.empty(o, device="meta")) for l, o in enumerate(task.layers[1:])]
-    # the MLP has no norm-layer parameters (Task(norm="layer") is scale-free, its shift is the layer's bias)
-    policy = DecayPolicy(exclude_bias=False, exclude_1d=False, exclude_norm=False) if task.decay_bias else DecayPolicy()
-    return [entry.multiplier for entry in decay_plan(pairs, policy, owner="Task")]
 
 
 def run_batched_chunk(task: Task, hypers: Sequence[Hyper], *, backward: str = "manual") -> list[Outcome]:

@@ -98,6 +98,7 @@ from typing import Protocol
 import torch
 
 from decaylab.engine.task import Task
+from decaylab.policy import DecayPolicy, decay_plan
 from decaylab.results import Outcome
 from decaylab.rng import generator
 from decaylab.validation import parameter_error
@@ -106,6 +107,7 @@ __all__ = [
     "LAYER_NORM_EPS",
     "EvaluatedTask",
     "Split",
+    "decay_multipliers",
     "dtype_of",
     "epoch_batches",
     "initial_parameters",
@@ -272,3 +274,17 @@ def make_outcome(
             optimizer_state=optimizer_state,
         )
     return Outcome(status="diverged", metrics=metrics, curves=curves, diverged_epoch=diverged_epoch)
+
+
+def decay_multipliers(task: Task) -> list[float]:
+    """λ's multiplier of every stacked tensor (every ``W``, then every ``b``), asked of :mod:`decaylab.policy`.
+
+    The MLP's tensors are named as in an ``nn.Sequential`` of ``nn.Linear`` layers (``layers.{l}.weight``,
+    ``layers.{l}.bias``) and judged by name and shape; the policy is :class:`~decaylab.DecayPolicy`'s default
+    (weights decay, biases do not), or with ``task.decay_bias`` one that also decays biases and 1-D tensors.
+    """
+    pairs = [(f"layers.{l}.weight", torch.empty(o, i, device="meta")) for l, (i, o) in enumerate(pairwise(task.layers))]
+    pairs += [(f"layers.{l}.bias", torch.empty(o, device="meta")) for l, o in enumerate(task.layers[1:])]
+    # the MLP has no norm-layer parameters (Task(norm="layer") is scale-free, its shift is the layer's bias)
+    policy = DecayPolicy(exclude_bias=False, exclude_1d=False, exclude_norm=False) if task.decay_bias else DecayPolicy()
+    return [entry.multiplier for entry in decay_plan(pairs, policy, owner="Task")]

@@ -39,6 +39,7 @@ from torch.optim.swa_utils import AveragedModel
 from decaylab.engine.semantics import (
     LAYER_NORM_EPS,
     Split,
+    decay_multipliers,
     epoch_batches,
     initial_parameters,
     load_data,
@@ -108,12 +109,14 @@ def build_model(task: Task, hyper: Hyper) -> nn.Sequential:
 
 
 def _split_parameters(task: Task, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """``(decayed, not decayed, weight matrices)``: weights decay; biases only if ``task.decay_bias``."""
+    """``(decayed, not decayed, weight matrices)``, as :mod:`decaylab.policy` decides for the batched engine
+    (:func:`~decaylab.engine.semantics.decay_multipliers`: weights decay; biases too with ``task.decay_bias``)."""
     weights: list[torch.Tensor] = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
     biases: list[torch.Tensor] = [m.bias for m in model.modules() if isinstance(m, nn.Linear)]
-    if task.decay_bias:
-        return weights + biases, [], weights
-    return weights, biases, weights
+    multipliers = decay_multipliers(task)  # every W, then every b
+    decayed = [t for t, m in zip(weights + biases, multipliers, strict=True) if m > 0]
+    rest = [t for t, m in zip(weights + biases, multipliers, strict=True) if m == 0]
+    return decayed, rest, weights
 
 
 def _optimizer(task: Task, hyper: Hyper, decayed: list, rest: list, l2_in_optimizer: bool) -> torch.optim.Optimizer:
