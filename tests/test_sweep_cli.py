@@ -191,7 +191,8 @@ def slow_setup():
 def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_json: Any) -> None:
     target = f"{write(tmp_path, SLOW_SETUP).name}:slow_setup"  # relative: the resumed run, started elsewhere, must find it
     store = tmp_path / "killed.db"
-    proc = _decaylab("sweep", target, *ARGS, "--chunk", "1", "--store", str(store), "--quiet", "--no-figures", cwd=tmp_path)
+    # stacks of two (the resume must take the run's own chunk size): a kill lands between stacks
+    proc = _decaylab("sweep", target, *ARGS, "--chunk", "2", "--store", str(store), "--quiet", "--no-figures", cwd=tmp_path)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
@@ -217,7 +218,7 @@ def test_killed_sweep_resumed_equals_an_uninterrupted_one(tmp_path: Path, cli_js
                               "--no-figures"],
                              capture_output=True, text=True, cwd=tmp_path / "elsewhere", timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stderr
-    whole = cli_json("sweep", target, "--no-figures", *ARGS, "--chunk", "1", "--quiet")
+    whole = cli_json("sweep", target, "--no-figures", *ARGS, "--chunk", "2", "--quiet")
     got = json.loads(resumed.stdout)
     assert got["status"] == "finished"
     for a, b in zip(got["configs"], whole["configs"], strict=True):
