@@ -41,7 +41,7 @@ def curves_left_out_note(record: RunRecord) -> str:
     return (
         f"{record.n_configs} configurations (more than {CURVES_INLINE_MAX}): their curves are in the store, "
         f"not in this document; `decaylab runs show {record.run_id} --json --curves` prints them "
-        "(or pass --curves to decaylab run)"
+        f"(or pass --curves to decaylab {'sweep' if record.experiment == 'sweep' else 'run'})"
     )
 
 
