@@ -223,6 +223,7 @@ def test_full_disk_during_a_run(cli: Any, cli_json: Any, tmp_path: Path, monkeyp
     runs = {r["run_id"]: r for r in cli_json("runs", "list", "--store", "s.db")}
     assert runs[doc["run_id"]]["status"] == "finished"
     (cut,) = [r for r in runs.values() if r["run_id"] != doc["run_id"]]
+    assert f"run {cut['run_id']}: " in err and f"decaylab resume {cut['run_id']}" in err  # which run, and how to go on
     assert cut["status"] == "failed" and cut["counts"] == {"pending": 64}  # no half-written chunk
     assert cli_json("runs", "show", doc["run_id"], "--store", "s.db")["configs"] == doc["configs"]
 

@@ -158,3 +158,12 @@ def test_a_repeated_training_set_size_is_merged(cli: Any, tmp_path: Path) -> Non
 
 def test_refused_input_prints_the_error_alone_without_the_note(cli: Any, tmp_path: Path) -> None:
     _refused(cli, tmp_path, "d2l-linear", ["--lambd", "1,1,2", "--batch-size", "21"], "'--batch-size'")
+
+
+@pytest.mark.parametrize("store", [" ", "", "s.db "])
+def test_a_store_path_with_spaces_at_its_ends_is_refused_and_no_file_is_made(store: str, tmp_path: Path, cli: Any,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("runs", "list", "--store", store)
+    assert code == 2 and err.count("\n") == 1 and "'--store'" in err and "spaces" in err
+    assert list(tmp_path.iterdir()) == []

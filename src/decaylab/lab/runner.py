@@ -33,7 +33,7 @@ from decaylab.lab.backends import ray_session, run_local, run_on_ray
 from decaylab.lab.environment import collect as collect_environment
 from decaylab.lab.experiments.base import Experiment
 from decaylab.lab.interrupts import signals_deferred
-from decaylab.lab.store import RunRecord, Store, StoreError
+from decaylab.lab.store import LeaseLostError, RunRecord, Store, StoreError
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import one_line, parameter_error
 
@@ -190,9 +190,11 @@ def _train(
     except KeyboardInterrupt as exc:
         _mark(store, run_id, "interrupted")
         raise RunInterrupted(run_id) from exc
-    except StoreError:  # the store itself (a full disk, a lost file): its own one-line error, exit 2
-        _mark(store, run_id, "failed")
+    except LeaseLostError:  # another process trains the run now: nothing of it is ours to mark
         raise
+    except StoreError as exc:  # the store itself (locked, a full disk, a lost file): its own one line, exit 2
+        _mark(store, run_id, "failed")
+        raise StoreError(f"run {run_id}: {exc} (decaylab resume {run_id} trains the rest)") from exc
     except Exception as exc:
         _mark(store, run_id, "failed")
         raise RunFailed(run_id, one_line(exc)) from exc

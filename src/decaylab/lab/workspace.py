@@ -24,6 +24,8 @@ def open_store(path: str | None, owner: str = "decaylab", *, create: bool = True
     """The store at ``--store`` (or the default); reading commands pass ``create=False, readonly=True``."""
     from decaylab.lab.store import Store, StoreError, default_store_path
 
+    if path is not None and (not path.strip() or path != path.strip()):  # a typo that would name a file ' '
+        raise UsageError(str(parameter_error("--store", owner, "a file path without leading or trailing spaces", path)))
     target = Path(path) if path else default_store_path()
     try:
         return Store(target, create=create, readonly=readonly, owner=owner)
