@@ -309,11 +309,33 @@ def test_a_resumed_run_trains_on_with_its_own_engine_and_chunk(monkeypatch: pyte
     from decaylab.lab import cli as cli_module
 
     seen: list[tuple[Any, Any]] = []
-    monkeypatch.setattr(cli_module, "_stored_options", lambda record: (None, {}))
+    monkeypatch.setattr(cli_module, "_stored_options", lambda record: (SimpleNamespace(check_resume=lambda *a: None), {}))
     monkeypatch.setattr(cli_module, "_run", lambda exp, opts, raw, ns, run_id: seen.append((ns.engine, ns.chunk)) or 0)
-    record = SimpleNamespace(status="interrupted", run_id="r", raw_options={},
+    record = SimpleNamespace(status="interrupted", run_id="r", raw_options={}, options={},
                              command="decaylab sweep 'my file.py:setup' --engine sequential --chunk=3 --quiet")
     cli_module._resume(record, argparse.Namespace(engine=None, chunk=None, json=False))
     cli_module._resume(record, argparse.Namespace(engine="batched", chunk="2", json=False))
     cli_module._resume(SimpleNamespace(**{**vars(record), "command": "decaylab sweep f.py:setup"}), argparse.Namespace(chunk=None, json=False))
     assert seen == [("sequential", "3"), ("batched", "2"), (None, None)]
+
+
+def test_a_resume_after_the_setup_file_changed_is_refused(tmp_path: Path, cli: Any, cli_json: Any) -> None:
+    """The attacker's case: a run interrupted, the file's data edited, then resumed — four configurations on the old
+    data, the rest on the new, in one run. The run stores a digest of its data and model; a resume compares it."""
+    import time as clock
+
+    from store_helpers import sql
+
+    setup_file = write(tmp_path)
+    store = tmp_path / "s.db"
+    doc = cli_json("sweep", f"{setup_file}:setup", "--no-figures", *ARGS, "--store", str(store))
+    sql(store, "UPDATE runs SET status = 'interrupted'")
+    sql(store, "UPDATE configs SET status = 'pending', metrics = NULL, curves = NULL WHERE idx >= 3")
+    clock.sleep(0.01)  # a new modification time: the file is imported anew
+    write(tmp_path, SETUP.replace("X[:160], y[:160]", "X[:150], y[:150]"))
+    code, _, err = cli("resume", doc["run_id"], "--store", str(store), "--no-figures", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "'RUN_ID'" in err and "changed since" in err
+    assert Store(store).get_run(doc["run_id"]).counts() == {"done": 3, "pending": 3}  # nothing trained
+    write(tmp_path, SETUP)
+    code, _, err = cli("resume", doc["run_id"], "--store", str(store), "--no-figures", "--quiet")
+    assert code == 0, err

@@ -105,6 +105,7 @@ __all__ = [
     "ModuleTask",
     "build_model",
     "check_module_task",
+    "module_signature",
     "plan_and_start",
     "plan_module_chunks",
     "train_module",
@@ -273,7 +274,7 @@ def _setting(value: Any) -> str:
     return f"object {type(value).__name__}"
 
 
-def _signature(model: nn.Module) -> list[tuple[str, str]]:
+def module_signature(model: nn.Module) -> list[tuple[str, str]]:
     """What must match between seeds: module types and settings (their public attributes other than ``training``:
     a ``LeakyReLU``'s slope, a ``Dropout``'s p, which the stack takes from the first seed's model), and parameter
     and buffer names, shapes and dtypes."""
@@ -290,9 +291,9 @@ def _signature(model: nn.Module) -> list[tuple[str, str]]:
 def check_same_architecture(models: Mapping[int, nn.Module]) -> None:
     """Raise, naming the first difference, unless every seed's model has the same architecture."""
     seeds = sorted(models)
-    first = _signature(models[seeds[0]])
+    first = module_signature(models[seeds[0]])
     for seed in seeds[1:]:
-        other = _signature(models[seed])
+        other = module_signature(models[seed])
         if other == first:
             continue
         for a, b in zip(first + [("(nothing)", "")] * len(other), other + [("(nothing)", "")] * len(first), strict=True):

@@ -373,6 +373,7 @@ def _resume(record: Any, ns: argparse.Namespace) -> int:
         else:
             print(f"run {record.run_id} is already finished; nothing to train (decaylab runs show {record.run_id})")
         return EXIT_OK
+    exp.check_resume(opts, record.options, record.run_id)
     # it trains on as it began, unless told otherwise: with the same engine and, where one was given, the same chunk
     # size (the engines round differently, and so may stacks of other sizes: the configurations would then differ
     # from those of an uninterrupted run by more than rounding wherever training is unstable)

@@ -250,6 +250,11 @@ class Experiment(ABC):
     def check(self, opts: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Validate combinations of options; raise :class:`InvalidParameterError`."""
 
+    def check_resume(self, opts: dict[str, Any], stored: dict[str, Any], run_id: str) -> None:  # noqa: B027 - optional hook
+        """Before a stored run trains on (``opts`` parsed again from its options' texts, ``stored`` the options as it
+        was created with): raise :class:`InvalidParameterError` if what the options name has changed since, so that
+        its configurations would not be one run's. Experiments whose options say everything have nothing to check."""
+
     def n_configs(self, opts: dict[str, Any]) -> int:
         """How many configurations :meth:`configs` makes, computed from the grid sizes without expanding them.
 

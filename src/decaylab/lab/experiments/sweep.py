@@ -33,7 +33,7 @@ from decaylab.lab.experiments.base import (
 from decaylab.results import ConfigResult, Outcome
 from decaylab.validation import check_float, parameter_error
 
-__all__ = ["BOOL_OPTIONS", "ModuleSweep"]
+__all__ = ["BOOL_OPTIONS", "ModuleSweep", "setup_digest"]
 
 Progress = Callable[[int], None]
 
@@ -71,6 +71,24 @@ def _target(text: str, name: str, owner: str) -> str:
 
 def _text(text: str, name: str, owner: str) -> str:
     return str(text).strip()
+
+
+def setup_digest(task: Any, seed: int) -> str:
+    """A digest of what a setup gives every configuration: the training and validation tensors (values, shapes,
+    dtypes) and the first seed's model architecture (module types, settings, tensor shapes)."""
+    import hashlib
+
+    import torch
+
+    from decaylab.engine.module import build_model, module_signature
+
+    h = hashlib.blake2b(digest_size=16)
+    for data in (task.train, task.val):
+        for t in data if data is not None else ():
+            h.update(f"{tuple(t.shape)} {t.dtype};".encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    h.update(repr(module_signature(build_model(task, seed))).encode())
+    return h.hexdigest()
 
 
 def _momentum(text: str, name: str, owner: str) -> float:
@@ -133,6 +151,19 @@ class ModuleSweep(Experiment):
         if opts["batch_size"] > task.n_train:
             raise parameter_error("--batch-size", "decaylab sweep", f"an int in [1, n_train={task.n_train}]", opts["batch_size"])
         opts["select"] = check_select(opts["select"], task.metric_names)
+        opts["setup_digest"] = setup_digest(task, opts["seed"][0])  # stored with the run: a resume compares it
+
+    def check_resume(self, opts: dict[str, Any], stored: dict[str, Any], run_id: str) -> None:
+        """The file's function must still return the data and the model the run began with (a resume imports the
+        file anew: an edit since would mix two experiments in one run). Runs stored before the digest: unchecked."""
+        if "setup_digest" not in stored:
+            return
+        self.check(opts)
+        if opts["setup_digest"] != stored["setup_digest"]:
+            raise parameter_error(
+                "RUN_ID", "decaylab resume", f"a run whose {opts['target'].rpartition(':')[2]}() returns the data and"
+                " model it began with (the file was changed since: start a new run, or change it back)", run_id,
+            )
 
     def check_engine(self, opts: dict[str, Any], engine: str) -> None:
         """Build every seed's model and check them with ``engine`` (a layer it cannot batch is an error)."""
