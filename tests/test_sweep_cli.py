@@ -128,6 +128,22 @@ def test_bad_options_are_one_line_and_exit_2(args: tuple[str, ...], words: str, 
     assert code == 2 and words in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"optimizer": "adamw", "lambd": 0.1}, "'lambd' parameter of sweep must be 0 with optimizer='adamw'"),
+        ({"threads": 0}, "'threads' parameter of sweep"),
+        ({"optimizer": "adam", "betas": None}, "'betas' parameter of sweep"),
+        ({"seed": 2**32}, "'seed' parameter of sweep must be an int in [0, 4294967295]"),
+        ({"epochs": 10**6 + 1}, "'epochs' parameter of sweep must be an int in [1, 1000000]"),
+    ],
+)
+def test_the_python_api_names_its_own_arguments(kwargs: dict[str, Any], words: str, tmp_path: Path) -> None:
+    with pytest.raises(decaylab.InvalidParameterError) as info:
+        decaylab.sweep(f"{write(tmp_path)}:setup", **kwargs)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
 def test_bad_target_is_one_line_and_exit_2(tmp_path: Path, cli: Any) -> None:
     raising = write(tmp_path, SETUP + "\ndef raises():\n    raise RuntimeError('no data\\nsecond line')\n", "raising.py")
     for target in ("nofile.py:setup", f"{write(tmp_path)}:nosuch", "setup_file.py", f"{raising}:raises"):

@@ -144,7 +144,7 @@ def module_task(setup: Mapping[str, Any], opts: Mapping[str, Any], policy: Any =
         optimizer=opts["optimizer"],
         momentum=opts.get("momentum", 0.0),
         nesterov=bool(opts.get("nesterov", False)),
-        betas=tuple(opts.get("betas", (0.9, 0.999))),
+        betas=opts.get("betas", (0.9, 0.999)),  # ModuleTask checks it is a pair
         eps=opts.get("eps", 1e-8),
         batch_size=opts.get("batch_size"),
         epochs=opts["epochs"],
@@ -171,12 +171,14 @@ def hyper_of(config: Mapping[str, Any]) -> Any:
 
 
 def check_combination(opts: Mapping[str, Any], owner: str) -> None:
-    """``'adamw'`` has no coupled λ: its decay is ``--decoupled``."""
+    """``'adamw'`` has no coupled λ: its decay is the decoupled one. The names are the CLI's flags, or the Python
+    API's arguments when ``owner`` is :data:`OWNER`."""
     if opts["optimizer"] == "adamw" and any(opts["lambd"]):
-        raise parameter_error(
-            "--lambd", owner, "0 with --optimizer adamw (AdamW's decay is --decoupled; coupled λ: --optimizer adam)",
-            ",".join(f"{v:g}" for v in opts["lambd"]),
-        )
+        if owner == OWNER:
+            name, allowed = "lambd", "0 with optimizer='adamw' (AdamW's decay is decoupled=...; coupled λ: optimizer='adam')"
+        else:
+            name, allowed = "--lambd", "0 with --optimizer adamw (AdamW's decay is --decoupled; coupled λ: --optimizer adam)"
+        raise parameter_error(name, owner, allowed, ",".join(f"{v:g}" for v in opts["lambd"]))
 
 
 # ----------------------------------------------------------------------------- results
