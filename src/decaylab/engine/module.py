@@ -106,6 +106,7 @@ __all__ = [
     "build_model",
     "check_module_task",
     "module_signature",
+    "tensor_digest",
     "plan_and_start",
     "plan_module_chunks",
     "train_module",
@@ -253,6 +254,16 @@ def build_model(task: ModuleTask, seed: int) -> nn.Module:
     return model
 
 
+def tensor_digest(t: torch.Tensor) -> str:
+    """``"tensor (shape) dtype #digest"``: a tensor's shape, dtype and a digest of its values (only its shape and dtype
+    where the values cannot be read as bytes: sparse, meta, …)."""
+    try:
+        data = t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+    except (RuntimeError, TypeError):
+        return f"tensor {tuple(t.shape)} {t.dtype}"
+    return f"tensor {tuple(t.shape)} {t.dtype} #{hashlib.blake2b(data, digest_size=8).hexdigest()}"
+
+
 def _setting(value: Any) -> str:
     """A module attribute as the text that must match between seeds: numbers, strings and containers of them by
     value; a tensor (not a parameter or buffer: the stack keeps the first seed's) by shape, dtype and a digest of
@@ -260,11 +271,7 @@ def _setting(value: Any) -> str:
     if isinstance(value, (bool, int, float, complex, str, bytes, type(None))):
         return repr(value)
     if isinstance(value, torch.Tensor):
-        try:
-            data = value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-        except (RuntimeError, TypeError):  # sparse, meta, …: its shape and dtype only
-            return f"tensor {tuple(value.shape)} {value.dtype}"
-        return f"tensor {tuple(value.shape)} {value.dtype} #{hashlib.blake2b(data, digest_size=8).hexdigest()}"
+        return tensor_digest(value)
     if isinstance(value, (tuple, list)):
         return type(value).__name__ + "(" + ", ".join(_setting(v) for v in value) + ")"
     if isinstance(value, dict):

@@ -181,11 +181,19 @@ def _run(exp: Any, opts: dict[str, Any], raw: dict[str, str], ns: argparse.Names
     * the outputs cannot be written (``OSError``: a full disk, a read-only directory): the run stays
       as stored (its results are safe in the store), exit 1; no file is left half-written.
     """
-    from decaylab.lab.outputs import diverged_note, failed_note, render_table, run_document, verdict_lines, write_json
+    from decaylab.lab.outputs import (
+        command_of,
+        diverged_note,
+        failed_note,
+        render_table,
+        run_document,
+        verdict_lines,
+        write_json,
+    )
     from decaylab.lab.plots.worker import FigureWorker
     from decaylab.lab.runner import RunFailed, RunRequest, execute, new_run_id
 
-    command_name = "decaylab sweep" if exp.name == "sweep" else "decaylab run"  # the command the options were given to
+    command_name = command_of(exp.name)  # the command the options were given to
     chunk = check_int(ns.chunk, "--chunk", command_name, low=1) if ns.chunk is not None else None
     if ns.address and ns.backend != "ray":
         raise UsageError(str(parameter_error("--address", command_name, "given with --backend ray", ns.address)))

@@ -17,6 +17,7 @@ __all__ = [
     "CURVES_INLINE_MAX",
     "ConfigLines",
     "MAX_TABLE_ROWS",
+    "command_of",
     "curves_left_out_note",
     "diverged_note",
     "document_text",
@@ -36,12 +37,17 @@ MAX_TABLE_ROWS = 100  # a longer table shows its first and last TABLE_EDGE_ROWS 
 TABLE_EDGE_ROWS = 20
 
 
+def command_of(experiment: str) -> str:
+    """The command that runs ``experiment``: ``decaylab sweep`` for a sweep, ``decaylab run`` for the rest."""
+    return "decaylab sweep" if experiment == "sweep" else "decaylab run"
+
+
 def curves_left_out_note(record: RunRecord) -> str:
     """What the document says (key ``curves_left_out``) when its configurations' curves are not in it."""
     return (
         f"{record.n_configs} configurations (more than {CURVES_INLINE_MAX}): their curves are in the store, "
         f"not in this document; `decaylab runs show {record.run_id} --json --curves` prints them "
-        f"(or pass --curves to decaylab {'sweep' if record.experiment == 'sweep' else 'run'})"
+        f"(or pass --curves to {command_of(record.experiment)})"
     )
 
 

@@ -78,17 +78,11 @@ def setup_digest(task: Any, seed: int) -> str:
     dtypes) and the first seed's model architecture (module types, settings, tensor shapes)."""
     import hashlib
 
-    import torch
+    from decaylab.engine.module import build_model, module_signature, tensor_digest
 
-    from decaylab.engine.module import build_model, module_signature
-
-    h = hashlib.blake2b(digest_size=16)
-    for data in (task.train, task.val):
-        for t in data if data is not None else ():
-            h.update(f"{tuple(t.shape)} {t.dtype};".encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    h.update(repr(module_signature(build_model(task, seed))).encode())
-    return h.hexdigest()
+    tensors = [tensor_digest(t) for data in (task.train, task.val) if data is not None for t in data]
+    text = repr((tensors, module_signature(build_model(task, seed))))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _momentum(text: str, name: str, owner: str) -> float:
